@@ -1,0 +1,246 @@
+"""Tabular environments whose every quantity is exact: bandits, contextual bandits, token trees.
+
+Every environment stores its policy as logits of shape [S, A] (one row per state) and gives,
+for any such logits, the exact expected reward J(π), the state weights used to average the
+entropy, the advantages A(s, a), and the exact policy gradient ∂J/∂z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from softmax_theory.estimators import (
+    _check_finite,
+    advantages,
+    entropy,
+    log_softmax,
+)
+
+
+@dataclass(frozen=True)
+class EntropyChange:
+    """An exact entropy change split as ΔH̄ = within + shift  (eq. 10).
+
+    within: Σ_s w(s)·(H'(s) − H(s)), the part Lemma 1 predicts.
+    shift:  Σ_s (w'(s) − w(s))·H'(s), the move of the state weights (zero for bandits).
+    """
+
+    within: float
+    shift: float
+
+    @property
+    def total(self) -> float:
+        return self.within + self.shift
+
+
+def _check_logits(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    if z.shape != shape:
+        raise ValueError(f"logits: expected shape {shape} (states, actions), got {z.shape}")
+    _check_finite("logits", z)
+    return z
+
+
+class TabularEnv:
+    """What every environment shares, written once on top of four env-specific pieces:
+    ``logits_shape``, ``state_rewards`` (Q), ``visitation`` (d_π) and ``state_weights``."""
+
+    logits_shape: tuple[int, int]
+
+    def state_rewards(self, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def visitation(self, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def state_weights(self, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def advantages(self, logits: np.ndarray) -> np.ndarray:
+        """A(s, a) = Q(s, a) − V(s); [S, A]."""
+        z = _check_logits(logits, self.logits_shape)
+        return advantages(z, self.state_rewards(z))
+
+    def policy_gradient(self, logits: np.ndarray) -> np.ndarray:
+        """∂J/∂z(s, a) = d_π(s)·π(a|s)·A(s, a), shape [S, A]  (eq. 6)."""
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        return self.visitation(z)[:, None] * p * self.advantages(z)
+
+    def entropy(self, logits: np.ndarray) -> float:
+        """Σ_s w(s)·H(π(·|s)) in nats, w = ``state_weights``."""
+        z = _check_logits(logits, self.logits_shape)
+        return float(self.state_weights(z) @ entropy(z))
+
+    def entropy_change(self, logits: np.ndarray, new_logits: np.ndarray) -> EntropyChange:
+        """Exact change of the weighted entropy, split into within-state and shift terms."""
+        z = _check_logits(logits, self.logits_shape)
+        z_new = _check_logits(new_logits, self.logits_shape)
+        h, h_new = entropy(z), entropy(z_new)
+        w, w_new = self.state_weights(z), self.state_weights(z_new)
+        return EntropyChange(within=float(w @ (h_new - h)), shift=float((w_new - w) @ h_new))
+
+    def random_logits(self, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+        """Logits ~ N(0, scale²), shape [S, A]."""
+        return scale * rng.standard_normal(self.logits_shape)
+
+
+@dataclass(frozen=True, eq=False)
+class ContextualBandit(TabularEnv):
+    """S prompts × A responses: J(π) = Σ_s w(s) Σ_a π(a|s) r(s, a).
+
+    Args:
+      rewards: r(s, a), shape [S, A].
+      prompt_weights: w(s), shape [S], non-negative; normalised to sum to 1. Uniform if omitted.
+    """
+
+    rewards: np.ndarray
+    prompt_weights: np.ndarray | None = None
+    name: str = "contextual"
+
+    def __post_init__(self) -> None:
+        r = np.asarray(self.rewards, dtype=np.float64)
+        if r.ndim != 2 or r.shape[0] == 0 or r.shape[1] == 0:
+            raise ValueError(f"rewards: expected a non-empty [S, A] array, got shape {r.shape}")
+        _check_finite("rewards", r)
+        if self.prompt_weights is None:
+            w = np.full(r.shape[0], 1.0 / r.shape[0])
+        else:
+            w = np.asarray(self.prompt_weights, dtype=np.float64)
+            if w.shape != (r.shape[0],):
+                raise ValueError(f"prompt_weights: expected shape ({r.shape[0]},), got {w.shape}")
+            _check_finite("prompt_weights", w)
+            if (w < 0).any() or w.sum() <= 0:
+                raise ValueError("prompt_weights: must be non-negative with a positive sum")
+            w = w / w.sum()
+        object.__setattr__(self, "rewards", r)
+        object.__setattr__(self, "prompt_weights", w)
+
+    @property
+    def logits_shape(self) -> tuple[int, int]:
+        return self.rewards.shape
+
+    def state_rewards(self, logits: np.ndarray) -> np.ndarray:
+        """r(s, a) seen by the tabular updates at each state; [S, A]. Q(s, a) in general."""
+        return self.rewards
+
+    def visitation(self, logits: np.ndarray) -> np.ndarray:
+        """d_π(s): the weight of state s in ∂J/∂z(s,·) = d_π(s)·π·A; [S]."""
+        return self.prompt_weights
+
+    def state_weights(self, logits: np.ndarray) -> np.ndarray:
+        """The weights that average per-state entropy into the policy's entropy; [S], sum 1."""
+        return self.prompt_weights
+
+    def expected_reward(self, logits: np.ndarray) -> float:
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        return float(self.prompt_weights @ (p * self.rewards).sum(axis=1))
+
+
+def Bandit(rewards: np.ndarray, name: str = "bandit") -> ContextualBandit:  # noqa: N802
+    """A arms with reward r(a): a contextual bandit with one prompt; logits shape [1, A]."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 1:
+        raise ValueError(f"rewards: expected shape [A], got {r.shape}")
+    return ContextualBandit(rewards=r[None, :], name=name)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenTreeMDP(TabularEnv):
+    """Autoregressive generation of T tokens from a vocabulary of V; reward on complete sequences.
+
+    A state is a prefix (length 0 … T−1), with one logit vector each; states are ordered by
+    depth, then by the prefix read as a base-V number: state (t, i) has flat index
+    (V^t − 1)/(V − 1) + i and child (t + 1, i·V + a). There is no discount.
+
+    Args:
+      vocab: V ≥ 2.
+      horizon: T ≥ 1.
+      rewards: r(y) for every complete sequence y, shape [V^T] (y read as a base-V number).
+    """
+
+    vocab: int
+    horizon: int
+    rewards: np.ndarray
+    name: str = "tree"
+    _offsets: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vocab < 2:
+            raise ValueError(f"vocab: need at least 2 tokens, got {self.vocab}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon: need at least 1 step, got {self.horizon}")
+        r = np.asarray(self.rewards, dtype=np.float64).reshape(-1)
+        if r.shape != (self.vocab**self.horizon,):
+            raise ValueError(
+                f"rewards: expected {self.vocab}^{self.horizon} = {self.vocab**self.horizon} "
+                f"entries, got {r.size}"
+            )
+        _check_finite("rewards", r)
+        object.__setattr__(self, "rewards", r)
+        offsets = np.cumsum([0] + [self.vocab**t for t in range(self.horizon)])
+        object.__setattr__(self, "_offsets", tuple(int(o) for o in offsets))
+
+    @property
+    def n_states(self) -> int:
+        return self._offsets[-1]
+
+    @property
+    def logits_shape(self) -> tuple[int, int]:
+        return (self.n_states, self.vocab)
+
+    @cached_property
+    def depth(self) -> np.ndarray:
+        """The prefix length t of each state; [S]."""
+        return np.repeat(np.arange(self.horizon), [self.vocab**t for t in range(self.horizon)])
+
+    def _level(self, x: np.ndarray, t: int) -> np.ndarray:
+        return x[self._offsets[t] : self._offsets[t + 1]]
+
+    def reach_probability(self, logits: np.ndarray) -> np.ndarray:
+        """P_π(prefix s is generated); [S]. Sums to T (one state per depth)."""
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        reach = np.empty(self.n_states)
+        reach[0] = 1.0
+        for t in range(1, self.horizon):
+            parent = self._level(reach, t - 1)  # (V^{t-1},)
+            # child (t, i·V + a) is reached with P(parent i)·π(a | parent i)
+            reach[self._offsets[t] : self._offsets[t + 1]] = (
+                parent[:, None] * self._level(p, t - 1)
+            ).reshape(-1)
+        return reach
+
+    def q_values(self, logits: np.ndarray) -> np.ndarray:
+        """Q(s, a) = expected final reward after emitting a at prefix s; [S, A]."""
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        q = np.empty(self.logits_shape)
+        # the last decision's Q is the reward of the completed sequence
+        self._level(q, self.horizon - 1)[:] = self.rewards.reshape(-1, self.vocab)
+        for t in range(self.horizon - 2, -1, -1):
+            child_value = (self._level(p, t + 1) * self._level(q, t + 1)).sum(axis=1)
+            self._level(q, t)[:] = child_value.reshape(-1, self.vocab)
+        return q
+
+    def state_rewards(self, logits: np.ndarray) -> np.ndarray:
+        return self.q_values(logits)
+
+    def visitation(self, logits: np.ndarray) -> np.ndarray:
+        """d_π(s) = P_π(reach s), the weight in ∂J/∂z(s,·) = d_π(s)·π·A (unnormalised: sums to T)."""
+        return self.reach_probability(logits)
+
+    def state_weights(self, logits: np.ndarray) -> np.ndarray:
+        """d_π(s)/T: the token-position average of per-prefix entropy; sums to 1."""
+        return self.reach_probability(logits) / self.horizon
+
+    def expected_reward(self, logits: np.ndarray) -> float:
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        return float(p[0] @ self.q_values(z)[0])
+
+

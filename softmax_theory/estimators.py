@@ -1,0 +1,351 @@
+"""Exact entropy-dynamics estimators for tabular softmax policies.
+
+Every function works in float64 over the last axis (actions, ``A``) and broadcasts over the
+leading axes (states, ``S``, or any batch shape). Entropies are in nats. Equation numbers refer
+to ``docs/theory.md``.
+
+Dimension legend (shared with ``llm_bridge``): S states, A actions, B batch, G group,
+T tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+# Rows of a [rows, A] block are processed together so that the block's temporaries
+# (about four float64 copies) stay in cache: 2 MiB of logits per block.
+ROW_BLOCK_BYTES = 1 << 21
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_logits(logits: np.ndarray, name: str = "logits") -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 0:
+        raise ValueError(f"{name}: expected at least one axis (actions), got a scalar")
+    if z.shape[-1] == 0:
+        raise ValueError(f"{name}: the action axis (last) is empty, shape {z.shape}")
+    return z
+
+
+def _check_finite(name: str, x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
+        bad = np.size(x) - int(np.isfinite(x).sum())
+        raise ValueError(f"{name}: {bad} entries are NaN or infinite; all must be finite")
+
+
+def _like_logits(x: np.ndarray, z: np.ndarray, name: str) -> np.ndarray:
+    """Broadcast ``x`` to the logits' shape, or raise naming ``name``."""
+    x = np.asarray(x, dtype=np.float64)
+    try:
+        return np.broadcast_to(x, z.shape)
+    except ValueError:
+        raise ValueError(
+            f"{name}: shape {x.shape} does not broadcast to the logits' shape {z.shape}"
+        ) from None
+
+
+def _check_lr(lr: float) -> float:
+    lr = float(lr)
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr: the step size must be a finite number > 0, got {lr}")
+    return lr
+
+
+def _state_weights(state_weights: np.ndarray | None, z: np.ndarray) -> np.ndarray:
+    """State weights d(s), shape z.shape[:-1]; ones when omitted."""
+    if state_weights is None:
+        return np.ones(z.shape[:-1])
+    d = np.asarray(state_weights, dtype=np.float64)
+    if d.shape != z.shape[:-1]:
+        try:
+            d = np.broadcast_to(d, z.shape[:-1])
+        except ValueError:
+            raise ValueError(
+                f"state_weights: shape {d.shape} does not match the states of logits "
+                f"{z.shape[:-1]}"
+            ) from None
+    _check_finite("state_weights", d)
+    if (d < 0).any():
+        raise ValueError("state_weights: must be non-negative")
+    return d
+
+
+def _finite_result(result: np.ndarray, **inputs: np.ndarray) -> np.ndarray:
+    """Return ``result`` if finite; else name the input that made it so.
+
+    The fast paths scan their inputs only when the output is not finite: a NaN or ±inf input
+    always propagates to the output (exp(−inf)·(−inf) is NaN), so this check is complete and
+    costs no extra pass over the inputs on the normal path.
+    """
+    if np.isfinite(result).all():
+        return result
+    for name, x in inputs.items():
+        _check_finite(name, x)
+    raise FloatingPointError("non-finite result from finite inputs; please report this input")
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax and moments
+# ---------------------------------------------------------------------------------------------
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log π = z − logsumexp(z), shape [..., A]."""
+    z = _as_logits(logits)
+    _check_finite("logits", z)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """π = softmax(z), shape [..., A]."""
+    return np.exp(log_softmax(logits))
+
+
+def _mean(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """E_π[x] over the last axis."""
+    return np.einsum("...a,...a->...", p, x)
+
+
+def covariance(logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Cov_{a∼softmax(z)}(x_a, y_a) = E_π[(x − E_π x)(y − E_π y)]  (eq. 2).
+
+    Args:
+      logits: z, shape [..., A].
+      x, y: per-action values, broadcastable to [..., A].
+    Returns:
+      shape [...].
+    """
+    z = _as_logits(logits)
+    x = _like_logits(x, z, "x")
+    y = _like_logits(y, z, "y")
+    _check_finite("x", x)
+    _check_finite("y", y)
+    p = softmax(z)
+    xc = x - _mean(p, x)[..., None]
+    yc = y - _mean(p, y)[..., None]
+    return _mean(p, xc * yc)
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    rows = max(1, ROW_BLOCK_BYTES // (8 * n_cols))
+    for start in range(0, n_rows, rows):
+        yield slice(start, min(start + rows, n_rows))
+
+
+def _entropy_and_first_order(
+    z: np.ndarray, delta: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One pass over the logits: H (eq. 1) and, given δ, −Cov_π(log π, δ) (eq. 3).
+
+    Naive equivalent (``softmax_theory.reference``)::
+
+        H  = logsumexp(z) − Σ softmax(z)·z
+        ΔH ≈ −Σ π (log π − E log π)(δ − E δ)
+
+    Rows are taken in cache-sized blocks with reused buffers, so each block is read from
+    memory once; see ``benchmarks/bench_estimators.py``.
+    """
+    n_actions = z.shape[-1]
+    z2 = z.reshape(-1, n_actions)  # (S, A)
+    d2 = None if delta is None else delta.reshape(-1, n_actions)
+    n_rows = z2.shape[0]
+    h = np.empty(n_rows)
+    first = None if delta is None else np.empty(n_rows)
+    block = max(1, ROW_BLOCK_BYTES // (8 * n_actions))
+    g_buf = np.empty((min(block, n_rows), n_actions))
+    p_buf = np.empty_like(g_buf)
+    for rows in _row_blocks(n_rows, n_actions):
+        r = rows.stop - rows.start
+        g = np.subtract(z2[rows], z2[rows].max(axis=1, keepdims=True), out=g_buf[:r])
+        p = np.exp(g, out=p_buf[:r])
+        total = p.sum(axis=1, keepdims=True)
+        p /= total  # π
+        mean_g = np.einsum("ij,ij->i", p, g)
+        # H = log Σ e^{z−m} − E_π[z − m]: both terms O(1) even for logits of ±1e4.
+        h[rows] = np.log(total[:, 0]) - mean_g
+        if d2 is not None:
+            g -= mean_g[:, None]  # log π − E_π log π (the shift by log Σ cancels)
+            g *= p  # π·(log π − E log π)
+            # Cov = E[(log π − E log π) δ] − E[log π − E log π]·E[δ]; the second term is zero
+            # in exact arithmetic and removes the rounding of the first.
+            cov = np.einsum("ij,ij->i", g, d2[rows]) - g.sum(axis=1) * np.einsum(
+                "ij,ij->i", p, d2[rows]
+            )
+            first[rows] = -cov
+    shape = z.shape[:-1]
+    return h.reshape(shape), None if first is None else first.reshape(shape)
+
+
+def entropy(logits: np.ndarray) -> np.ndarray:
+    """H(π) = −Σ_a π(a) log π(a) in nats, π = softmax(z)  (eq. 1).
+
+    Stable form: logsumexp(z) − Σ softmax(z)·z, computed on z − max z.
+
+    Args:
+      logits: z, shape [..., A].
+    Returns:
+      shape [...].
+    """
+    z = _as_logits(logits)
+    with np.errstate(invalid="ignore", over="ignore"):  # bad input is named below
+        h, _ = _entropy_and_first_order(z, None)
+    return _finite_result(h, logits=z)
+
+
+# Beyond this step (max |δ − E_π δ| over a row) expm1 could overflow and the change is large
+# enough for the plain difference H(z + δ) − H(z) to be accurate.
+STABLE_CHANGE_MAX_STEP = 50.0
+
+
+def entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Exact ΔH = H(softmax(z + δ)) − H(softmax(z)), shape [...]  (eq. 11).
+
+    The plain difference loses all digits below 1e-16·H, which hides the η² error of the
+    first-order predictions at small steps. Instead, with d = δ − E_π δ and m = E_π[e^d − 1]:
+    π' − π = π·(e^d − 1 − m)/(1 + m) and
+    ΔH = −Σ (π' − π)(log π − E_π log π) − Σ π'·d + log(1 + m),
+    each term built from expm1/log1p, so the absolute error scales with |δ| rather than with H.
+    Rows whose centred step exceeds ``STABLE_CHANGE_MAX_STEP`` use the plain difference.
+    """
+    z = _as_logits(logits)
+    d = _like_logits(delta, z, "delta")
+    _check_finite("logits", z)
+    _check_finite("delta", d)
+    logp = log_softmax(z)
+    p = np.exp(logp)
+    dc = d - _mean(p, d)[..., None]
+    small = np.abs(dc).max(axis=-1) <= STABLE_CHANGE_MAX_STEP
+    em1 = np.expm1(np.where(small[..., None], dc, 0.0))
+    m = _mean(p, em1)  # Z − 1, Z = E_π e^d
+    dp = p * (em1 - m[..., None]) / (1.0 + m[..., None])  # π' − π
+    g = logp - _mean(p, logp)[..., None]
+    stable = -_mean(dp, g) - _mean(p + dp, dc) + np.log1p(m)
+    if small.all():
+        return stable
+    return np.where(small, stable, entropy(z + d) - entropy(z))
+
+
+def first_order_entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """ΔH ≈ −Cov_{a∼π}(log π(a), δ_a). Cui et al. 2025, Lemma 1 (eq. 3).
+
+    Args:
+      logits: z before the update, shape [..., A].
+      delta: the logit change z' − z, broadcastable to [..., A].
+    Returns:
+      the first-order prediction of H(z + δ) − H(z), shape [...].
+    """
+    z = _as_logits(logits)
+    d = _like_logits(delta, z, "delta")
+    with np.errstate(invalid="ignore", over="ignore"):  # bad input is named below
+        _, first = _entropy_and_first_order(z, d)
+    return _finite_result(first, logits=z, delta=d)
+
+
+def entropy_and_first_order_change(
+    logits: np.ndarray, delta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """H(π) and Lemma 1's −Cov_π(log π, δ) in one pass over the logits (eqs. 1 and 3)."""
+    z = _as_logits(logits)
+    d = _like_logits(delta, z, "delta")
+    with np.errstate(invalid="ignore", over="ignore"):  # bad input is named below
+        h, first = _entropy_and_first_order(z, d)
+    return _finite_result(h, logits=z), _finite_result(first, logits=z, delta=d)
+
+
+def second_order_entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """ΔH ≈ −Cov_π(log π, δ) − ½·(Var_π(δ) + E_π[(δ − δ̄)²(log π − E log π)])  (eq. 4).
+
+    The bracket is −d²/dt² H(softmax(z + tδ)) at t = 0, derived in
+    ``softmax_theory.symbolic.second_derivative``; the error of this estimate shrinks like |δ|³.
+
+    Args:
+      logits: z, shape [..., A].
+      delta: the logit change, broadcastable to [..., A].
+    Returns:
+      shape [...].
+    """
+    z = _as_logits(logits)
+    d = _like_logits(delta, z, "delta")
+    _check_finite("delta", d)
+    logp = log_softmax(z)
+    p = np.exp(logp)
+    u = d - _mean(p, d)[..., None]  # δ − E_π δ
+    g = logp - _mean(p, logp)[..., None]  # log π − E_π log π
+    first = -_mean(p, g * u)
+    curvature = _mean(p, u * u) + _mean(p, u * u * g)
+    return first - 0.5 * curvature
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages, tabular updates, Theorems 1 and 2
+# ---------------------------------------------------------------------------------------------
+
+
+def advantages(logits: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """A(s, a) = r(s, a) − E_{a'∼π(·|s)} r(s, a'), shape [..., A]  (eq. 5)."""
+    z = _as_logits(logits)
+    r = _like_logits(rewards, z, "rewards")
+    _check_finite("rewards", r)
+    p = softmax(z)
+    return r - _mean(p, r)[..., None]
+
+
+def pg_update(
+    logits: np.ndarray,
+    rewards: np.ndarray,
+    lr: float,
+    state_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """z' = z + η·d(s)·π(a|s)·A(s, a): exact tabular softmax policy gradient  (eq. 6).
+
+    ∂/∂z(s,a) of J = Σ_s d(s) Σ_a π(a|s) r(s,a) is d(s)·π(a|s)·A(s,a).
+
+    Args:
+      logits: z, shape [..., A].
+      rewards: r(s, a), broadcastable to [..., A].
+      lr: η > 0.
+      state_weights: d(s), shape [...]; ones when omitted.
+    """
+    z = _as_logits(logits)
+    lr = _check_lr(lr)
+    d = _state_weights(state_weights, z)
+    return z + lr * d[..., None] * softmax(z) * advantages(z, rewards)
+
+
+def npg_update(logits: np.ndarray, rewards: np.ndarray, lr: float) -> np.ndarray:
+    """z' = z + η·A(s, a): natural policy gradient for a tabular softmax (Kakade 2001)  (eq. 7)."""
+    z = _as_logits(logits)
+    lr = _check_lr(lr)
+    return z + lr * advantages(z, rewards)
+
+
+def pg_entropy_change(
+    logits: np.ndarray,
+    rewards: np.ndarray,
+    lr: float,
+    state_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """ΔH ≈ −η·d(s)·Cov_{a∼π}(log π(a|s), π(a|s)·A(s,a)). Cui et al. 2025, Theorem 1 (eq. 8).
+
+    The paper writes η for the effective step; with state weights d(s) the step at state s is
+    η·d(s), matching ``pg_update``.
+    """
+    z = _as_logits(logits)
+    lr = _check_lr(lr)
+    d = _state_weights(state_weights, z)
+    logp = log_softmax(z)
+    return -lr * d * covariance(z, logp, np.exp(logp) * advantages(z, rewards))
+
+
+def npg_entropy_change(logits: np.ndarray, rewards: np.ndarray, lr: float) -> np.ndarray:
+    """ΔH ≈ −η·Cov_{a∼π}(log π(a|s), A(s,a)). Cui et al. 2025, Theorem 2 (eq. 9)."""
+    z = _as_logits(logits)
+    lr = _check_lr(lr)
+    return -lr * covariance(z, log_softmax(z), advantages(z, rewards))
