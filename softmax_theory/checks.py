@@ -95,7 +95,7 @@ class CheckRow:
     lr: float
     median_rel_error: float
     p90_rel_error: float
-    correlation: float
+    correlation: float | None  # None where predictions or measurements are constant
     slope: float  # median over instances of the log-log slope of |error| vs η (whole ladder)
     slope_bounds: tuple[float, float]
     max_median_rel_error: float | None  # the bound at this cell, if one applies
@@ -113,8 +113,11 @@ class CheckReport:
         return all(row.passed for row in self.rows)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "config": asdict(self.config),
-                "rows": [asdict(row) for row in self.rows]}
+        return {
+            "passed": self.passed,
+            "config": asdict(self.config),
+            "rows": [asdict(row) for row in self.rows],
+        }
 
 
 def _envs(config: CheckConfig, rng: np.random.Generator) -> list[TabularEnv]:
@@ -169,6 +172,14 @@ CLAIMS: dict[Claim, Callable] = {
 }
 
 
+def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation; None when either side is constant (undefined, not zero)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def _slope(lrs: np.ndarray, errors: np.ndarray) -> np.ndarray:
     """Least-squares slope of log|error| on log η, per instance; errors [N, L] → [N]."""
     x = np.log(lrs) - np.log(lrs).mean()
@@ -220,7 +231,7 @@ def run_checks(config: CheckConfig = CheckConfig()) -> CheckReport:
                         lr=float(lr),
                         median_rel_error=median_rel,
                         p90_rel_error=float(np.quantile(rel[:, j], 0.9)),
-                        correlation=float(np.corrcoef(measured[:, j], predicted[:, j])[0, 1]),
+                        correlation=correlation(measured[:, j], predicted[:, j]),
                         slope=median_slope,
                         slope_bounds=(lo, hi),
                         max_median_rel_error=bound,

@@ -1,4 +1,7 @@
-"""`softmax-theory`: the command line. Each command builds a config and calls one library function."""
+"""`softmax-theory`: the command line.
+
+Each command builds a config from its options and calls one library function.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +34,18 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
         return tuple(float(item) for item in text.split(",") if item.strip())
     except ValueError:
-        raise typer.BadParameter(f"{name}: expected comma-separated numbers, got {text!r}") from None
+        raise typer.BadParameter(
+            f"{name}: expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(item) for item in text.split(",") if item.strip())
     except ValueError:
-        raise typer.BadParameter(f"{name}: expected comma-separated integers, got {text!r}") from None
+        raise typer.BadParameter(
+            f"{name}: expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _config(config_cls: type, **given: Any) -> Any:
@@ -56,8 +63,17 @@ def _fmt(x: float) -> str:
 def print_check_report(report: CheckReport) -> None:
     for claim in dict.fromkeys(row.claim for row in report.rows):
         table = Table(title=f"{claim}: predicted vs exact ΔH", show_lines=False)
-        for col in ("env", "lr", "median rel err", "p90 rel err", "corr", "slope", "bounds",
-                    "shift share", "ok"):
+        for col in (
+            "env",
+            "lr",
+            "median rel err",
+            "p90 rel err",
+            "corr",
+            "slope",
+            "bounds",
+            "shift share",
+            "ok",
+        ):
             table.add_column(col, justify="right")
         for row in (r for r in report.rows if r.claim == claim):
             lo, hi = row.slope_bounds
@@ -65,8 +81,14 @@ def print_check_report(report: CheckReport) -> None:
             if row.max_median_rel_error is not None:
                 bound += f"; median <= {row.max_median_rel_error:g}"
             table.add_row(
-                row.env, f"{row.lr:g}", _fmt(row.median_rel_error), _fmt(row.p90_rel_error),
-                f"{row.correlation:.5f}", f"{row.slope:.3f}", bound, f"{row.shift_share:.3f}",
+                row.env,
+                f"{row.lr:g}",
+                _fmt(row.median_rel_error),
+                _fmt(row.p90_rel_error),
+                "n/a" if row.correlation is None else f"{row.correlation:.5f}",
+                f"{row.slope:.3f}",
+                bound,
+                f"{row.shift_share:.3f}",
                 "[green]yes[/]" if row.passed else "[red]NO[/]",
             )
         console.print(table)

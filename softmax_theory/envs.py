@@ -231,7 +231,7 @@ class TokenTreeMDP(TabularEnv):
         return self.q_values(logits)
 
     def visitation(self, logits: np.ndarray) -> np.ndarray:
-        """d_π(s) = P_π(reach s), the weight in ∂J/∂z(s,·) = d_π(s)·π·A (unnormalised: sums to T)."""
+        """d_π(s) = P_π(reach s), the weight in ∂J/∂z(s,·) = d_π(s)·π·A; sums to T."""
         return self.reach_probability(logits)
 
     def state_weights(self, logits: np.ndarray) -> np.ndarray:
@@ -242,5 +242,3 @@ class TokenTreeMDP(TabularEnv):
         z = _check_logits(logits, self.logits_shape)
         p = np.exp(log_softmax(z))
         return float(p[0] @ self.q_values(z)[0])
-
-

@@ -10,7 +10,8 @@ T tokens, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -67,8 +68,7 @@ def _state_weights(state_weights: np.ndarray | None, z: np.ndarray) -> np.ndarra
             d = np.broadcast_to(d, z.shape[:-1])
         except ValueError:
             raise ValueError(
-                f"state_weights: shape {d.shape} does not match the states of logits "
-                f"{z.shape[:-1]}"
+                f"state_weights: shape {d.shape} does not match the states of logits {z.shape[:-1]}"
             ) from None
     _check_finite("state_weights", d)
     if (d < 0).any():
@@ -133,10 +133,40 @@ def covariance(logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _mean(p, xc * yc)
 
 
-def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
-    rows = max(1, ROW_BLOCK_BYTES // (8 * n_cols))
-    for start in range(0, n_rows, rows):
-        yield slice(start, min(start + rows, n_rows))
+# The blocked kernel splits the rows among this many threads (numpy releases the GIL inside
+# its loops, so the threads run in parallel); small inputs use one.
+THREADS = min(2, os.cpu_count() or 1)
+
+
+def _kernel_rows(
+    z2: np.ndarray,
+    d2: np.ndarray | None,
+    h: np.ndarray,
+    first: np.ndarray | None,
+    row_range: range,
+) -> None:
+    """Fill h[rows] (and first[rows]) for the rows in ``row_range``, one cache block at a time."""
+    n_actions = z2.shape[1]
+    block = max(1, ROW_BLOCK_BYTES // (8 * n_actions))
+    g_buf = np.empty((min(block, len(row_range)), n_actions))
+    e_buf = np.empty_like(g_buf)
+    for start in range(row_range.start, row_range.stop, block):
+        rows = slice(start, min(start + block, row_range.stop))
+        r = rows.stop - rows.start
+        g = np.subtract(z2[rows], z2[rows].max(axis=1, keepdims=True), out=g_buf[:r])  # z − max
+        e = np.exp(g, out=e_buf[:r])  # e^{z − max}; π = e / Σe, left unnormalised
+        total = e.sum(axis=1)
+        mean_g = np.einsum("ij,ij->i", e, g) / total  # E_π[z − max]
+        # H = log Σ e^{z−m} − E_π[z − m]: both terms O(1) even for logits of ±1e4.
+        h[rows] = np.log(total) - mean_g
+        if d2 is not None:
+            g -= mean_g[:, None]  # log π − E_π log π (the shift by log Σe cancels)
+            g *= e  # Σe·π·(log π − E log π)
+            # Cov = E[(log π − E log π) δ] − E[log π − E log π]·E[δ]; the second term is zero
+            # in exact arithmetic and removes the rounding of the first.
+            mean_d = np.einsum("ij,ij->i", e, d2[rows]) / total
+            cov = (np.einsum("ij,ij->i", g, d2[rows]) - g.sum(axis=1) * mean_d) / total
+            first[rows] = -cov
 
 
 def _entropy_and_first_order(
@@ -150,7 +180,7 @@ def _entropy_and_first_order(
         ΔH ≈ −Σ π (log π − E log π)(δ − E δ)
 
     Rows are taken in cache-sized blocks with reused buffers, so each block is read from
-    memory once; see ``benchmarks/bench_estimators.py``.
+    memory once, and split among ``THREADS`` threads; see ``benchmarks/bench_estimators.py``.
     """
     n_actions = z.shape[-1]
     z2 = z.reshape(-1, n_actions)  # (S, A)
@@ -159,26 +189,15 @@ def _entropy_and_first_order(
     h = np.empty(n_rows)
     first = None if delta is None else np.empty(n_rows)
     block = max(1, ROW_BLOCK_BYTES // (8 * n_actions))
-    g_buf = np.empty((min(block, n_rows), n_actions))
-    p_buf = np.empty_like(g_buf)
-    for rows in _row_blocks(n_rows, n_actions):
-        r = rows.stop - rows.start
-        g = np.subtract(z2[rows], z2[rows].max(axis=1, keepdims=True), out=g_buf[:r])
-        p = np.exp(g, out=p_buf[:r])
-        total = p.sum(axis=1, keepdims=True)
-        p /= total  # π
-        mean_g = np.einsum("ij,ij->i", p, g)
-        # H = log Σ e^{z−m} − E_π[z − m]: both terms O(1) even for logits of ±1e4.
-        h[rows] = np.log(total[:, 0]) - mean_g
-        if d2 is not None:
-            g -= mean_g[:, None]  # log π − E_π log π (the shift by log Σ cancels)
-            g *= p  # π·(log π − E log π)
-            # Cov = E[(log π − E log π) δ] − E[log π − E log π]·E[δ]; the second term is zero
-            # in exact arithmetic and removes the rounding of the first.
-            cov = np.einsum("ij,ij->i", g, d2[rows]) - g.sum(axis=1) * np.einsum(
-                "ij,ij->i", p, d2[rows]
-            )
-            first[rows] = -cov
+    n_threads = max(1, min(THREADS, n_rows // block))
+    bounds = np.linspace(0, n_rows, n_threads + 1).astype(int)
+    parts = [range(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    if n_threads == 1:
+        _kernel_rows(z2, d2, h, first, parts[0])
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            for future in [pool.submit(_kernel_rows, z2, d2, h, first, part) for part in parts]:
+                future.result()
     shape = z.shape[:-1]
     return h.reshape(shape), None if first is None else first.reshape(shape)
 

@@ -32,7 +32,6 @@ def naive_first_order_entropy_change(logits: np.ndarray, delta: np.ndarray) -> n
     return -naive_covariance(logits, np.log(p), delta)
 
 
-
 def _mp_entropy(z: list) -> object:
     import mpmath
 

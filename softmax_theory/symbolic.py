@@ -15,7 +15,7 @@ import sympy as sp
 
 @dataclass(frozen=True)
 class SoftmaxSymbols:
-    """Symbols for one state with ``n_actions`` actions: logits z, direction δ, rewards r, time t."""
+    """Symbols for one state of ``n_actions`` actions: logits z, direction δ, rewards r, time t."""
 
     z: tuple[sp.Symbol, ...]
     delta: tuple[sp.Symbol, ...]
@@ -43,7 +43,9 @@ def _expect(p: list[sp.Expr], x: list[sp.Expr]) -> sp.Expr:
 
 
 def _cov(p: list[sp.Expr], x: list[sp.Expr], y: list[sp.Expr]) -> sp.Expr:
-    return _expect(p, [xi * yi for xi, yi in zip(x, y, strict=True)]) - _expect(p, x) * _expect(p, y)
+    return _expect(p, [xi * yi for xi, yi in zip(x, y, strict=True)]) - _expect(p, x) * _expect(
+        p, y
+    )
 
 
 def _entropy_along(s: SoftmaxSymbols) -> sp.Expr:
@@ -108,9 +110,5 @@ def npg_direction(n_actions: int = 3) -> bool:
     p, _ = _softmax(s.z)
     baseline = _expect(p, list(s.r))
     adv = [ri - baseline for ri in s.r]
-    fisher_times_adv = [
-        p[a] * adv[a] - p[a] * _expect(p, adv) for a in range(n_actions)
-    ]
-    return all(
-        _is_zero(fa - p[a] * adv[a], s) for a, fa in enumerate(fisher_times_adv)
-    )
+    fisher_times_adv = [p[a] * adv[a] - p[a] * _expect(p, adv) for a in range(n_actions)]
+    return all(_is_zero(fa - p[a] * adv[a], s) for a, fa in enumerate(fisher_times_adv))

@@ -75,6 +75,12 @@ def test_cli_check_exits_nonzero_when_a_check_fails(monkeypatch):
     )
     result = CliRunner().invoke(app, ["check", "--instances", "3", "--lrs", "0.01,0.1"])
     assert result.exit_code == 1
+    assert "n/a" in result.output  # constant predictions have no correlation
+
+
+def test_correlation_is_undefined_for_constants():
+    assert checks.correlation([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) > 0.9
+    assert checks.correlation([1.0, 2.0], [5.0, 5.0]) is None
 
 
 def test_cli_rejects_bad_lists():

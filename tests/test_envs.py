@@ -71,7 +71,7 @@ def test_tree_entropy_is_the_per_token_entropy_of_generations():
     total = 0.0
     for seq in np.ndindex(*(vocab,) * horizon):
         state, prob, per_token = 0, 1.0, 0.0
-        for t, a in enumerate(seq):
+        for a in seq:
             per_token += h[state]
             prob *= p[state, a]
             state = state * vocab + a + 1  # flat index of the child prefix

@@ -52,7 +52,9 @@ def test_updates_by_hand():
 
 def test_uniform_policy_has_zero_first_order_change():
     # log π is constant at the uniform policy, so −Cov(log π, δ) = 0 for any δ
-    assert st_.first_order_entropy_change(np.zeros(5), np.arange(5.0)) == pytest.approx(0, abs=1e-15)
+    assert st_.first_order_entropy_change(np.zeros(5), np.arange(5.0)) == pytest.approx(
+        0, abs=1e-15
+    )
 
 
 def test_second_order_at_uniform_is_minus_half_variance():
