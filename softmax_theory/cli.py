@@ -15,6 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from softmax_theory.checks import CheckConfig, CheckReport, run_checks
+from softmax_theory.law import (
+    N_BOOT,
+    PAPER_FIT_FRACTION,
+    LawReport,
+    law_report,
+    series_from_csv,
+    series_from_run,
+)
+from softmax_theory.runlog import read_run
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 # Wide enough for the tables even when the output is a pipe or a log file (rich assumes 80).
@@ -127,3 +136,110 @@ def check(
         console.print(f"[red]{len(failed)} of {len(report.rows)} checks missed their tolerance[/]")
         raise typer.Exit(code=1)
     console.print(f"[green]all {len(report.rows)} checks within the tolerance the theory gives[/]")
+
+
+def _interval(lo_hi: tuple[float, float]) -> str:
+    return f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]"
+
+
+def print_law_reports(reports: list[LawReport], fit_fraction: float) -> None:
+    table = Table(title="R = −a·exp(H) + b")
+    for col in (
+        "run",
+        "n",
+        "a",
+        "a 95%",
+        "b",
+        "b 95%",
+        "ceiling b−a",
+        "ceiling 95%",
+        "R²",
+        "RMSE",
+        f"forecast RMSE (fit {fit_fraction:g})",
+        "final error",
+    ):
+        table.add_column(col, justify="right")
+    for rep in reports:
+        f, ci, fc = rep.fit, rep.interval, rep.forecast
+        table.add_row(
+            rep.series.name,
+            str(f.n),
+            f"{f.a:.4g}",
+            _interval(ci.a),
+            f"{f.b:.4g}",
+            _interval(ci.b),
+            f"{f.ceiling:.4g}",
+            _interval(ci.ceiling),
+            "n/a" if f.r2 is None else f"{f.r2:.3f}",
+            f"{f.rmse:.3g}",
+            "n/a" if fc is None else f"{fc.rmse:.3g}",
+            "n/a" if fc is None else f"{fc.final_error:+.3g}",
+        )
+    console.print(table)
+    for rep in reports:
+        if not rep.fit.holds:
+            console.print(
+                f"[yellow]{rep.series.name}: the best fit has a = 0 — reward does not rise as "
+                "entropy falls, so the law does not hold for this run[/]"
+            )
+        if rep.forecast_error is not None:
+            console.print(f"[yellow]{rep.series.name}: no forecast: {rep.forecast_error}[/]")
+
+
+@app.command()
+def fit(
+    runs: Annotated[list[Path], typer.Argument(help="run directories, or CSV files")],
+    fit_fraction: Annotated[
+        float, typer.Option(help="share of points (in step order) the forecast is fitted on")
+    ] = PAPER_FIT_FRACTION,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the intervals")] = N_BOOT,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    entropy_col: Annotated[str, typer.Option(help="CSV: the entropy column")] = "entropy",
+    reward_col: Annotated[str, typer.Option(help="CSV: the reward column")] = "reward",
+    step_col: Annotated[str, typer.Option(help="CSV: the step column, if any")] = "step",
+    out: Annotated[Path | None, typer.Option(help="directory for law.png and law.json")] = None,
+) -> None:
+    """Fit the entropy–performance law to runs; print a, b, the ceiling and the forecast error."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    reports = []
+    for path in runs:
+        try:
+            series = (
+                series_from_csv(path, entropy_col, reward_col, step_col)
+                if path.suffix.lower() == ".csv"
+                else series_from_run(read_run(path))
+            )
+            reports.append(law_report(series, fit_fraction, n_boot, rng))
+        except (ValueError, FileNotFoundError) as err:
+            raise typer.BadParameter(f"{path}: {err}", param_hint="RUNS") from None
+    print_law_reports(reports, fit_fraction)
+    if out is not None:
+        from softmax_theory.plots import plot_law
+
+        out.mkdir(parents=True, exist_ok=True)
+        fig, _ = plot_law(reports)
+        fig.savefig(out / "law.png", dpi=120)
+        (out / "law.json").write_text(json.dumps([_law_dict(r) for r in reports], indent=2))
+        console.print(f"wrote {out / 'law.png'} and {out / 'law.json'}")
+
+
+def _law_dict(rep: LawReport) -> dict[str, Any]:
+    f, fc = rep.fit, rep.forecast
+    return {
+        "run": rep.series.name,
+        "reward_key": rep.series.reward_key,
+        "n": f.n,
+        "a": f.a,
+        "b": f.b,
+        "ceiling": f.ceiling,
+        "holds": f.holds,
+        "r2": f.r2,
+        "rmse": f.rmse,
+        "interval": dataclasses.asdict(rep.interval),
+        "forecast": None
+        if fc is None
+        else {"n_fit": fc.n_fit, "rmse": fc.rmse, "final_error": fc.final_error},
+        "forecast_error": rep.forecast_error,
+    }

@@ -1,0 +1,118 @@
+"""The run log both halves share: a directory with ``config.json`` and ``steps.jsonl``.
+
+One JSON object per step, appended and flushed when the step ends, so a killed run loses
+nothing already written. Keys a run cannot measure are absent, never a made-up zero
+(the contract is in the design note; ``STEP_KEYS`` lists the common ones).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+STEPS_FILE = "steps.jsonl"
+
+STEP_KEYS = (
+    "step",
+    "entropy",
+    "reward",
+    "val_reward",
+    "entropy_after",
+    "delta_entropy",
+    "pred_lemma1",
+    "pred_pg",
+    "pred_npg",
+    "pred_jvp",
+    "cov_mean",
+    "lr",
+    "algo",
+)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python; a NaN or inf is refused rather than written."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"run log: refusing to write a non-finite value ({value})")
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunWriter:
+    """Appends steps to ``DIR/steps.jsonl``; each line is flushed and fsynced as written."""
+
+    def __init__(self, directory: str | os.PathLike, config: dict[str, Any], resume: bool = False):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        steps = self.directory / STEPS_FILE
+        if steps.exists() and steps.stat().st_size > 0 and not resume:
+            raise FileExistsError(
+                f"out: {self.directory} already holds a run; choose a new directory or resume"
+            )
+        (self.directory / CONFIG_FILE).write_text(json.dumps(_clean(config), indent=2) + "\n")
+        self._file = steps.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if "step" not in record:
+            raise ValueError("record: every step needs its 'step' index")
+        self._file.write(json.dumps(_clean(record)) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """A run read back: its config and its steps in order."""
+
+    path: Path
+    config: dict[str, Any]
+    steps: tuple[dict[str, Any], ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of every step that measured ``key``."""
+        pairs = [(s["step"], s[key]) for s in self.steps if key in s and s[key] is not None]
+        return [p[0] for p in pairs], [float(p[1]) for p in pairs]
+
+
+def read_run(directory: str | os.PathLike) -> RunLog:
+    """Read a run directory. A torn last line (a run killed mid-write) is skipped."""
+    path = Path(directory)
+    steps_path = path / STEPS_FILE
+    if not steps_path.exists():
+        raise FileNotFoundError(f"run: {path} has no {STEPS_FILE}")
+    config_path = path / CONFIG_FILE
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    lines = steps_path.read_text(encoding="utf-8").splitlines()
+    steps = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            steps.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the run was killed while writing its last step
+            raise ValueError(f"run: {steps_path} line {i + 1} is not JSON") from None
+    return RunLog(path=path, config=config, steps=tuple(steps))
