@@ -87,6 +87,17 @@ class TabularEnv:
         """Logits ~ N(0, scale²), shape [S, A]."""
         return scale * rng.standard_normal(self.logits_shape)
 
+    def initial_logits(self, rng: np.random.Generator) -> np.ndarray:
+        """The environment's starting policy if it has one, else N(0, 1) logits."""
+        init = getattr(self, "init_logits", None)
+        return self.random_logits(rng) if init is None else np.array(init, dtype=np.float64)
+
+    def _check_init(self) -> None:
+        if getattr(self, "init_logits", None) is not None:
+            object.__setattr__(
+                self, "init_logits", _check_logits(self.init_logits, self.logits_shape)
+            )
+
 
 @dataclass(frozen=True, eq=False)
 class ContextualBandit(TabularEnv):
@@ -100,6 +111,7 @@ class ContextualBandit(TabularEnv):
     rewards: np.ndarray
     prompt_weights: np.ndarray | None = None
     name: str = "contextual"
+    init_logits: np.ndarray | None = None  # the starting policy [S, A], if the env has one
 
     def __post_init__(self) -> None:
         r = np.asarray(self.rewards, dtype=np.float64)
@@ -118,6 +130,7 @@ class ContextualBandit(TabularEnv):
             w = w / w.sum()
         object.__setattr__(self, "rewards", r)
         object.__setattr__(self, "prompt_weights", w)
+        self._check_init()
 
     @property
     def logits_shape(self) -> tuple[int, int]:
@@ -167,6 +180,7 @@ class TokenTreeMDP(TabularEnv):
     horizon: int
     rewards: np.ndarray
     name: str = "tree"
+    init_logits: np.ndarray | None = None  # the starting policy [S, V], if the env has one
     _offsets: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,6 +198,7 @@ class TokenTreeMDP(TabularEnv):
         object.__setattr__(self, "rewards", r)
         offsets = np.cumsum([0] + [self.vocab**t for t in range(self.horizon)])
         object.__setattr__(self, "_offsets", tuple(int(o) for o in offsets))
+        self._check_init()
 
     @property
     def n_states(self) -> int:
