@@ -89,7 +89,12 @@ class PolicyLossConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", PolicyLoss(self.loss))
-        for name in ("clip_ratio_low", "clip_ratio_high", "clip_higher_high", "clip_cov_clip_ratio"):
+        for name in (
+            "clip_ratio_low",
+            "clip_ratio_high",
+            "clip_higher_high",
+            "clip_cov_clip_ratio",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
         for name in ("clip_cov_ratio", "kl_cov_ratio"):
@@ -98,7 +103,9 @@ class PolicyLossConfig:
         if self.clip_cov_lb >= self.clip_cov_ub:
             raise ValueError(f"clip_cov_lb: must be < clip_cov_ub, got {self.clip_cov_lb}")
         if self.top_entropy_ratio is not None and not 0 < self.top_entropy_ratio <= 1:
-            raise ValueError(f"top_entropy_ratio: a fraction in (0, 1], got {self.top_entropy_ratio}")
+            raise ValueError(
+                f"top_entropy_ratio: a fraction in (0, 1], got {self.top_entropy_ratio}"
+            )
         for name in ("entropy_coef", "kl_ref_coef", "kl_cov_coef", "entropy_delta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
@@ -220,7 +227,9 @@ def sample_batch(
 # ---------------------------------------------------------------------------------------------
 
 
-def _group_stats(reward: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_stats(
+    reward: np.ndarray, group: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_groups = group.max() + 1
     count = np.bincount(group, minlength=n_groups).astype(np.float64)
     mean = np.bincount(group, weights=reward, minlength=n_groups) / count
@@ -356,7 +365,10 @@ def get_policy_loss(name: str | PolicyLoss) -> Callable[..., TokenLoss]:
 
 
 def _scatter_logit_grad(
-    n_states_actions: tuple[int, int], p: np.ndarray, state: np.ndarray, action: np.ndarray,
+    n_states_actions: tuple[int, int],
+    p: np.ndarray,
+    state: np.ndarray,
+    action: np.ndarray,
     coef: np.ndarray,
 ) -> np.ndarray:
     """Σ_t coef_t·(e_{a_t} − π(·|s_t)) accumulated into a [S, A] array."""

@@ -77,6 +77,8 @@ class SimResult:
     records: tuple[dict[str, Any], ...]
     cov_tables: tuple[CovTable, ...]
     final_logits: np.ndarray
+    final_entropy: float  # after the last update
+    final_reward: float
 
     def series(self, key: str) -> np.ndarray:
         return np.array([r[key] for r in self.records if key in r], dtype=np.float64)
@@ -176,9 +178,7 @@ def simulate(
                 rec["sample_reward"] = float(result.tokens.reward.mean())
                 if k in config.cov_table_steps:
                     tables.append(
-                        cov_table(
-                            k, env, z, result.tokens, result.token_logp, result.token_adv
-                        )
+                        cov_table(k, env, z, result.tokens, result.token_logp, result.token_adv)
                     )
             rec.update(result.metrics)
             records.append(rec)
@@ -199,6 +199,8 @@ def simulate(
         records=tuple(records),
         cov_tables=tuple(tables),
         final_logits=z,
+        final_entropy=env.entropy(z),
+        final_reward=env.expected_reward(z),
     )
 
 

@@ -1,0 +1,119 @@
+"""Typer options generated from frozen config dataclasses.
+
+A command declares which config classes it builds; every scalar field becomes a ``--flag`` with
+the field's help string and no default of its own (an absent flag leaves the dataclass default
+in force), so each default and each help text has exactly one home: the dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+
+def _base_type(tp: Any) -> Any:
+    """float | None → float; tuple[int, ...] → str (parsed later); enums stay enums."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        return str
+    return tp
+
+
+def _parse(value: Any, tp: Any, flag: str) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is tuple and isinstance(value, str):
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        try:
+            return tuple(item(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise typer.BadParameter(
+                f"{flag}: expected comma-separated {item.__name__} values, got {value!r}"
+            ) from None
+    return value
+
+
+def scalar_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """The fields of ``cls`` a flag can set (nested configs excluded), with resolved types."""
+    hints = typing.get_type_hints(cls)
+    return [
+        (f, hints[f.name])
+        for f in dataclasses.fields(cls)
+        if f.init and not dataclasses.is_dataclass(hints[f.name])
+    ]
+
+
+def config_options(*classes: type, rename: dict[str, str] | None = None) -> Callable:
+    """Add one option per scalar field of ``classes`` to a typer command.
+
+    ``rename`` maps ``Class.field`` (or ``field``) to the parameter name used on the command
+    line, for fields whose names collide or read badly (``EnvConfig.name`` → ``env``). The
+    command receives them in ``**options`` and builds its configs with ``build_config``.
+    """
+    rename = rename or {}
+
+    def decorator(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in params}
+        for cls in classes:
+            for f, tp in scalar_fields(cls):
+                name = rename.get(f"{cls.__name__}.{f.name}", rename.get(f.name, f.name))
+                if name in taken:
+                    raise TypeError(f"config_options: option {name!r} defined twice; rename it")
+                taken.add(name)
+                base = _base_type(tp)
+                help_text = f.metadata.get("help", "")
+                default = f.default if f.default is not dataclasses.MISSING else None
+                if isinstance(default, enum.Enum):
+                    default = default.value
+                if default not in (None, ()) and not isinstance(default, bool):
+                    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                    help_text += f" (default: {shown})"
+                params.append(
+                    inspect.Parameter(
+                        name,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=None,
+                        annotation=Annotated[
+                            base | None, typer.Option(help=help_text, show_default=False)
+                        ],
+                    )
+                )
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            return fn(**kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__config_rename__ = rename  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator
+
+
+def build_config(
+    cls: type, options: dict[str, Any], rename: dict[str, str] | None = None, **nested: Any
+) -> Any:
+    """Build ``cls`` from the options the user gave (``None`` = not given) and nested configs."""
+    rename = rename or {}
+    given = {}
+    for f, tp in scalar_fields(cls):
+        name = rename.get(f"{cls.__name__}.{f.name}", rename.get(f.name, f.name))
+        value = options.get(name)
+        if value is not None:
+            given[f.name] = _parse(value, tp, "--" + name.replace("_", "-"))
+    try:
+        return cls(**given, **nested)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None

@@ -1,0 +1,197 @@
+"""Tabular algorithms: advantages, loss invariants, gradients against finite differences."""
+
+import numpy as np
+import pytest
+
+from softmax_theory import Bandit, ContextualBandit, TokenTreeMDP, npg_update, pg_update
+from softmax_theory.algorithms import (
+    ADV_EPS,
+    AlgoConfig,
+    PolicyLossConfig,
+    clip_cov_loss,
+    get_policy_loss,
+    grpo_advantage,
+    initial_state,
+    kl_cov_loss,
+    n_selected,
+    reinforce_pp_advantage,
+    rloo_advantage,
+    sample_batch,
+    step,
+    token_covariance,
+    vanilla_loss,
+)
+from softmax_theory.estimators import log_softmax
+
+
+def test_advantages_by_hand():
+    group = np.array([0, 0, 0, 0, 1, 1])
+    reward = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    # group 0: mean ½, std ½ → ±1/(½ + ε); group 1 is all equal → 0
+    np.testing.assert_allclose(
+        grpo_advantage(reward, group), [0.5 / (0.5 + ADV_EPS), -0.5 / (0.5 + ADV_EPS)] * 2 + [0, 0]
+    )
+    # leave-one-out: r_i − mean of the other three
+    np.testing.assert_allclose(rloo_advantage(reward, group)[:4], [2 / 3, -2 / 3, 2 / 3, -2 / 3])
+    assert (rloo_advantage(reward, group)[4:] == 0).all()
+    pp = reinforce_pp_advantage(reward, group)
+    assert pp.mean() == pytest.approx(0.0, abs=1e-12)
+    assert pp.std() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_zero_variance_group_gets_zero_advantage():
+    reward = np.array([0.3, 0.3, 0.3, 0.7, 0.1])
+    group = np.array([0, 0, 0, 1, 1])
+    assert (grpo_advantage(reward, group)[:3] == 0).all()
+    assert (rloo_advantage(reward, group)[:3] == 0).all()
+
+
+def test_n_selected_matches_the_reference_count():
+    assert n_selected(256, 0.0002) == 1
+    assert n_selected(10_000, 0.002) == 20
+    assert n_selected(1300, 0.002) == 2
+
+
+def _tokens(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    logp = np.log(rng.uniform(0.01, 1.0, n))
+    adv = rng.standard_normal(n) * 2
+    return logp, adv, rng
+
+
+def test_clip_cov_detaches_exactly_k_eligible_unclipped_tokens():
+    logp, adv, rng = _tokens()
+    old = logp + 0.5 * rng.standard_normal(logp.size)  # off-policy: some tokens clipped
+    cfg = PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.02, clip_cov_clip_ratio=0.2)
+    out = clip_cov_loss(logp, old, adv, cfg, np.random.default_rng(1))
+    ref = vanilla_loss(logp, old, adv, PolicyLossConfig(), None)
+    detached = (out.dlogp == 0) & (ref.dlogp != 0)
+    assert detached.sum() == n_selected(logp.size, 0.02) == 8
+    cov = token_covariance(logp, adv)
+    assert ((cov[detached] > 1) & (cov[detached] < 5)).all()
+    clipped = ref.dlogp == 0
+    assert not (detached & clipped).any()
+    # the detached tokens' losses are zeroed and still counted in the mean's denominator
+    assert (out.loss[detached] == 0).all()
+    assert out.metrics["actor/cov_selected_frac"] == pytest.approx(8 / 400)
+
+
+def test_clip_cov_selects_fewer_when_few_are_eligible():
+    logp = np.log(np.full(10, 0.5))
+    adv = np.zeros(10)
+    cfg = PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.5)
+    out = clip_cov_loss(logp, logp, adv, cfg, np.random.default_rng(0))
+    assert out.metrics["actor/cov_selected_frac"] == 0.0
+
+
+def test_kl_cov_penalises_exactly_the_top_k_and_is_zero_on_policy():
+    logp, adv, rng = _tokens()
+    cfg = PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.05, kl_cov_coef=1.0)
+    on = kl_cov_loss(logp, logp, adv, cfg, None)
+    np.testing.assert_allclose(on.dlogp, -adv)  # no penalty gradient on-policy
+    np.testing.assert_allclose(on.loss, -adv)
+    old = logp - 0.1
+    off = kl_cov_loss(logp, old, adv, cfg, None)
+    ratio = np.exp(logp - old)
+    penalised = np.flatnonzero(~np.isclose(off.loss, -ratio * adv))
+    k = n_selected(logp.size, 0.05)
+    assert penalised.size == k == 20
+    top = np.argsort(-token_covariance(logp, adv))[:k]
+    assert set(penalised) == set(top)
+    np.testing.assert_allclose(off.loss[top], -ratio[top] * adv[top] + 0.1)
+
+
+def test_unknown_loss_is_named():
+    with pytest.raises(ValueError, match="loss.*valid"):
+        get_policy_loss("clip-cov")
+    with pytest.raises(ValueError, match="clip_cov_lb"):
+        PolicyLossConfig(clip_cov_lb=5, clip_cov_ub=1)
+    with pytest.raises(ValueError, match="group_size"):
+        AlgoConfig(group_size=1)
+
+
+def _surrogate(env, z, batch, old_logp, adv, cfg):
+    """The token-mean loss as a function of the logits (the slow reference)."""
+    logp = log_softmax(z)[batch.state, batch.action]
+    return get_policy_loss(cfg.loss)(logp, old_logp, adv, cfg, np.random.default_rng(0)).loss.mean()
+
+
+@pytest.mark.parametrize("loss", ["vanilla", "kl_cov"])
+def test_grpo_single_epoch_gradient_matches_finite_differences(loss):
+    env = ContextualBandit(np.random.default_rng(0).random((3, 4)))
+    rng = np.random.default_rng(1)
+    z0 = env.random_logits(rng)
+    cfg = AlgoConfig(algo="grpo", epochs=2, group_size=6, loss=PolicyLossConfig(loss=loss))
+    lr = 1e-3
+    res = step(env, z0, initial_state(z0, cfg), cfg, lr, np.random.default_rng(2))
+    # replay: first epoch on-policy, then one more epoch from z1 = z0 − lr·∇L(z0)
+    batch, old, adv = res.tokens, res.token_logp, res.token_adv
+    h = 1e-6
+
+    def grad_at(z):
+        g = np.zeros_like(z)
+        for idx in np.ndindex(z.shape):
+            zp, zm = z.copy(), z.copy()
+            zp[idx] += h
+            zm[idx] -= h
+            g[idx] = (
+                _surrogate(env, zp, batch, old, adv, cfg.loss)
+                - _surrogate(env, zm, batch, old, adv, cfg.loss)
+            ) / (2 * h)
+        return g
+
+    z1 = z0 - lr * grad_at(z0)
+    z2 = z1 - lr * grad_at(z1)
+    np.testing.assert_allclose(res.logits, z2, atol=1e-9)
+
+
+def test_pg_and_npg_steps_are_the_estimators_updates():
+    env = ContextualBandit(np.random.default_rng(3).random((4, 5)))
+    z = env.random_logits(np.random.default_rng(4))
+    for algo, expected in (
+        ("pg", pg_update(z, env.rewards, 0.3, env.prompt_weights)),
+        ("npg", npg_update(z, env.rewards, 0.3)),
+    ):
+        cfg = AlgoConfig(algo=algo)
+        res = step(env, z, initial_state(z, cfg), cfg, 0.3, np.random.default_rng(0))
+        np.testing.assert_allclose(res.logits, expected, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        ContextualBandit(np.random.default_rng(5).random((3, 4)), prompt_weights=[1.0, 2.0, 3.0]),
+        TokenTreeMDP(2, 3, np.random.default_rng(6).random(8)),
+    ],
+)
+def test_reinforce_is_unbiased_for_the_policy_gradient(env):
+    z = env.random_logits(np.random.default_rng(7))
+    cfg = AlgoConfig(algo="reinforce", samples=2000)
+    rng = np.random.default_rng(8)
+    steps = [step(env, z, initial_state(z, cfg), cfg, 1.0, rng).logits - z for _ in range(20)]
+    mean = np.mean(steps, axis=0)
+    se = np.std(steps, axis=0) / np.sqrt(len(steps))
+    exact = env.policy_gradient(z)
+    assert (np.abs(mean - exact) <= 5 * se + 1e-12).all()
+
+
+def test_sampled_actions_follow_the_policy():
+    env = Bandit(np.array([0.0, 1.0, 0.5]))
+    z = np.log(np.array([[0.2, 0.5, 0.3]]))
+    batch = sample_batch(env, z, 20_000, np.random.default_rng(9))
+    freq = np.bincount(batch.action, minlength=3) / batch.action.size
+    np.testing.assert_allclose(freq, [0.2, 0.5, 0.3], atol=0.015)
+
+
+def test_tree_batch_walks_real_prefixes():
+    env = TokenTreeMDP(3, 3, np.arange(27.0))
+    z = env.random_logits(np.random.default_rng(10))
+    batch = sample_batch(env, z, 50, np.random.default_rng(11))
+    states = batch.state.reshape(50, 3)
+    actions = batch.action.reshape(50, 3)
+    assert (states[:, 0] == 0).all()
+    np.testing.assert_array_equal(states[:, 1], 1 + actions[:, 0])
+    np.testing.assert_array_equal(states[:, 2], 4 + 3 * actions[:, 0] + actions[:, 1])
+    np.testing.assert_array_equal(
+        batch.reward, 9 * actions[:, 0] + 3 * actions[:, 1] + actions[:, 2]
+    )
