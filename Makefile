@@ -20,9 +20,17 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+ST := $(VENV)/bin/softmax-theory
+
 demo: $(VENV)/.installed
-	mkdir -p $(RESULTS)
-	$(VENV)/bin/softmax-theory check --json $(RESULTS)/check.json | tee $(RESULTS)/check.txt
+	rm -rf $(RESULTS)/theory
+	mkdir -p $(RESULTS)/theory
+	$(ST) check --json $(RESULTS)/theory/check.json | tee $(RESULTS)/theory/check.txt
+	$(ST) sweep --env contextual --algos pg,npg,grpo --lrs 0.1,0.5,2 --steps 200 --seeds 2 \
+		--out $(RESULTS)/theory/sweep | tee $(RESULTS)/theory/sweep.txt
+	$(ST) simulate --env contextual --algo grpo --lr 0.5 --steps 300 --cov-table 0 \
+		--out $(RESULTS)/theory/grpo_run | tee $(RESULTS)/theory/grpo_run.txt
+	$(ST) fit $(RESULTS)/theory/grpo_run --out $(RESULTS)/theory/law | tee $(RESULTS)/theory/law.txt
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
