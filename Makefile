@@ -12,12 +12,22 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Stamp files re-run the install when pyproject.toml changes.
+# torch first, pinned, so that nothing later pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[llm]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[llm,test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[llm,test,bench]'
 	touch $@
 
 ST := $(VENV)/bin/softmax-theory
@@ -35,12 +45,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_estimators.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_token_stats.py --out docs/benchmarks.md
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check softmax_theory tests benchmarks
-	$(VENV)/bin/ruff format --check softmax_theory tests benchmarks
+	$(VENV)/bin/ruff check softmax_theory llm_bridge tests benchmarks scripts
+	$(VENV)/bin/ruff format --check softmax_theory llm_bridge tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) $(RESULTS)

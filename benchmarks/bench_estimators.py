@@ -16,6 +16,7 @@ because a covariance near zero is ill-conditioned for every float64 formula alik
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import tracemalloc
 from pathlib import Path
@@ -130,16 +131,14 @@ def main() -> None:
 
 
 def _write_section(path: Path, table: str) -> None:
-    """Replace this benchmark's section in `path` (from its marker to the next marker or end)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if MARKER in text:
-        head, rest = text.split(MARKER, 1)
-        nxt = rest.find("<!-- ", 1)
-        tail = rest[nxt:] if nxt >= 0 else ""
-        text = head + table + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    path.write_text(text)
+    """Put ``table`` (which starts with its ``<!-- name -->`` marker line) into ``path``,
+    replacing the section with the same marker; sections run from a marker to the next."""
+    marker = table.splitlines()[0]
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head, *sections = re.split(r"(?m)^(?=<!-- )", text)
+    sections = [s for s in sections if s.splitlines()[0] != marker] + [table]
+    sections.sort(key=lambda s: s.splitlines()[0])
+    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections))
 
 
 if __name__ == "__main__":

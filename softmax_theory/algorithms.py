@@ -36,6 +36,16 @@ class AdvantageEstimator(str, enum.Enum):
     REINFORCE_PP = "reinforce_pp"  # batch-normalised (REINFORCE++)
 
 
+class CovScope(str, enum.Enum):
+    MICRO = "micro"  # select per micro-batch, as the paper's original code
+    MINI = "mini"  # select over the optimiser mini-batch, as verl later does
+
+
+class KLEstimator(str, enum.Enum):
+    K1 = "k1"  # log π − log π_ref
+    K3 = "k3"  # e^{log π_ref − log π} − (log π_ref − log π) − 1 (non-negative, low variance)
+
+
 class PolicyLoss(str, enum.Enum):
     VANILLA = "vanilla"  # PPO clip, ε_low = ε_high
     CLIP_HIGHER = "clip_higher"  # PPO clip with ε_high > ε_low (DAPO)
@@ -86,9 +96,18 @@ class PolicyLossConfig:
         default=None,
         metadata={"help": "gradient only through tokens in the top ρ of entropy (80/20: 0.2)"},
     )
+    cov_scope: CovScope = field(
+        default=CovScope.MICRO,
+        metadata={"help": "LLM: where Clip-Cov/KL-Cov select tokens: micro- or mini-batch"},
+    )
+    kl_ref_estimator: KLEstimator = field(
+        default=KLEstimator.K3, metadata={"help": "LLM: per-token estimator of KL(π‖π_ref)"}
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", PolicyLoss(self.loss))
+        object.__setattr__(self, "cov_scope", CovScope(self.cov_scope))
+        object.__setattr__(self, "kl_ref_estimator", KLEstimator(self.kl_ref_estimator))
         for name in (
             "clip_ratio_low",
             "clip_ratio_high",
@@ -275,6 +294,21 @@ def token_covariance(logp: np.ndarray, adv: np.ndarray) -> np.ndarray:
     return (logp - logp.mean()) * (adv - adv.mean())
 
 
+def adaptive_entropy_coef(
+    alpha: float, entropy: float, cfg: PolicyLossConfig
+) -> tuple[float, float]:
+    """Adaptive entropy control (Skywork-OR1): α moves by ±Δ towards the target entropy, and
+    the bonus applies only while H ≤ target. Returns (α carried to the next step, α applied now).
+
+    Without a target, α is the fixed ``entropy_coef`` and always applies.
+    """
+    if cfg.entropy_target is None:
+        return alpha, alpha
+    step = cfg.entropy_delta if entropy < cfg.entropy_target else -cfg.entropy_delta
+    alpha = max(0.0, alpha + step)
+    return alpha, alpha if entropy <= cfg.entropy_target else 0.0
+
+
 def n_selected(n_valid: int, ratio: float) -> int:
     """max(1, int(N_valid·ratio)), as the reference code counts the tokens to select."""
     return max(1, int(n_valid * ratio))
@@ -419,13 +453,7 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
     loss_fn = get_policy_loss(lc.loss)
     n_tokens = s_t.size
 
-    # Adaptive entropy (Skywork-OR1): α moves towards the target; bonus only while H ≤ target.
-    alpha = state.entropy_coef
-    h_now = env.entropy(logits)
-    if lc.entropy_target is not None:
-        step = lc.entropy_delta if h_now < lc.entropy_target else -lc.entropy_delta
-        alpha = max(0.0, alpha + step)
-    bonus = alpha if (lc.entropy_target is None or h_now <= lc.entropy_target) else 0.0
+    alpha, bonus = adaptive_entropy_coef(state.entropy_coef, env.entropy(logits), lc)
 
     # Top-ρ entropy tokens (80/20): only tokens at high-entropy states carry the policy loss.
     token_mask = np.ones(n_tokens)

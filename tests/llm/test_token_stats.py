@@ -1,0 +1,143 @@
+"""Token statistics against the naive formula (shapes × chunks × dtypes) and the theory."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import softmax_theory as smt
+from llm_bridge import (
+    entropy_and_logprobs,
+    group_covariance,
+    lemma1_prediction,
+    token_covariance,
+    token_entropy,
+    token_entropy_change,
+    token_logprobs,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [(7,), (3, 5), (2, 4, 33), (1, 1, 2)]
+
+
+def _naive(logits, tokens):
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    h = -(lp.exp() * lp).sum(-1)
+    return h, lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _data(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(shape, generator=g)).to(dtype)
+    tokens = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    return logits, tokens
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("chunk", [1, 3, None])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_entropy_and_logprobs_match_the_naive_formula(shape, chunk, dtype):
+    logits, tokens = _data(shape, dtype)
+    h, lp = entropy_and_logprobs(logits, tokens, chunk_size=chunk)
+    ref_h, ref_lp = _naive(logits, tokens)  # of the same (rounded) low-precision logits
+    assert h.dtype == torch.float32 and h.shape == shape[:-1]
+    torch.testing.assert_close(h.double(), ref_h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lp.double(), ref_lp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(token_entropy(logits, chunk_size=chunk), h)
+    torch.testing.assert_close(token_logprobs(logits, tokens, chunk_size=chunk), lp)
+
+
+def test_two_uniform_tokens_have_entropy_log2():
+    h = token_entropy(torch.zeros(3, 2))
+    torch.testing.assert_close(h, torch.full((3,), float(np.log(2))))
+    lp = token_logprobs(torch.zeros(3, 4), torch.tensor([0, 1, 3]))
+    torch.testing.assert_close(lp, torch.full((3,), float(np.log(0.25))))
+
+
+def test_masked_entropy_computes_only_valid_positions():
+    logits, _ = _data((4, 6, 11), torch.float32)
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.4
+    h = token_entropy(logits, mask=mask, chunk_size=2)
+    full = token_entropy(logits)
+    torch.testing.assert_close(h[mask], full[mask])
+    assert (h[~mask] == 0).all()
+
+
+def test_equal_to_the_theory_in_float64():
+    rng = np.random.default_rng(0)
+    z = 2.0 * rng.standard_normal((64, 50))
+    d = 0.01 * rng.standard_normal((64, 50))
+    zt, dt = torch.tensor(z, dtype=torch.float32), torch.tensor(d, dtype=torch.float32)
+    # compare against the theory on the same fp32-rounded inputs
+    z32, d32 = zt.double().numpy(), (zt + dt).double().numpy() - zt.double().numpy()
+    np.testing.assert_allclose(token_entropy(zt).numpy(), smt.entropy(z32), rtol=1e-5)
+    np.testing.assert_allclose(
+        lemma1_prediction(zt, zt + dt).numpy(),
+        smt.first_order_entropy_change(z32, d32),
+        rtol=1e-5,
+        atol=1e-9,
+    )
+    np.testing.assert_allclose(
+        token_entropy_change(zt, zt + dt).numpy(), smt.entropy_change(z32, d32), rtol=1e-10
+    )
+
+
+@pytest.mark.parametrize("chunk", [1, 4, None])
+def test_lemma1_and_change_chunked_equal_unchunked(chunk):
+    logits, _ = _data((3, 5, 40), torch.float32)
+    after = logits + 0.05 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        lemma1_prediction(logits, after, chunk_size=chunk), lemma1_prediction(logits, after)
+    )
+    torch.testing.assert_close(
+        token_entropy_change(logits, after, chunk_size=chunk), token_entropy_change(logits, after)
+    )
+
+
+def test_entropy_change_handles_large_steps():
+    before = torch.tensor([[0.0, 1.0, 2.0]])
+    after = torch.tensor([[0.0, 1.0, 202.0]])
+    ref = smt.entropy(after.double().numpy()) - smt.entropy(before.double().numpy())
+    np.testing.assert_allclose(token_entropy_change(before, after).numpy(), ref, atol=1e-12)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="tokens"):
+        entropy_and_logprobs(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="tokens"):
+        entropy_and_logprobs(torch.zeros(2, 3), torch.tensor([0]))
+    with pytest.raises(ValueError, match="logits"):
+        token_entropy(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="logits_after"):
+        lemma1_prediction(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        token_entropy(torch.zeros(2, 3), chunk_size=0)
+    with pytest.raises(ValueError, match="floating"):
+        token_entropy(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_token_covariance_by_hand():
+    lp = torch.tensor([[-1.0, -3.0, 0.0]])
+    adv = torch.tensor([[1.0, -1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    # valid means: log π −2, A 0 → cov = (1·1, −1·−1) = (1, 1); padding 0
+    torch.testing.assert_close(token_covariance(lp, adv, mask), torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_group_covariance_by_hand():
+    # two groups of two responses; response log-probs are token means
+    lp = torch.tensor([[-1.0, -1.0], [-3.0, -3.0], [0.0, -2.0], [-1.0, 0.0]])
+    adv = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [2.0, 2.0], [0.0, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]])
+    group = torch.tensor([0, 0, 1, 1])
+    # group 0: lp (−1, −3), A (1, −1) → cov ½[(1)(1) + (−1)(−1)] = 1
+    # group 1: lp (−1, −1) → cov 0
+    torch.testing.assert_close(group_covariance(lp, adv, mask, group), torch.tensor(0.5))
+
+
+def test_softmax_theory_imports_without_torch():
+    code = "import sys, softmax_theory, softmax_theory.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
