@@ -176,14 +176,49 @@ def token_logprobs(
     return entropy_and_logprobs(logits, tokens, chunk_size, dtype)[1]
 
 
-def _pair_check(before: torch.Tensor, after: torch.Tensor) -> None:
-    _check_logits(before, "logits_before")
-    _check_logits(after, "logits_after")
+def _pair_check(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    names: tuple[str, str] = ("logits_before", "logits_after"),
+) -> None:
+    _check_logits(before, names[0])
+    _check_logits(after, names[1])
     if before.shape != after.shape:
         raise ValueError(
-            f"logits_after: shape {tuple(after.shape)} differs from logits_before "
-            f"{tuple(before.shape)}"
+            f"{names[1]}: shape {tuple(after.shape)} differs from {names[0]} {tuple(before.shape)}"
         )
+
+
+def _lemma1_rows(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """−Cov_π(log π, δ) for rows x, δ [n, V] in the compute dtype."""
+    logp = torch.log_softmax(x, dim=-1)
+    p = logp.exp()
+    g = logp - torch.linalg.vecdot(p, logp).unsqueeze(-1)  # log π − E log π
+    # Cov = E[g δ] − E[g]·E[δ]; E[g] is zero up to rounding, which the second term removes
+    return -(torch.linalg.vecdot(p * g, d) - torch.linalg.vecdot(p, g) * torch.linalg.vecdot(p, d))
+
+
+def lemma1_from_delta(
+    logits: torch.Tensor,
+    delta: torch.Tensor,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """ΔH ≈ −Cov_π(log π, δ) per token for a given logit change δ [..., V] (Lemma 1).
+
+    Use this when δ is known directly (a Jacobian-vector product): forming z + δ first would
+    round δ to the precision of z.
+    """
+    _pair_check(logits, delta, ("logits", "delta"))
+    cd = _compute_dtype(logits, dtype)
+    n_vocab = logits.shape[-1]
+    z, dz = logits.reshape(-1, n_vocab), delta.reshape(-1, n_vocab)
+    out = torch.empty(z.shape[0], dtype=cd, device=logits.device)
+    rows = _rows_per_chunk(n_vocab, chunk_size)
+    for start in range(0, z.shape[0], rows):
+        sl = slice(start, start + rows)
+        out[sl] = _lemma1_rows(z[sl].to(cd), dz[sl].to(cd))
+    return _finite(out.reshape(logits.shape[:-1]), "logits/delta")
 
 
 def lemma1_prediction(
@@ -205,14 +240,9 @@ def lemma1_prediction(
     out = torch.empty(zb.shape[0], dtype=cd, device=logits_before.device)
     rows = _rows_per_chunk(n_vocab, chunk_size)
     for start in range(0, zb.shape[0], rows):
-        x = zb[start : start + rows].to(cd)
-        d = za[start : start + rows].to(cd) - x  # (n, V) δ = z' − z
-        logp = torch.log_softmax(x, dim=-1)
-        p = logp.exp()
-        g = logp - torch.linalg.vecdot(p, logp).unsqueeze(-1)  # log π − E log π
-        # Cov = E[g δ] − E[g]·E[δ]; E[g] is zero up to rounding, which the second term removes
-        cov = torch.linalg.vecdot(p * g, d) - torch.linalg.vecdot(p, g) * torch.linalg.vecdot(p, d)
-        out[start : start + rows] = -cov
+        sl = slice(start, start + rows)
+        x = zb[sl].to(cd)
+        out[sl] = _lemma1_rows(x, za[sl].to(cd) - x)
     return _finite(out.reshape(logits_before.shape[:-1]), "logits_before/logits_after")
 
 

@@ -64,7 +64,13 @@ def config_options(*classes: type, rename: dict[str, str] | None = None) -> Call
 
     def decorator(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
-        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        # resolve the command's own (string) annotations in its module, where typer cannot
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ]
         taken = {p.name for p in params}
         for cls in classes:
             for f, tp in scalar_fields(cls):
@@ -96,6 +102,7 @@ def config_options(*classes: type, rename: dict[str, str] | None = None) -> Call
             return fn(**kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
         wrapper.__config_rename__ = rename  # type: ignore[attr-defined]
         return wrapper
 

@@ -9,7 +9,6 @@ update, ``entropy_after``, ``delta_entropy`` = ``delta_within`` + ``delta_shift`
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from softmax_theory.estimators import (
     npg_entropy_change,
     pg_entropy_change,
 )
-from softmax_theory.runlog import RunWriter
+from softmax_theory.runlog import RunWriter, to_jsonable
 
 # The paper's Table 1 groups: mean covariance over the top q of tokens.
 COV_TABLE_QUANTILES = (0.0002, 0.002, 0.02, 0.2, 0.5, 1.0)
@@ -115,18 +114,6 @@ def cov_table(
     )
 
 
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    return obj
-
-
 def simulate(
     env: TabularEnv,
     config: SimConfig,
@@ -147,7 +134,7 @@ def simulate(
     state = initial_state(z, config.algo)
     writer = None
     if out is not None:
-        writer = RunWriter(out, {"env": env.name, **_jsonable(config)})
+        writer = RunWriter(out, {"env": env.name, **to_jsonable(config)})
     records, tables = [], []
     lr = config.lr
     try:
@@ -192,7 +179,7 @@ def simulate(
         import json
 
         with open(os.path.join(out, "cov_tables.json"), "w") as f:
-            json.dump(_jsonable(tables), f, indent=2)
+            json.dump(to_jsonable(tables), f, indent=2)
     return SimResult(
         config=config,
         env_name=env.name,

@@ -7,6 +7,8 @@ nothing already written. Keys a run cannot measure are absent, never a made-up z
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 import os
@@ -34,23 +36,28 @@ STEP_KEYS = (
 )
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python; a NaN or inf is refused rather than written."""
+def to_jsonable(value: Any) -> Any:
+    """JSON-safe: dataclasses to dicts, enums to values, numpy scalars to Python; a NaN or inf
+    is refused rather than written."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        value = value.value
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"run log: refusing to write a non-finite value ({value})")
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [to_jsonable(v) for v in value]
     return value
 
 
 class RunWriter:
     """Appends steps to ``DIR/steps.jsonl``; each line is flushed and fsynced as written."""
 
-    def __init__(self, directory: str | os.PathLike, config: dict[str, Any], resume: bool = False):
+    def __init__(self, directory: str | os.PathLike, config: Any, resume: bool = False):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         steps = self.directory / STEPS_FILE
@@ -58,13 +65,13 @@ class RunWriter:
             raise FileExistsError(
                 f"out: {self.directory} already holds a run; choose a new directory or resume"
             )
-        (self.directory / CONFIG_FILE).write_text(json.dumps(_clean(config), indent=2) + "\n")
+        (self.directory / CONFIG_FILE).write_text(json.dumps(to_jsonable(config), indent=2) + "\n")
         self._file = steps.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if "step" not in record:
             raise ValueError("record: every step needs its 'step' index")
-        self._file.write(json.dumps(_clean(record)) + "\n")
+        self._file.write(json.dumps(to_jsonable(record)) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 

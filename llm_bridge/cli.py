@@ -1,0 +1,101 @@
+"""`llm-bridge`: pre-train the tiny model, train with GRPO and probes, compare runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from llm_bridge.grpo import TrainConfig
+from llm_bridge.tiny import TinyConfig
+from softmax_theory.algorithms import PolicyLossConfig
+from softmax_theory.cli_options import build_config, config_options
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console(width=140)
+
+TRAIN_RENAME = {"PolicyLossConfig.loss": "loss"}
+
+
+@app.callback()
+def main() -> None:
+    """The entropy mechanism on language-model tokens (Cui et al. 2025)."""
+
+
+@app.command("pretrain-tiny")
+@config_options(TinyConfig)
+def pretrain_tiny(
+    out: Annotated[Path, typer.Option(help="folder for the model (save_pretrained)")],
+    force: Annotated[bool, typer.Option(help="retrain even if OUT holds this config")] = False,
+    **options: Any,
+) -> None:
+    """Build a tiny Llama model and pre-train it on a synthetic task; cached by config."""
+    from llm_bridge.tiny import pretrain_tiny as run_pretrain
+
+    cfg = build_config(TinyConfig, options)
+    summary_path = out / "pretrain.json"
+    if not force and summary_path.exists():
+        if json.loads(summary_path.read_text()).get("config") == asdict(cfg):
+            console.print(f"{out} already holds this pre-trained model (use --force to redo)")
+            return
+    summary = run_pretrain(cfg, out, log=console.print)
+    console.print(f"{summary['parameters']:,} parameters, {summary['seconds']:.1f} s; wrote {out}")
+
+
+@app.command()
+@config_options(TrainConfig, PolicyLossConfig, rename=TRAIN_RENAME)
+def train(
+    out: Annotated[Path, typer.Option(help="run directory")],
+    resume: Annotated[bool, typer.Option(help="continue a killed run from its checkpoint")] = False,
+    **options: Any,
+) -> None:
+    """GRPO with per-step entropy probes; writes config.json and steps.jsonl to OUT."""
+    from llm_bridge.grpo import train as run_train
+
+    loss_cfg = build_config(PolicyLossConfig, options, TRAIN_RENAME)
+    cfg = build_config(TrainConfig, options, TRAIN_RENAME, loss=loss_cfg)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"grpo/{cfg.loss.loss.value}", total=cfg.steps, stats="")
+
+        def on_step(rec: dict[str, Any]) -> None:
+            stats = f"reward {rec['reward']:.3f}  H {rec['entropy']:.4f}"
+            if "val_reward" in rec:
+                stats += f"  val {rec['val_reward']:.3f}"
+            progress.update(task, completed=rec["step"] + 1, stats=stats)
+
+        try:
+            run_train(cfg, out, resume=resume, progress=on_step, log=console.print)
+        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+            raise typer.BadParameter(str(err)) from None
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="run directories")],
+    out: Annotated[Path | None, typer.Option(help="directory for report.md and figures")] = None,
+    fit_fraction: Annotated[float, typer.Option(help="law forecast: share fitted")] = 0.15,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the law")] = 1000,
+) -> None:
+    """Hold each run's measured entropy change against the predictions; fit the law."""
+    from llm_bridge.compare import compare_runs, render_report
+
+    try:
+        reports = compare_runs(runs, out, fit_fraction=fit_fraction, n_boot=n_boot)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from None
+    console.print(render_report(reports))
+    if out is not None:
+        console.print(f"wrote {out}/report.md and figures")

@@ -1,0 +1,259 @@
+"""Run logs against the theory: correlations, errors, the law, and a report with figures.
+
+Reads any run directory of the shared format (ours, the tabular simulator's, or one imported from
+TRL or verl) and uses only the keys the run measured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from softmax_theory.checks import correlation
+from softmax_theory.law import LawReport, law_report, series_from_run
+from softmax_theory.runlog import RunLog, read_run
+
+# Predictions in the units of ΔH (nats per step): compared by correlation and relative error.
+DIRECT_PREDICTORS = ("pred_lemma1", "pred_jvp")
+# Sampled covariance estimators: ΔH ≈ −η·estimator, so they are compared with −estimator by
+# correlation only (the effective η of Adam is unknown).
+COV_ESTIMATORS = ("cov_mean", "cov_group", "cov_state", "cov_score")
+WINDOWS = (1, 5, 10, 20)
+SHARE_POINTS = (0.1, 0.25, 0.5)
+
+
+@dataclass(frozen=True)
+class PredictorStats:
+    key: str
+    n: int
+    correlation: float | None  # per step, with delta_entropy (with −estimator for covariances)
+    median_rel_error: float | None  # direct predictors only
+    token_correlation: float | None  # median over steps of the per-token correlation
+    window_correlation: dict[int, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    name: str
+    steps: int
+    entropy_start: float | None
+    entropy_end: float | None
+    reward_start: float | None
+    reward_end: float | None
+    val_reward_start: float | None
+    val_reward_end: float | None
+    predictors: tuple[PredictorStats, ...]
+    shares: dict[float, tuple[float | None, float | None]]  # step fraction → (ΔH share, ΔR share)
+    law: LawReport | None
+    law_error: str | None
+
+
+def _aligned(run: RunLog, key: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [s for s in run.steps if key in s and "delta_entropy" in s and s[key] is not None]
+    return (
+        np.array([s["delta_entropy"] for s in rows], dtype=np.float64),
+        np.array([s[key] for s in rows], dtype=np.float64),
+    )
+
+
+def _window_sums(x: np.ndarray, w: int) -> np.ndarray:
+    n = len(x) // w
+    return x[: n * w].reshape(n, w).sum(axis=1)
+
+
+def predictor_stats(run: RunLog, key: str) -> PredictorStats | None:
+    measured, pred = _aligned(run, key)
+    if measured.size == 0:
+        return None
+    sign = -1.0 if key in COV_ESTIMATORS else 1.0
+    pred = sign * pred
+    rel = None
+    if key in DIRECT_PREDICTORS:
+        moved = np.abs(measured) > 0
+        rel = float(np.median(np.abs(pred[moved] - measured[moved]) / np.abs(measured[moved])))
+    token_key = {"pred_lemma1": "token_corr/lemma1", "pred_jvp": "token_corr/jvp"}.get(key)
+    token = None
+    if token_key is not None:
+        values = [s[token_key] for s in run.steps if s.get(token_key) is not None]
+        token = float(np.median(values)) if values else None
+    windows = {
+        w: correlation(_window_sums(measured, w), _window_sums(pred, w))
+        for w in WINDOWS
+        if len(measured) // w >= 3
+    }
+    return PredictorStats(
+        key=key,
+        n=int(measured.size),
+        correlation=correlation(measured, pred),
+        median_rel_error=rel,
+        token_correlation=token,
+        window_correlation=windows,
+    )
+
+
+def progress_shares(values: np.ndarray) -> dict[float, float | None]:
+    """Share of the run's total change reached by each step fraction (the paper's Fig. 2)."""
+    total = values[-1] - values[0]
+    out: dict[float, float | None] = {}
+    for frac in SHARE_POINTS:
+        k = max(0, int(round(frac * (len(values) - 1))))
+        out[frac] = None if total == 0 else float((values[k] - values[0]) / total)
+    return out
+
+
+def _first_last(run: RunLog, key: str) -> tuple[float | None, float | None]:
+    _, vals = run.series(key)
+    return (vals[0], vals[-1]) if vals else (None, None)
+
+
+def compare_run(
+    run: RunLog,
+    fit_fraction: float = 0.15,
+    n_boot: int = 1000,
+    rng: np.random.Generator | None = None,
+) -> RunReport:
+    stats = tuple(
+        s for k in DIRECT_PREDICTORS + COV_ESTIMATORS if (s := predictor_stats(run, k)) is not None
+    )
+    shares: dict[float, tuple[float | None, float | None]] = {}
+    _, ent = run.series("entropy")
+    _, rew = run.series("reward")
+    if len(ent) >= 2 and len(rew) >= 2:
+        h_share = progress_shares(np.array(ent))
+        r_share = progress_shares(np.array(rew))
+        shares = {f: (h_share[f], r_share[f]) for f in SHARE_POINTS}
+    law, law_error = None, None
+    try:
+        law = law_report(series_from_run(run), fit_fraction=fit_fraction, n_boot=n_boot, rng=rng)
+    except ValueError as err:
+        law_error = str(err)
+    h0, h1 = _first_last(run, "entropy")
+    r0, r1 = _first_last(run, "reward")
+    v0, v1 = _first_last(run, "val_reward")
+    return RunReport(
+        name=run.name,
+        steps=len(run.steps),
+        entropy_start=h0,
+        entropy_end=h1,
+        reward_start=r0,
+        reward_end=r1,
+        val_reward_start=v0,
+        val_reward_end=v1,
+        predictors=stats,
+        shares=shares,
+        law=law,
+        law_error=law_error,
+    )
+
+
+def _f(x: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def render_report(reports: list[RunReport]) -> str:
+    lines = ["# Entropy dynamics against the theory", ""]
+    lines += [
+        "## Runs",
+        "",
+        "| run | steps | H start → end | reward start → end | val_reward start → end |",
+        "|---|---:|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r.name} | {r.steps} | {_f(r.entropy_start)} → {_f(r.entropy_end)} | "
+            f"{_f(r.reward_start)} → {_f(r.reward_end)} | "
+            f"{_f(r.val_reward_start)} → {_f(r.val_reward_end)} |"
+        )
+    lines += [
+        "",
+        "## Does the measured ΔH follow the predictions?",
+        "",
+        "Per step: Pearson correlation of `delta_entropy` with the prediction (with "
+        "−estimator for the sampled covariances, since ΔH ≈ −η·Cov) and the median "
+        "relative error of the direct predictions. Per token: the median over steps of the "
+        "correlation across the step's tokens. Windows: correlation of sums over "
+        "non-overlapping windows of w steps.",
+        "",
+        "| run | predictor | steps | corr per step | median rel err | corr per token | "
+        + " | ".join(f"corr, w={w}" for w in WINDOWS[1:])
+        + " |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(WINDOWS[1:]),
+    ]
+    for r in reports:
+        for p in r.predictors:
+            wins = " | ".join(_f(p.window_correlation.get(w)) for w in WINDOWS[1:])
+            lines.append(
+                f"| {r.name} | {p.key} | {p.n} | {_f(p.correlation)} | "
+                f"{_f(p.median_rel_error, '.2e')} | {_f(p.token_correlation)} | {wins} |"
+            )
+    lines += [
+        "",
+        "## Entropy consumed and reward gained (paper Fig. 2)",
+        "",
+        "Share of the run's total entropy change and reward change reached after each "
+        "fraction of the steps.",
+        "",
+        "| run | " + " | ".join(f"{int(100 * f)}% of steps: ΔH, ΔR" for f in SHARE_POINTS) + " |",
+        "|---|" + "---|" * len(SHARE_POINTS),
+    ]
+    for r in reports:
+        cells = [
+            f"{_f(r.shares[f][0], '.0%')}, {_f(r.shares[f][1], '.0%')}" if f in r.shares else "n/a"
+            for f in SHARE_POINTS
+        ]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## R = −a·exp(H) + b",
+        "",
+        "| run | reward key | n | a | b | ceiling b − a (95%) | R² | forecast RMSE (15%) | "
+        "final error |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in reports:
+        if r.law is None:
+            lines.append(f"| {r.name} | — | — | — | — | {r.law_error} | — | — | — |")
+            continue
+        f, ci, fc = r.law.fit, r.law.interval, r.law.forecast
+        lines.append(
+            f"| {r.name} | {r.law.series.reward_key} | {f.n} | {f.a:.4g} | {f.b:.4g} | "
+            f"{f.ceiling:.4g} [{ci.ceiling[0]:.4g}, {ci.ceiling[1]:.4g}] | {_f(f.r2)} | "
+            f"{_f(None if fc is None else fc.rmse, '.3g')} | "
+            f"{_f(None if fc is None else fc.final_error, '+.3g')} |"
+        )
+        if not f.holds:
+            lines.append(
+                f"\n{r.name}: the fit sits on a = 0 — reward does not rise as entropy "
+                "falls, so the law does not hold for this run.\n"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(
+    runs: list[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    fit_fraction: float = 0.15,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[RunReport]:
+    """Compare runs; with ``out``, write ``report.md`` and figures there."""
+    rng = np.random.default_rng(seed)
+    logs = [read_run(r) for r in runs]
+    reports = [compare_run(log, fit_fraction, n_boot, rng) for log in logs]
+    if out is not None:
+        from llm_bridge.plots import plot_predictions, plot_runs
+        from softmax_theory.plots import plot_law
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(render_report(reports))
+        figures = {"curves.png": plot_runs(logs), "predictions.png": plot_predictions(logs)}
+        laws = [r.law for r in reports if r.law is not None]
+        if laws:
+            figures["law.png"] = plot_law(laws)
+        for name, (fig, _) in figures.items():
+            fig.savefig(out / name, dpi=110)
+    return reports

@@ -1,0 +1,68 @@
+"""Figures of run logs. Each ``plot_*`` takes runs and returns ``(fig, axes)``; callers save."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from softmax_theory.runlog import RunLog  # noqa: E402
+
+CURVES = (
+    ("entropy", "entropy (nats)"),
+    ("reward", "training reward"),
+    ("val_reward", "validation reward"),
+)
+
+
+def plot_runs(runs: Sequence[RunLog]):
+    """Entropy, training reward and validation reward against step, one line per run."""
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
+    for i, run in enumerate(runs):
+        for ax, (key, label) in zip(axes, CURVES, strict=True):
+            steps, values = run.series(key)
+            if values:
+                ax.plot(
+                    steps,
+                    values,
+                    color=f"C{i % 10}",
+                    label=run.name,
+                    marker="o" if key == "val_reward" else None,
+                    ms=3,
+                )
+            ax.set(xlabel="step", ylabel=label)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_predictions(runs: Sequence[RunLog]):
+    """Measured ΔH per step against Lemma 1 (left) and the JVP forecast (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    for ax, key, title in (
+        (axes[0], "pred_lemma1", "Lemma 1 with the actual Δz"),
+        (axes[1], "pred_jvp", "JVP forecast from Δθ"),
+    ):
+        lo, hi = np.inf, -np.inf
+        for i, run in enumerate(runs):
+            rows = [s for s in run.steps if key in s and "delta_entropy" in s]
+            if not rows:
+                continue
+            x = np.array([s[key] for s in rows])
+            y = np.array([s["delta_entropy"] for s in rows])
+            ax.scatter(x, y, s=8, alpha=0.6, color=f"C{i % 10}", label=run.name)
+            lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
+        if np.isfinite(lo):
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set(xlabel=f"predicted ΔH ({key})", ylabel="measured ΔH", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, axes

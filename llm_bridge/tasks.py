@@ -1,0 +1,146 @@
+"""Verifiable tasks: prompts, reference answers and rewards.
+
+Synthetic tasks are generated from a seed, need nothing from outside, and are checked by exact
+match of the zero-padded answer. A local dataset (JSONL or parquet with ``prompt`` and
+``answer``) is checked with math-verify (optional extra ``math``) when its answers are math.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class TaskName(str, enum.Enum):
+    ADDITION = "addition"  # a+b=, three-digit operands, four-digit answer
+    MULTIPLICATION = "multiplication"  # a*b=, three-digit × two-digit, five-digit answer
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its examples, the answer length (for generation) and its reward function."""
+
+    name: str
+    train: tuple[Example, ...]
+    test: tuple[Example, ...]
+    max_answer_chars: int
+    reward: Callable[[str, str], float]  # (response text, reference answer) → reward
+
+
+def exact_match(response: str, answer: str) -> float:
+    """1 if the response, stripped, equals the reference answer, else 0."""
+    return float(response.strip() == answer.strip())
+
+
+def _arith(name: TaskName, rng: np.random.Generator, n: int) -> list[Example]:
+    out = []
+    for _ in range(n):
+        if name is TaskName.ADDITION:
+            a, b = rng.integers(0, 1000, size=2)
+            out.append(Example(f"{a:03d}+{b:03d}=", f"{a + b:04d}"))
+        else:
+            a, b = int(rng.integers(0, 1000)), int(rng.integers(0, 100))
+            out.append(Example(f"{a:03d}*{b:02d}=", f"{a * b:05d}"))
+    return out
+
+
+ANSWER_CHARS = {TaskName.ADDITION: 4, TaskName.MULTIPLICATION: 5}
+# Characters the synthetic tasks use (the tiny model's vocabulary).
+TASK_ALPHABET = "0123456789+*="
+
+
+def synthetic_task(
+    name: str | TaskName, seed: int = 0, n_train: int = 20_000, n_test: int = 512
+) -> Task:
+    """A seeded synthetic task; train and test prompts are disjoint."""
+    try:
+        name = TaskName(name)
+    except ValueError:
+        valid = ", ".join(t.value for t in TaskName)
+        raise ValueError(f"task: unknown task {name!r}; valid: {valid}") from None
+    rng = np.random.default_rng(seed)
+    examples = _arith(name, rng, n_train + 4 * n_test)
+    unique = list({e.prompt: e for e in examples}.values())
+    test = unique[:n_test]
+    test_prompts = {e.prompt for e in test}
+    train = [e for e in unique[n_test:] if e.prompt not in test_prompts][:n_train]
+    return Task(
+        name=name.value,
+        train=tuple(train),
+        test=tuple(test),
+        max_answer_chars=ANSWER_CHARS[name],
+        reward=exact_match,
+    )
+
+
+def math_verify_reward(response: str, answer: str) -> float:
+    """1 if math-verify judges the response equal to the answer (optional extra ``math``)."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ImportError(
+            "math-verify is not installed; install it with: pip install 'entropy-mechanism[math]'"
+        ) from None
+    gold, pred = parse(answer), parse(response)
+    return float(bool(gold) and bool(pred) and verify(gold, pred))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from None
+        return pq.read_table(path).to_pylist()
+    raise ValueError(f"dataset: {path} must be .jsonl or .parquet")
+
+
+def dataset_task(
+    path: str | os.PathLike,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    max_answer_chars: int = 64,
+    reward: str = "math",
+) -> Task:
+    """A task from a local file with ``prompt`` and ``answer`` per row.
+
+    Args:
+      reward: ``math`` (math-verify) or ``exact`` (exact string match).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset: {path} does not exist")
+    rows = _read_rows(path)
+    if not rows or not all("prompt" in r and "answer" in r for r in rows):
+        raise ValueError(f"dataset: every row of {path} needs 'prompt' and 'answer'")
+    if reward not in ("math", "exact"):
+        raise ValueError(f"reward: 'math' or 'exact', got {reward!r}")
+    examples = [Example(str(r["prompt"]), str(r["answer"])) for r in rows]
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_test = max(1, int(test_fraction * len(examples)))
+    return Task(
+        name=path.stem,
+        train=tuple(examples[i] for i in order[n_test:]),
+        test=tuple(examples[i] for i in order[:n_test]),
+        max_answer_chars=max_answer_chars,
+        reward=math_verify_reward if reward == "math" else exact_match,
+    )
+
+
+def score(task: Task, responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    return np.array([task.reward(r, a) for r, a in zip(responses, answers, strict=True)])
