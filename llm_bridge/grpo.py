@@ -224,7 +224,9 @@ class GRPOTrainer:
         out: str | os.PathLike,
         resume: bool = False,
         log: Callable[[str], None] = lambda _: None,
+        task: Task | None = None,
     ):
+        """``task`` overrides ``cfg.task``/``cfg.dataset`` (e.g. a task with a custom reward)."""
         if not cfg.model:
             raise ValueError("model: give a local Hugging Face causal-LM folder (--model)")
         self.cfg, self.out, self.log = cfg, Path(out), log
@@ -241,7 +243,7 @@ class GRPOTrainer:
         if cfg.loss.kl_ref_coef > 0:
             self.ref_model, _ = load_model(cfg.model, self.device, dtype)
             self.ref_model.eval().requires_grad_(False)
-        self.task = load_task(cfg)
+        self.task = load_task(cfg) if task is None else task
         self.backend = make_backend(cfg.backend, self.model, self.tokenizer, cfg.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = (
@@ -519,8 +521,9 @@ def train(
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
+    task: Task | None = None,
 ) -> Path:
     """Run GRPO and write the run directory ``out``; returns its path."""
-    trainer = GRPOTrainer(cfg, out, resume=resume, log=log)
+    trainer = GRPOTrainer(cfg, out, resume=resume, log=log, task=task)
     trainer.train(progress)
     return Path(out)
