@@ -31,6 +31,12 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 	touch $@
 
 ST := $(VENV)/bin/softmax-theory
+LB := $(VENV)/bin/llm-bridge
+TINY := .cache/tiny-addition
+# Clip-Cov / KL-Cov ratios scaled to the demo's ~1,280-token mini-batches (the paper's ratios
+# select one or two tokens there; docs/llm_findings.md §3 has the sweep behind these values).
+DEMO_CLIP_COV_RATIO := 0.05
+DEMO_KL_COV_RATIO := 0.05
 
 demo: $(VENV)/.installed
 	rm -rf $(RESULTS)/theory
@@ -41,6 +47,17 @@ demo: $(VENV)/.installed
 	$(ST) simulate --env contextual --algo grpo --lr 0.5 --steps 300 --cov-table 0 \
 		--out $(RESULTS)/theory/grpo_run | tee $(RESULTS)/theory/grpo_run.txt
 	$(ST) fit $(RESULTS)/theory/grpo_run --out $(RESULTS)/theory/law | tee $(RESULTS)/theory/law.txt
+	$(LB) pretrain-tiny --out $(TINY)
+	rm -rf $(RESULTS)/llm
+	mkdir -p $(RESULTS)/llm
+	$(LB) train --model $(TINY) --out $(RESULTS)/llm/vanilla
+	$(LB) train --model $(TINY) --loss clip_cov --clip-cov-ratio $(DEMO_CLIP_COV_RATIO) \
+		--out $(RESULTS)/llm/clip_cov
+	$(LB) train --model $(TINY) --loss kl_cov --kl-cov-ratio $(DEMO_KL_COV_RATIO) \
+		--out $(RESULTS)/llm/kl_cov
+	$(LB) compare $(RESULTS)/llm/vanilla $(RESULTS)/llm/clip_cov $(RESULTS)/llm/kl_cov \
+		--out $(RESULTS)/llm/compare | tee $(RESULTS)/llm/compare.txt
+	@echo "report: $(RESULTS)/llm/compare/report.md, figures in $(RESULTS)/theory and $(RESULTS)/llm"
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest

@@ -22,6 +22,8 @@ DIRECT_PREDICTORS = ("pred_lemma1", "pred_jvp")
 # correlation only (the effective η of Adam is unknown).
 COV_ESTIMATORS = ("cov_mean", "cov_group", "cov_state", "cov_score")
 WINDOWS = (1, 5, 10, 20)
+# A window correlation needs at least this many windows to mean anything.
+MIN_WINDOWS = 5
 SHARE_POINTS = (0.1, 0.25, 0.5)
 
 
@@ -82,7 +84,7 @@ def predictor_stats(run: RunLog, key: str) -> PredictorStats | None:
     windows = {
         w: correlation(_window_sums(measured, w), _window_sums(pred, w))
         for w in WINDOWS
-        if len(measured) // w >= 3
+        if len(measured) // w >= MIN_WINDOWS
     }
     return PredictorStats(
         key=key,

@@ -43,6 +43,7 @@ from softmax_theory.algorithms import (
     adaptive_entropy_coef,
 )
 from softmax_theory.dynamics import COV_TABLE_QUANTILES
+from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import STEPS_FILE, RunWriter, read_run, to_jsonable
 
 CHECKPOINT_DIR = "checkpoint"
@@ -73,12 +74,12 @@ class TrainConfig:
         metadata={"help": "local JSONL/parquet with prompt and answer (overrides task)"},
     )
     dataset_reward: str = field(default="math", metadata={"help": "dataset reward: math or exact"})
-    steps: int = field(default=100, metadata={"help": "GRPO steps"})
-    prompts_per_step: int = field(default=16, metadata={"help": "prompts P per step"})
+    steps: int = field(default=120, metadata={"help": "GRPO steps"})
+    prompts_per_step: int = field(default=64, metadata={"help": "prompts P per step"})
     group_size: int = field(default=8, metadata={"help": "responses G per prompt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     optimizer: OptimizerName = field(default=OptimizerName.ADAM, metadata={"help": "adam or sgd"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate"})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate"})
     epochs: int = field(default=1, metadata={"help": "PPO epochs over each step's batch"})
     mini_batches: int = field(
         default=2, metadata={"help": "optimiser updates per epoch (KL-Cov acts from the 2nd)"}
@@ -112,11 +113,7 @@ class TrainConfig:
             ("device", Device),
             ("backend", BackendName),
         ):
-            try:
-                object.__setattr__(self, name, enum_cls(getattr(self, name)))
-            except ValueError:
-                valid = ", ".join(e.value for e in enum_cls)
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {valid}") from None
+            object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
         for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")

@@ -23,6 +23,7 @@ from softmax_theory.algorithms import (
     PolicyLossConfig,
     n_selected,
 )
+from softmax_theory.registry import parse_choice
 
 Metrics = dict[str, torch.Tensor]
 
@@ -43,11 +44,7 @@ def agg_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str | AggMo
     - seq-mean-token-sum-norm: Σ ℓ·m / T, T the padded length (a constant divisor, Dr. GRPO).
     Responses without a valid token are left out of the seq-mean modes.
     """
-    try:
-        mode = AggMode(mode)
-    except ValueError:
-        valid = ", ".join(m.value for m in AggMode)
-        raise ValueError(f"mode: unknown aggregation {mode!r}; valid: {valid}") from None
+    mode = parse_choice(AggMode, mode, "mode")
     if per_token_loss.shape != mask.shape or per_token_loss.ndim != 2:
         raise ValueError(
             f"mask: per_token_loss {tuple(per_token_loss.shape)} and mask {tuple(mask.shape)} "
@@ -222,11 +219,7 @@ COV_SELECTORS: dict[PolicyLoss, Callable[..., torch.Tensor]] = {
 
 
 def get_policy_loss(name: str | PolicyLoss) -> Callable[..., PolicyLossOutput]:
-    try:
-        return POLICY_LOSSES[PolicyLoss(name)]
-    except ValueError:
-        valid = ", ".join(p.value for p in PolicyLoss)
-        raise ValueError(f"loss: unknown policy loss {name!r}; valid: {valid}") from None
+    return POLICY_LOSSES[parse_choice(PolicyLoss, name, "loss")]
 
 
 def kl_penalty(

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import torch
 
+from softmax_theory.registry import parse_choice
+
 
 class BackendName(str, enum.Enum):
     HF = "hf"
@@ -180,9 +182,4 @@ BACKENDS: dict[BackendName, Callable[..., RolloutBackend]] = {
 
 
 def make_backend(name: str | BackendName, model, tokenizer, model_path) -> RolloutBackend:
-    try:
-        key = BackendName(name)
-    except ValueError:
-        valid = ", ".join(b.value for b in BackendName)
-        raise ValueError(f"backend: unknown rollout backend {name!r}; valid: {valid}") from None
-    return BACKENDS[key](model, tokenizer, model_path)
+    return BACKENDS[parse_choice(BackendName, name, "backend")](model, tokenizer, model_path)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from softmax_theory.registry import parse_choice
+
 
 class TaskName(str, enum.Enum):
     ADDITION = "addition"  # a+b=, three-digit operands, four-digit answer
@@ -65,11 +67,7 @@ def synthetic_task(
     name: str | TaskName, seed: int = 0, n_train: int = 20_000, n_test: int = 512
 ) -> Task:
     """A seeded synthetic task; train and test prompts are disjoint."""
-    try:
-        name = TaskName(name)
-    except ValueError:
-        valid = ", ".join(t.value for t in TaskName)
-        raise ValueError(f"task: unknown task {name!r}; valid: {valid}") from None
+    name = parse_choice(TaskName, name, "task")
     rng = np.random.default_rng(seed)
     examples = _arith(name, rng, n_train + 4 * n_test)
     unique = list({e.prompt: e for e in examples}.values())

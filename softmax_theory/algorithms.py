@@ -18,6 +18,7 @@ import numpy as np
 
 from softmax_theory.envs import TabularEnv, TokenTreeMDP
 from softmax_theory.estimators import _check_lr, entropy, log_softmax
+from softmax_theory.registry import parse_choice
 
 # Added to a group's reward std before dividing (GRPO's ε).
 ADV_EPS = 1e-6
@@ -105,9 +106,12 @@ class PolicyLossConfig:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "loss", PolicyLoss(self.loss))
-        object.__setattr__(self, "cov_scope", CovScope(self.cov_scope))
-        object.__setattr__(self, "kl_ref_estimator", KLEstimator(self.kl_ref_estimator))
+        for name, enum_cls in (
+            ("loss", PolicyLoss),
+            ("cov_scope", CovScope),
+            ("kl_ref_estimator", KLEstimator),
+        ):
+            object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
         for name in (
             "clip_ratio_low",
             "clip_ratio_high",
@@ -146,8 +150,10 @@ class AlgoConfig:
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "algo", Algo(self.algo))
-        object.__setattr__(self, "advantage", AdvantageEstimator(self.advantage))
+        object.__setattr__(self, "algo", parse_choice(Algo, self.algo, "algo"))
+        object.__setattr__(
+            self, "advantage", parse_choice(AdvantageEstimator, self.advantage, "advantage")
+        )
         for name in ("group_size", "samples", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
@@ -386,11 +392,7 @@ POLICY_LOSSES: dict[PolicyLoss, Callable[..., TokenLoss]] = {
 
 
 def get_policy_loss(name: str | PolicyLoss) -> Callable[..., TokenLoss]:
-    try:
-        return POLICY_LOSSES[PolicyLoss(name)]
-    except ValueError:
-        valid = ", ".join(p.value for p in PolicyLoss)
-        raise ValueError(f"loss: unknown policy loss {name!r}; valid: {valid}") from None
+    return POLICY_LOSSES[parse_choice(PolicyLoss, name, "loss")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,11 +505,7 @@ STEPS: dict[Algo, Callable[..., StepResult]] = {
 
 
 def get_step(name: str | Algo) -> Callable[..., StepResult]:
-    try:
-        return STEPS[Algo(name)]
-    except ValueError:
-        valid = ", ".join(a.value for a in Algo)
-        raise ValueError(f"algo: unknown algorithm {name!r}; valid: {valid}") from None
+    return STEPS[parse_choice(Algo, name, "algo")]
 
 
 def initial_state(logits: np.ndarray, cfg: AlgoConfig) -> AlgoState:

@@ -26,6 +26,7 @@ from softmax_theory.law import (
     series_from_csv,
     series_from_run,
 )
+from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import read_run
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -353,11 +354,10 @@ def sweep(
     options.pop("algo", None)
     options.pop("lr", None)
     algo_list = [a.strip() for a in algos.split(",") if a.strip()]
-    for a in algo_list:
-        if a not in {x.value for x in Algo}:
-            raise typer.BadParameter(
-                f"algos: unknown algorithm {a!r}; valid: " + ", ".join(x.value for x in Algo)
-            )
+    try:
+        algo_list = [parse_choice(Algo, a, "algos").value for a in algo_list]
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     lr_list = _floats(lrs, "lrs")
     env_cfg, base = _sim_configs(options)
     total = len(algo_list) * len(lr_list) * seeds

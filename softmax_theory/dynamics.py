@@ -31,6 +31,7 @@ from softmax_theory.estimators import (
     npg_entropy_change,
     pg_entropy_change,
 )
+from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import RunWriter, to_jsonable
 
 # The paper's Table 1 groups: mean covariance over the top q of tokens.
@@ -216,7 +217,7 @@ class EnvConfig:
     seed: int = field(default=0, metadata={"help": "seed of the rewards and initial logits"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", EnvName(self.name))
+        object.__setattr__(self, "name", parse_choice(EnvName, self.name, "env"))
         for name in ("actions", "prompts", "vocab", "horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")

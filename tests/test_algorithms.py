@@ -102,7 +102,7 @@ def test_kl_cov_penalises_exactly_the_top_k_and_is_zero_on_policy():
 
 
 def test_unknown_loss_is_named():
-    with pytest.raises(ValueError, match="loss.*valid"):
+    with pytest.raises(ValueError, match="loss.*not one of"):
         get_policy_loss("clip-cov")
     with pytest.raises(ValueError, match="clip_cov_lb"):
         PolicyLossConfig(clip_cov_lb=5, clip_cov_ub=1)

@@ -39,8 +39,9 @@ def test_addition_task_by_hand():
 
 def test_dataset_task_and_math_reward(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)})
-                              for i in range(20)))
+    path.write_text(
+        "\n".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) for i in range(20))
+    )
     task = dataset_task(path, reward="exact")
     assert len(task.train) + len(task.test) == 20
     assert task.reward("5", "5") == 1.0
@@ -64,8 +65,9 @@ def test_tokenizer_round_trip():
 
 def test_hf_backend_masks_after_eos(tiny_model):
     model, tok = load_model(tiny_model)
-    roll = HFBackend(model, tok).generate(["123+456="] * 2, 3, 5, 1.0,
-                                          torch.Generator().manual_seed(0))
+    roll = HFBackend(model, tok).generate(
+        ["123+456="] * 2, 3, 5, 1.0, torch.Generator().manual_seed(0)
+    )
     assert roll.input_ids.shape[0] == 6 and roll.response_ids.shape == (6, 5)
     eos = tok.eos_token_id
     for ids, mask in zip(roll.response_ids, roll.response_mask, strict=True):
@@ -76,8 +78,9 @@ def test_hf_backend_masks_after_eos(tiny_model):
         else:
             assert all(mask)
     # the same generator seed gives the same samples
-    again = HFBackend(model, tok).generate(["123+456="] * 2, 3, 5, 1.0,
-                                           torch.Generator().manual_seed(0))
+    again = HFBackend(model, tok).generate(
+        ["123+456="] * 2, 3, 5, 1.0, torch.Generator().manual_seed(0)
+    )
     assert torch.equal(roll.input_ids, again.input_ids)
 
 
@@ -117,8 +120,9 @@ def test_update_forecast_equals_the_step(opt_cls):
         before = {id(p): p.detach().clone() for p in net.parameters()}
         opt.step()
         for p in net.parameters():
-            torch.testing.assert_close(p.detach() - before[id(p)], forecast[id(p)],
-                                       rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(
+                p.detach() - before[id(p)], forecast[id(p)], rtol=1e-5, atol=1e-7
+            )
 
 
 def test_jvp_matches_finite_differences(tiny_model):
@@ -128,8 +132,9 @@ def test_jvp_matches_finite_differences(tiny_model):
     ids = torch.randint(4, 17, (3, 9), generator=torch.Generator().manual_seed(0))
     params = {n: p.detach() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(1)
-    delta = {n: 1e-4 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-             for n, p in params.items()}
+    delta = {
+        n: 1e-4 * torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in params.items()
+    }
 
     def logits_fn(p):
         return torch.func.functional_call(model, p, (ids,)).logits
@@ -156,13 +161,23 @@ def test_score_function_lemma1_matches_the_theory():
 
 
 # The fixture's model is barely trained, so tests reward a property it already varies on.
-EVEN_FIRST_DIGIT = replace(synthetic_task("addition", n_train=500, n_test=64),
-                           reward=lambda response, answer: float(response[:1] in "02468"))
+EVEN_FIRST_DIGIT = replace(
+    synthetic_task("addition", n_train=500, n_test=64),
+    reward=lambda response, answer: float(response[:1] in "02468"),
+)
 
 
 def _cfg(tiny_model, **kw):
-    base = dict(model=str(tiny_model), steps=3, prompts_per_step=4, group_size=4, val_every=2,
-                val_prompts=16, checkpoint_every=0, lr=1e-3)
+    base = dict(
+        model=str(tiny_model),
+        steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        val_every=2,
+        val_prompts=16,
+        checkpoint_every=0,
+        lr=1e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -172,11 +187,24 @@ def test_trainer_writes_the_contract(tiny_model, tmp_path):
     run = read_run(tmp_path / "run")
     assert [s["step"] for s in run.steps] == [0, 1, 2]
     for rec in run.steps:
-        for key in ("entropy", "reward", "entropy_after", "delta_entropy", "pred_lemma1",
-                    "pred_jvp", "cov_mean", "cov_group", "cov_state", "cov_score", "lr", "algo"):
+        for key in (
+            "entropy",
+            "reward",
+            "entropy_after",
+            "delta_entropy",
+            "pred_lemma1",
+            "pred_jvp",
+            "cov_mean",
+            "cov_group",
+            "cov_state",
+            "cov_score",
+            "lr",
+            "algo",
+        ):
             assert key in rec, key
-        assert rec["entropy_after"] == pytest.approx(rec["entropy"] + rec["delta_entropy"],
-                                                     abs=1e-6)
+        assert rec["entropy_after"] == pytest.approx(
+            rec["entropy"] + rec["delta_entropy"], abs=1e-6
+        )
     assert "val_reward" in run.steps[0] and "val_reward" not in run.steps[1]
     assert (tmp_path / "run" / "tokens" / "step_000000.npz").exists()
     assert (tmp_path / "run" / "cov_tables.jsonl").exists()
@@ -185,8 +213,15 @@ def test_trainer_writes_the_contract(tiny_model, tmp_path):
 
 
 def test_lemma1_tracks_a_small_single_update(tiny_model, tmp_path):
-    cfg = _cfg(tiny_model, steps=2, mini_batches=1, lr=1e-5, optimizer="sgd", val_every=0,
-               prompts_per_step=8)
+    cfg = _cfg(
+        tiny_model,
+        steps=2,
+        mini_batches=1,
+        lr=1e-5,
+        optimizer="sgd",
+        val_every=0,
+        prompts_per_step=8,
+    )
     train(cfg, tmp_path / "run", task=EVEN_FIRST_DIGIT)
     for rec in read_run(tmp_path / "run").steps:
         assert rec["probe/updates"] == 1
@@ -196,8 +231,12 @@ def test_lemma1_tracks_a_small_single_update(tiny_model, tmp_path):
 
 
 def test_fixed_seed_repeats_and_resume_neither_loses_nor_repeats(tiny_model, tmp_path):
-    cfg = _cfg(tiny_model, steps=4, checkpoint_every=2, loss=PolicyLossConfig(loss="kl_cov",
-                                                                              kl_cov_ratio=0.1))
+    cfg = _cfg(
+        tiny_model,
+        steps=4,
+        checkpoint_every=2,
+        loss=PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.1),
+    )
     train(cfg, tmp_path / "full", task=EVEN_FIRST_DIGIT)
     full = read_run(tmp_path / "full").steps
     # a run killed after logging step 2, with its last checkpoint after step 1
@@ -246,6 +285,7 @@ def test_cli_pretrain_is_cached_and_train_names_errors(tiny_model, tmp_path):
     assert runner.invoke(app, args).exit_code == 0
     second = runner.invoke(app, args)
     assert second.exit_code == 0 and "already holds" in second.output
-    bad = runner.invoke(app, ["train", "--model", str(tiny_model), "--out", str(tmp_path / "r"),
-                              "--lr", "-1"])
+    bad = runner.invoke(
+        app, ["train", "--model", str(tiny_model), "--out", str(tmp_path / "r"), "--lr", "-1"]
+    )
     assert bad.exit_code != 0 and "lr" in bad.output

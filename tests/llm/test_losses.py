@@ -203,7 +203,7 @@ def test_aggregation_modes_by_hand():
 
 
 def test_bad_loss_input_is_named():
-    with pytest.raises(ValueError, match="loss.*valid"):
+    with pytest.raises(ValueError, match="loss.*not one of"):
         get_policy_loss("clip-cov")
     with pytest.raises(ValueError, match="advantages"):
         LossInputs(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
