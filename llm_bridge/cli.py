@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -47,11 +48,19 @@ def pretrain_tiny(
     console.print(f"{summary['parameters']:,} parameters, {summary['seconds']:.1f} s; wrote {out}")
 
 
+class Engine(str, enum.Enum):
+    OURS = "ours"
+    TRL = "trl"
+
+
 @app.command()
 @config_options(TrainConfig, PolicyLossConfig, rename=TRAIN_RENAME)
 def train(
     out: Annotated[Path, typer.Option(help="run directory")],
     resume: Annotated[bool, typer.Option(help="continue a killed run from its checkpoint")] = False,
+    engine: Annotated[
+        Engine, typer.Option(help="ours (exact probes, one machine) or trl (GRPOTrainer)")
+    ] = Engine.OURS,
     **options: Any,
 ) -> None:
     """GRPO with per-step entropy probes; writes config.json and steps.jsonl to OUT."""
@@ -59,6 +68,14 @@ def train(
 
     loss_cfg = build_config(PolicyLossConfig, options, TRAIN_RENAME)
     cfg = build_config(TrainConfig, options, TRAIN_RENAME, loss=loss_cfg)
+    if engine is Engine.TRL:
+        try:
+            from llm_bridge.integrations.trl import train_with_trl
+        except ImportError as err:
+            raise typer.BadParameter(str(err), param_hint="--engine") from None
+        train_with_trl(cfg, out)
+        console.print(f"wrote {out} (TRL's own output in {out}/trl)")
+        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -99,3 +116,47 @@ def compare(
     console.print(render_report(reports))
     if out is not None:
         console.print(f"wrote {out}/report.md and figures")
+
+
+import_app = typer.Typer(no_args_is_help=True, help="Import another trainer's logs as a run.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("trl")
+def import_trl_cmd(
+    trainer_state: Annotated[Path, typer.Argument(help="trainer_state.json or its folder")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+) -> None:
+    """TRL's log_history (entropy, reward, eval_reward, learning_rate) → a run directory."""
+    from llm_bridge.integrations.importers import import_trl
+
+    try:
+        import_trl(trainer_state, out)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        raise typer.BadParameter(str(err)) from None
+    console.print(f"wrote {out}")
+
+
+@import_app.command("verl")
+def import_verl_cmd(
+    metrics: Annotated[Path, typer.Argument(help="verl metrics as CSV or JSON lines")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+    step_key: Annotated[str | None, typer.Option(help="step column")] = None,
+    entropy_key: Annotated[str | None, typer.Option(help="entropy column")] = None,
+    reward_key: Annotated[str | None, typer.Option(help="training reward column")] = None,
+    val_key: Annotated[
+        str | None, typer.Option(help="validation column, or a prefix ending in /")
+    ] = None,
+) -> None:
+    """verl metrics (actor/entropy, critic/score/mean, val-core/...) → a run directory."""
+    from dataclasses import replace
+
+    from llm_bridge.integrations.importers import VERL_KEYS, import_verl
+
+    given = {"step": step_key, "entropy": entropy_key, "reward": reward_key, "val": val_key}
+    keys = replace(VERL_KEYS, **{k: v for k, v in given.items() if v is not None})
+    try:
+        import_verl(metrics, out, keys)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        raise typer.BadParameter(str(err)) from None
+    console.print(f"wrote {out}")

@@ -1,0 +1,96 @@
+"""TRL integration and the importers of TRL and verl logs."""
+
+import csv
+import json
+
+import pytest
+
+from llm_bridge.integrations.importers import KeyMap, import_trl, import_verl
+from softmax_theory.runlog import read_run
+
+
+def test_import_verl_csv_and_jsonl(tmp_path):
+    rows = [
+        {
+            "step": 1,
+            "actor/entropy": 0.9,
+            "critic/score/mean": 0.2,
+            "val-core/openai/gsm8k/reward/mean@1": 0.25,
+        },
+        {"step": 2, "actor/entropy": 0.8, "critic/score/mean": 0.3},
+        {
+            "step": 3,
+            "actor/entropy": 0.7,
+            "critic/score/mean": 0.4,
+            "val-core/openai/gsm8k/reward/mean@1": 0.35,
+        },
+    ]
+    path = tmp_path / "metrics.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    run = read_run(import_verl(path, tmp_path / "a"))
+    assert [s["step"] for s in run.steps] == [1, 2, 3]
+    assert run.steps[0] == {"step": 1, "entropy": 0.9, "reward": 0.2, "val_reward": 0.25}
+    assert "val_reward" not in run.steps[1]  # not measured: absent, not zero
+    # verl's file logger nests metrics under "data"
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"step": r["step"], "data": r}) for r in rows))
+    assert read_run(import_verl(jsonl, tmp_path / "b")).steps == run.steps
+    keys = KeyMap(
+        step="step",
+        entropy="actor/entropy",
+        reward="critic/score/mean",
+        val="val-core/openai/gsm8k/reward/mean@1",
+        lr=None,
+    )
+    assert read_run(import_verl(path, tmp_path / "c", keys)).steps[2]["val_reward"] == 0.35
+    with pytest.raises(ValueError, match="entropy"):
+        import_verl(path, tmp_path / "d", KeyMap("step", "H", "r", None, None))
+
+
+def test_import_trl_log_history(tmp_path):
+    state = {
+        "log_history": [
+            {"step": 1, "entropy": 0.5, "reward": 0.1, "learning_rate": 1e-6, "loss": 0.0},
+            {"step": 2, "entropy": 0.4, "reward": 0.2, "learning_rate": 1e-6},
+            {"step": 2, "eval_reward": 0.3, "eval_loss": 0.1},
+            {"step": 2, "train_runtime": 10.0},
+        ]
+    }
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    run = read_run(import_trl(tmp_path, tmp_path / "run"))
+    assert run.steps == (
+        {"step": 0, "entropy": 0.5, "reward": 0.1, "lr": 1e-6},
+        {"step": 1, "entropy": 0.4, "reward": 0.2, "lr": 1e-6, "val_reward": 0.3},
+    )
+
+
+@pytest.mark.parametrize("loss", ["vanilla", "clip_higher", "clip_cov", "kl_cov"])
+def test_trl_engine_runs_our_losses_and_writes_the_probe(tiny_model, tmp_path, loss):
+    pytest.importorskip("trl")
+    from llm_bridge.grpo import TrainConfig
+    from llm_bridge.integrations.trl import train_with_trl
+    from softmax_theory.algorithms import PolicyLossConfig
+
+    cfg = TrainConfig(
+        model=str(tiny_model),
+        steps=2,
+        prompts_per_step=4,
+        group_size=4,
+        checkpoint_every=0,
+        loss=PolicyLossConfig(loss=loss, clip_cov_ratio=0.05, kl_cov_ratio=0.05),
+    )
+    out = train_with_trl(cfg, tmp_path / "run")
+    run = read_run(out)
+    assert [s["step"] for s in run.steps] == [0, 1, 2, 3]  # 2 steps × 2 optimiser updates
+    for rec in run.steps:
+        for key in ("entropy", "entropy_after", "delta_entropy", "pred_lemma1", "cov_mean"):
+            assert key in rec
+        assert rec["algo"] == f"trl-grpo/{loss}"
+    log = json.loads((out / "trl" / "trainer_state.json").read_text())["log_history"]
+    assert any("entropy" in r for r in log)
+    # the TRL log imports as a run too
+    imported = read_run(import_trl(out / "trl", tmp_path / "imported"))
+    assert len(imported.steps) == 4
