@@ -35,8 +35,8 @@ LB := $(VENV)/bin/llm-bridge
 TINY := .cache/tiny-addition
 # Clip-Cov / KL-Cov ratios scaled to the demo's ~1,280-token mini-batches (the paper's ratios
 # select one or two tokens there; docs/llm_findings.md §3 has the sweep behind these values).
-DEMO_CLIP_COV_RATIO := 0.05
-DEMO_KL_COV_RATIO := 0.05
+DEMO_CLIP_COV_RATIO := 0.01
+DEMO_KL_COV_RATIO := 0.01
 
 demo: $(VENV)/.installed
 	rm -rf $(RESULTS)/theory

@@ -148,14 +148,18 @@ def select_clip_cov(
 
 def select_kl_cov(inp: LossInputs, cfg: PolicyLossConfig) -> torch.Tensor:
     """KL-Cov's tokens: the max(1, int(N_valid·ratio)) valid tokens of largest cov (bool [B, T])."""
-    mask = inp.response_mask.bool()
     cov = token_covariance(inp.log_prob, inp.advantages, inp.response_mask)
-    valid = mask.reshape(-1).nonzero().squeeze(-1)
-    k = n_selected(valid.numel(), cfg.kl_cov_ratio)
-    top = valid[torch.topk(cov.reshape(-1)[valid], k).indices]
-    selected = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    selected[top] = True
-    return selected.reshape(mask.shape)
+    k = n_selected(int(inp.response_mask.bool().sum()), cfg.kl_cov_ratio)
+    return _top_k_valid(cov, inp.response_mask, k)
+
+
+def _top_k_valid(values: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k valid positions with the largest ``values`` (k ≤ number valid)."""
+    valid = mask.bool().reshape(-1).nonzero().squeeze(-1)
+    top = valid[torch.topk(values.detach().reshape(-1)[valid], k).indices]
+    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    out[top] = True
+    return out.reshape(mask.shape)
 
 
 def clip_cov_loss(
@@ -239,12 +243,8 @@ def kl_penalty(
 
 def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
     """The valid tokens whose entropy is in the batch's top ``ratio`` (the 80/20 rule); bool."""
-    valid = mask.bool().reshape(-1).nonzero().squeeze(-1)
-    k = max(1, int(ratio * valid.numel() + 0.5))
-    top = valid[torch.topk(entropy.detach().reshape(-1)[valid], k).indices]
-    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    out[top] = True
-    return out.reshape(mask.shape)
+    k = max(1, int(ratio * int(mask.bool().sum()) + 0.5))
+    return _top_k_valid(entropy, mask, k)
 
 
 def compute_policy_loss(

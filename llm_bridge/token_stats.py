@@ -198,6 +198,28 @@ def _lemma1_rows(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return -(torch.linalg.vecdot(p * g, d) - torch.linalg.vecdot(p, g) * torch.linalg.vecdot(p, d))
 
 
+def _map_row_pairs(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    rows_fn,
+    names: tuple[str, str],
+    chunk_size: int | None,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Apply ``rows_fn(a_rows, b_rows) → [n]`` to matching row chunks of two [..., V] tensors,
+    in the compute dtype; returns shape [...]."""
+    _pair_check(a, b, names)
+    cd = _compute_dtype(a, dtype)
+    n_vocab = a.shape[-1]
+    a2, b2 = a.reshape(-1, n_vocab), b.reshape(-1, n_vocab)
+    out = torch.empty(a2.shape[0], dtype=cd, device=a.device)
+    rows = _rows_per_chunk(n_vocab, chunk_size)
+    for start in range(0, a2.shape[0], rows):
+        sl = slice(start, start + rows)
+        out[sl] = rows_fn(a2[sl].to(cd), b2[sl].to(cd))
+    return _finite(out.reshape(a.shape[:-1]), "/".join(names))
+
+
 def lemma1_from_delta(
     logits: torch.Tensor,
     delta: torch.Tensor,
@@ -209,16 +231,7 @@ def lemma1_from_delta(
     Use this when δ is known directly (a Jacobian-vector product): forming z + δ first would
     round δ to the precision of z.
     """
-    _pair_check(logits, delta, ("logits", "delta"))
-    cd = _compute_dtype(logits, dtype)
-    n_vocab = logits.shape[-1]
-    z, dz = logits.reshape(-1, n_vocab), delta.reshape(-1, n_vocab)
-    out = torch.empty(z.shape[0], dtype=cd, device=logits.device)
-    rows = _rows_per_chunk(n_vocab, chunk_size)
-    for start in range(0, z.shape[0], rows):
-        sl = slice(start, start + rows)
-        out[sl] = _lemma1_rows(z[sl].to(cd), dz[sl].to(cd))
-    return _finite(out.reshape(logits.shape[:-1]), "logits/delta")
+    return _map_row_pairs(logits, delta, _lemma1_rows, ("logits", "delta"), chunk_size, dtype)
 
 
 def lemma1_prediction(
@@ -232,18 +245,35 @@ def lemma1_prediction(
     Cui et al. 2025, Lemma 1 (``softmax_theory.first_order_entropy_change`` on each row).
     Returns shape [...].
     """
-    _pair_check(logits_before, logits_after)
-    cd = _compute_dtype(logits_before, dtype)
-    n_vocab = logits_before.shape[-1]
-    zb = logits_before.reshape(-1, n_vocab)
-    za = logits_after.reshape(-1, n_vocab)
-    out = torch.empty(zb.shape[0], dtype=cd, device=logits_before.device)
-    rows = _rows_per_chunk(n_vocab, chunk_size)
-    for start in range(0, zb.shape[0], rows):
-        sl = slice(start, start + rows)
-        x = zb[sl].to(cd)
-        out[sl] = _lemma1_rows(x, za[sl].to(cd) - x)
-    return _finite(out.reshape(logits_before.shape[:-1]), "logits_before/logits_after")
+    return _map_row_pairs(
+        logits_before,
+        logits_after,
+        lambda x, xa: _lemma1_rows(x, xa - x),
+        ("logits_before", "logits_after"),
+        chunk_size,
+        dtype,
+    )
+
+
+def _entropy_change_rows(x: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+    """H(xa) − H(x) per row, cancellation-free (see ``token_entropy_change``)."""
+    from softmax_theory.estimators import STABLE_CHANGE_MAX_STEP
+
+    logp = torch.log_softmax(x, dim=-1)
+    p = logp.exp()
+    d = xa - x
+    d = d - torch.linalg.vecdot(p, d).unsqueeze(-1)  # centred δ
+    small = d.abs().amax(dim=-1) <= STABLE_CHANGE_MAX_STEP
+    em1 = torch.expm1(torch.where(small.unsqueeze(-1), d, torch.zeros_like(d)))
+    m = torch.linalg.vecdot(p, em1)  # Z − 1
+    dp = p * (em1 - m.unsqueeze(-1)) / (1 + m.unsqueeze(-1))  # π' − π
+    g = logp - torch.linalg.vecdot(p, logp).unsqueeze(-1)
+    change = -torch.linalg.vecdot(dp, g) - torch.linalg.vecdot(p + dp, d) + torch.log1p(m)
+    if bool(small.all()):
+        return change
+    h_after = torch.logsumexp(xa, -1) - torch.linalg.vecdot(torch.softmax(xa, -1), xa)
+    h_before = torch.logsumexp(x, -1) - torch.linalg.vecdot(p, x)
+    return torch.where(small, change, h_after - h_before)
 
 
 def token_entropy_change(
@@ -260,34 +290,14 @@ def token_entropy_change(
     ``softmax_theory.estimators.STABLE_CHANGE_MAX_STEP`` use the plain difference. float64 by
     default: a probe's per-token changes are often below fp32's resolution of H.
     """
-    from softmax_theory.estimators import STABLE_CHANGE_MAX_STEP
-
-    _pair_check(logits_before, logits_after)
-    cd = _compute_dtype(logits_before, dtype)
-    n_vocab = logits_before.shape[-1]
-    zb = logits_before.reshape(-1, n_vocab)
-    za = logits_after.reshape(-1, n_vocab)
-    out = torch.empty(zb.shape[0], dtype=cd, device=logits_before.device)
-    rows = _rows_per_chunk(n_vocab, chunk_size)
-    for start in range(0, zb.shape[0], rows):
-        x = zb[start : start + rows].to(cd)
-        xa = za[start : start + rows].to(cd)
-        logp = torch.log_softmax(x, dim=-1)
-        p = logp.exp()
-        d = xa - x
-        d = d - torch.linalg.vecdot(p, d).unsqueeze(-1)  # centred δ
-        small = d.abs().amax(dim=-1) <= STABLE_CHANGE_MAX_STEP
-        em1 = torch.expm1(torch.where(small.unsqueeze(-1), d, torch.zeros_like(d)))
-        m = torch.linalg.vecdot(p, em1)  # Z − 1
-        dp = p * (em1 - m.unsqueeze(-1)) / (1 + m.unsqueeze(-1))  # π' − π
-        g = logp - torch.linalg.vecdot(p, logp).unsqueeze(-1)
-        stable = -torch.linalg.vecdot(dp, g) - torch.linalg.vecdot(p + dp, d) + torch.log1p(m)
-        if not bool(small.all()):
-            h_after = torch.logsumexp(xa, -1) - torch.linalg.vecdot(torch.softmax(xa, -1), xa)
-            h_before = torch.logsumexp(x, -1) - torch.linalg.vecdot(p, x)
-            stable = torch.where(small, stable, h_after - h_before)
-        out[start : start + rows] = stable
-    return _finite(out.reshape(logits_before.shape[:-1]), "logits_before/logits_after")
+    return _map_row_pairs(
+        logits_before,
+        logits_after,
+        _entropy_change_rows,
+        ("logits_before", "logits_after"),
+        chunk_size,
+        dtype,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
