@@ -160,3 +160,7 @@ def import_verl_cmd(
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise typer.BadParameter(str(err)) from None
     console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

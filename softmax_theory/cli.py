@@ -409,3 +409,7 @@ def sweep(
         }.items():
             fig.savefig(out / name, dpi=110)
         console.print(f"wrote {out}/sweep.csv and figures")
+
+
+if __name__ == "__main__":
+    app()
