@@ -16,7 +16,7 @@ from rich.table import Table
 
 from softmax_theory.algorithms import AlgoConfig, PolicyLossConfig
 from softmax_theory.checks import CheckConfig, CheckReport, correlation, run_checks
-from softmax_theory.cli_options import build_config, config_options
+from softmax_theory.cli_options import build_config, config_options, parse_list
 from softmax_theory.dynamics import EnvConfig, SimConfig
 from softmax_theory.law import (
     N_BOOT,
@@ -44,21 +44,11 @@ def _help(config_cls: type, name: str) -> str:
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"{name}: expected comma-separated numbers, got {text!r}"
-        ) from None
+    return parse_list(text, float, name)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"{name}: expected comma-separated integers, got {text!r}"
-        ) from None
+    return parse_list(text, int, name)
 
 
 def _config(config_cls: type, **given: Any) -> Any:

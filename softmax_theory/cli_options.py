@@ -29,17 +29,22 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def parse_list(text: str, item: type, flag: str) -> tuple:
+    """'0.1,1,10' → (0.1, 1.0, 10.0) for ``item=float``; a bad item names the flag."""
+    try:
+        return tuple(item(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{flag}: expected comma-separated {item.__name__} values, got {text!r}"
+        ) from None
+
+
 def _parse(value: Any, tp: Any, flag: str) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is tuple and isinstance(value, str):
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
-        try:
-            return tuple(item(v) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise typer.BadParameter(
-                f"{flag}: expected comma-separated {item.__name__} values, got {value!r}"
-            ) from None
+        return parse_list(value, item, flag)
     return value
 
 

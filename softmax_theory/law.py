@@ -25,16 +25,22 @@ N_BOOT = 1000
 LEVEL = 0.95
 
 
-def _check_series(entropy: np.ndarray, reward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h = np.asarray(entropy, dtype=np.float64).reshape(-1)
-    r = np.asarray(reward, dtype=np.float64).reshape(-1)
-    if h.size != r.size:
-        raise ValueError(f"entropy, reward: lengths differ ({h.size} vs {r.size})")
-    if h.size < MIN_POINTS:
-        raise ValueError(f"entropy: need at least {MIN_POINTS} points to fit, got {h.size}")
-    for name, x in (("entropy", h), ("reward", r)):
-        if not np.isfinite(x).all():
+def _paired(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Two 1-D float64 series of equal length ≥ MIN_POINTS, all finite; errors name them."""
+    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    b = np.asarray(y, dtype=np.float64).reshape(-1)
+    if a.size != b.size:
+        raise ValueError(f"{names[0]}, {names[1]}: lengths differ ({a.size} vs {b.size})")
+    if a.size < MIN_POINTS:
+        raise ValueError(f"{names[0]}: need at least {MIN_POINTS} points to fit, got {a.size}")
+    for name, v in zip(names, (a, b), strict=True):
+        if not np.isfinite(v).all():
             raise ValueError(f"{name}: contains NaN or infinite values")
+    return a, b
+
+
+def _check_series(entropy: np.ndarray, reward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, r = _paired(entropy, reward, ("entropy", "reward"))
     if np.ptp(h) == 0:
         raise ValueError("entropy: constant over the run, so a and b cannot be separated")
     if h.max() > 700:
@@ -216,14 +222,7 @@ def fit_coefficient_scaling(model_sizes: np.ndarray, values: np.ndarray) -> Scal
       model_sizes: N > 0 (e.g. non-embedding parameters in billions), shape [m], m ≥ 3.
       values: the coefficient fitted at each size, shape [m].
     """
-    n = np.asarray(model_sizes, dtype=np.float64).reshape(-1)
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if n.size != v.size:
-        raise ValueError(f"model_sizes, values: lengths differ ({n.size} vs {v.size})")
-    if n.size < MIN_POINTS:
-        raise ValueError(f"model_sizes: need at least {MIN_POINTS} sizes, got {n.size}")
-    if not (np.isfinite(n).all() and np.isfinite(v).all()):
-        raise ValueError("model_sizes, values: contain NaN or infinite values")
+    n, v = _paired(model_sizes, values, ("model_sizes", "values"))
     if (n <= 0).any():
         raise ValueError("model_sizes: must be positive")
     if np.ptp(n) == 0:
