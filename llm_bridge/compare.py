@@ -96,13 +96,28 @@ def predictor_stats(run: RunLog, key: str) -> PredictorStats | None:
     )
 
 
+def smooth(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over ``width`` steps, narrowed at the ends."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    half = width // 2
+    k = np.arange(len(v))
+    lo, hi = np.maximum(0, k - half), np.minimum(len(v), k + half + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
 def progress_shares(values: np.ndarray) -> dict[float, float | None]:
-    """Share of the run's total change reached by each step fraction (the paper's Fig. 2)."""
-    total = values[-1] - values[0]
+    """Share of the run's total change reached by each step fraction (the paper's Fig. 2).
+
+    Per-step rewards are noisy, so both ends are moving averages over a tenth of the run; a run
+    whose smoothed total change is zero has no shares.
+    """
+    s = smooth(values, max(1, len(values) // 10))
+    total = s[-1] - s[0]
     out: dict[float, float | None] = {}
     for frac in SHARE_POINTS:
-        k = max(0, int(round(frac * (len(values) - 1))))
-        out[frac] = None if total == 0 else float((values[k] - values[0]) / total)
+        k = max(0, int(round(frac * (len(s) - 1))))
+        out[frac] = None if total == 0 else float((s[k] - s[0]) / total)
     return out
 
 
@@ -196,7 +211,8 @@ def render_report(reports: list[RunReport]) -> str:
         "## Entropy consumed and reward gained (paper Fig. 2)",
         "",
         "Share of the run's total entropy change and reward change reached after each "
-        "fraction of the steps.",
+        "fraction of the steps (per-step values smoothed over a tenth of the run; shares "
+        "outside 0–100% mean the curve is not monotone or its total change is within noise).",
         "",
         "| run | " + " | ".join(f"{int(100 * f)}% of steps: ΔH, ΔR" for f in SHARE_POINTS) + " |",
         "|---|" + "---|" * len(SHARE_POINTS),
@@ -226,11 +242,14 @@ def render_report(reports: list[RunReport]) -> str:
             f"{_f(None if fc is None else fc.rmse, '.3g')} | "
             f"{_f(None if fc is None else fc.final_error, '+.3g')} |"
         )
-        if not f.holds:
+    for r in reports:
+        if r.law is not None and not r.law.fit.holds:
             lines.append(
                 f"\n{r.name}: the fit sits on a = 0 — reward does not rise as entropy "
-                "falls, so the law does not hold for this run.\n"
+                "falls, so the law does not hold for this run."
             )
+        if r.law is not None and r.law.forecast_error is not None:
+            lines.append(f"\n{r.name}: no forecast — {r.law.forecast_error}.")
     return "\n".join(lines) + "\n"
 
 

@@ -289,3 +289,11 @@ def test_cli_pretrain_is_cached_and_train_names_errors(tiny_model, tmp_path):
         app, ["train", "--model", str(tiny_model), "--out", str(tmp_path / "r"), "--lr", "-1"]
     )
     assert bad.exit_code != 0 and "lr" in bad.output
+
+
+def test_progress_shares_and_smoothing_by_hand():
+    from llm_bridge.compare import progress_shares, smooth
+
+    # step index round(f·10): 1, 2 (2.5 rounds to even), 5 of a straight line from 0 to 10
+    assert progress_shares(np.arange(11.0)) == pytest.approx({0.1: 0.1, 0.25: 0.2, 0.5: 0.5})
+    np.testing.assert_allclose(smooth(np.array([0.0, 10.0, 0.0, 10.0]), 2), [5, 10 / 3, 20 / 3, 5])
