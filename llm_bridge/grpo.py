@@ -297,9 +297,12 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def validate(self) -> float:
+        """Mean reward of one sample per held-out prompt. Its randomness is its own (seeded by
+        the run's seed and the step), so how often a run validates never changes its training."""
         examples = self.task.test[: self.cfg.val_prompts]
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step + 1)
         roll = self.backend.generate(
-            [e.prompt for e in examples], 1, self.max_new_tokens, self.cfg.temperature, self.gen
+            [e.prompt for e in examples], 1, self.max_new_tokens, self.cfg.temperature, gen
         )
         return float(score(self.task, roll.texts, [e.answer for e in examples]).mean())
 

@@ -297,3 +297,11 @@ def test_progress_shares_and_smoothing_by_hand():
     # step index round(f·10): 1, 2 (2.5 rounds to even), 5 of a straight line from 0 to 10
     assert progress_shares(np.arange(11.0)) == pytest.approx({0.1: 0.1, 0.25: 0.2, 0.5: 0.5})
     np.testing.assert_allclose(smooth(np.array([0.0, 10.0, 0.0, 10.0]), 2), [5, 10 / 3, 20 / 3, 5])
+
+
+def test_validation_frequency_does_not_change_training(tiny_model, tmp_path):
+    train(_cfg(tiny_model, val_every=1), tmp_path / "a", task=EVEN_FIRST_DIGIT)
+    train(_cfg(tiny_model, val_every=0), tmp_path / "b", task=EVEN_FIRST_DIGIT)
+    a, b = read_run(tmp_path / "a").steps, read_run(tmp_path / "b").steps
+    assert [s["reward"] for s in a] == [s["reward"] for s in b]
+    assert [s["entropy"] for s in a] == pytest.approx([s["entropy"] for s in b])
