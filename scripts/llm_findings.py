@@ -19,10 +19,19 @@ from llm_bridge.compare import compare_run
 from llm_bridge.grpo import TrainConfig, train
 from llm_bridge.tiny import TinyConfig, pretrain_tiny
 from softmax_theory.algorithms import PolicyLossConfig
-from softmax_theory.runlog import read_run
+from softmax_theory.runlog import read_run, to_jsonable
 
 
 def _run(cfg: TrainConfig, out: Path):
+    """Train, or reuse a finished run of the same config in ``out``."""
+    if (out / "steps.jsonl").exists():
+        run = read_run(out)
+        if (
+            run.config.get("trainer")
+            and len(run.steps) == cfg.steps
+            and all(run.config.get(k) == v for k, v in to_jsonable(cfg).items())
+        ):
+            return run
     shutil.rmtree(out, ignore_errors=True)
     train(cfg, out)
     return read_run(out)
@@ -149,11 +158,44 @@ def controls(model: str, out: Path) -> None:
     print()
 
 
+def controls_seeds(model: str, out: Path, seeds: int = 3) -> None:
+    print("## 3b. The demo's three runs over seeds\n")
+    print(f"Mean ± standard deviation over seeds 0–{seeds - 1} (seed 0 is the run of §3).\n")
+    print(
+        "| run | H end (last 5 steps) | H change | train reward, last 10 steps | "
+        "val_reward, last 3 evals |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    variants = {
+        "vanilla": PolicyLossConfig(),
+        "clip_cov, ratio 0.01": PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.01),
+        "kl_cov, ratio 0.01": PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.01),
+    }
+    for name, loss in variants.items():
+        slug = name.split(",")[0] + "_" + (name.split("ratio ")[-1] if "ratio" in name else "")
+        h_end, h_chg, r_end, v_end = [], [], [], []
+        for seed in range(seeds):
+            cfg = TrainConfig(model=model, checkpoint_every=0, loss=loss, seed=seed)
+            suffix = "" if seed == 0 else f"_s{seed}"
+            run = _run(cfg, out / f"ctl_{slug}{suffix}")
+            h = [s["entropy"] for s in run.steps]
+            h_end.append(np.mean(h[-5:]))
+            h_chg.append(np.mean(h[-5:]) / np.mean(h[:5]) - 1)
+            r_end.append(np.mean([s["reward"] for s in run.steps][-10:]))
+            v_end.append(np.mean([s["val_reward"] for s in run.steps if "val_reward" in s][-3:]))
+
+        def ms(x, fmt=".3f"):
+            return f"{np.mean(x):{fmt}} ± {np.std(x):{fmt}}"
+
+        print(f"| {name} | {ms(h_end)} | {ms(h_chg, '+.0%')} | {ms(r_end)} | {ms(v_end)} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", type=Path, default=Path("runs/findings"))
-    parser.add_argument("--only", choices=["lr", "estimators", "controls"], default=None)
+    parser.add_argument("--only", choices=["lr", "estimators", "controls", "seeds"], default=None)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "lr"):
@@ -169,6 +211,8 @@ def main() -> None:
         estimators({"128x2": args.model, "64x2": str(small)}, args.out)
     if args.only in (None, "controls"):
         controls(args.model, args.out)
+    if args.only in (None, "seeds"):
+        controls_seeds(args.model, args.out)
 
 
 if __name__ == "__main__":
