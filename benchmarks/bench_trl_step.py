@@ -28,12 +28,21 @@ GOAL = 0.8
 MARKER = "<!-- bench_trl_step -->"
 
 
-def _ours(model: str, prompts: int, group: int, steps: int, work: Path,
-          probe: bool = True) -> list[float]:
+def _ours(
+    model: str, prompts: int, group: int, steps: int, work: Path, probe: bool = True
+) -> list[float]:
     from llm_bridge.grpo import GRPOTrainer, TrainConfig
 
-    cfg = TrainConfig(model=model, prompts_per_step=prompts, group_size=group, mini_batches=1,
-                      val_every=0, checkpoint_every=0, steps=steps, probe=probe)
+    cfg = TrainConfig(
+        model=model,
+        prompts_per_step=prompts,
+        group_size=group,
+        mini_batches=1,
+        val_every=0,
+        checkpoint_every=0,
+        steps=steps,
+        probe=probe,
+    )
     out = work / f"ours_{time.perf_counter_ns()}"
     trainer = GRPOTrainer(cfg, out)
     times = []
@@ -55,8 +64,12 @@ def _trl(model_path: str, prompts: int, group: int, steps: int, work: Path) -> l
 
     task = synthetic_task("addition")
     model, tok = load_model(model_path)
-    data = Dataset.from_dict({"prompt": [tok.bos_token + e.prompt for e in task.train],
-                              "answer": [e.answer for e in task.train]})
+    data = Dataset.from_dict(
+        {
+            "prompt": [tok.bos_token + e.prompt for e in task.train],
+            "answer": [e.answer for e in task.train],
+        }
+    )
 
     def reward(completions, answer, **_):
         return [task.reward(c, a) for c, a in zip(completions, answer, strict=True)]
@@ -70,14 +83,32 @@ def _trl(model_path: str, prompts: int, group: int, steps: int, work: Path) -> l
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.start)
 
-    args = GRPOConfig(output_dir=str(work / f"trl_{time.perf_counter_ns()}"),
-                      per_device_train_batch_size=prompts * group, num_generations=group,
-                      max_completion_length=task.max_answer_chars + 1, temperature=1.0, top_k=0,
-                      learning_rate=5e-4, lr_scheduler_type="constant", max_steps=steps,
-                      beta=0.0, logging_steps=10**6, save_strategy="no", report_to="none",
-                      use_cpu=True, seed=0, disable_tqdm=True)
-    GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                processing_class=tok, callbacks=[Timer()]).train()
+    args = GRPOConfig(
+        output_dir=str(work / f"trl_{time.perf_counter_ns()}"),
+        per_device_train_batch_size=prompts * group,
+        num_generations=group,
+        max_completion_length=task.max_answer_chars + 1,
+        temperature=1.0,
+        top_k=0,
+        learning_rate=5e-4,
+        lr_scheduler_type="constant",
+        max_steps=steps,
+        beta=0.0,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[Timer()],
+    ).train()
     return times
 
 
@@ -100,23 +131,30 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mo, mb, mt = statistics.median(ours), statistics.median(bare), statistics.median(trl)
-    table = "\n".join([
-        MARKER,
-        f"### One GRPO step: ours (with probes) vs TRL's GRPOTrainer, {args.prompts} prompts × "
-        f"{args.group} responses",
-        "",
-        f"Goal: ≤ {GOAL}× TRL's step time. Median over {len(ours)} steps each, {args.blocks} "
-        f"alternating blocks; {torch.get_num_threads()} torch threads, CPU. "
-        "`python benchmarks/bench_trl_step.py --model .cache/tiny-addition`.",
-        "",
-        "| trainer | median step (s) | × TRL | goal |",
-        "|---|---:|---:|---|",
-        f"| ours: llm_bridge.grpo with probe + JVP | {mo:.3f} | {mo / mt:.2f} | "
-        + ("met" if mo / mt <= GOAL else "**missed**") + " |",
-        f"| ours without the probe (--no-probe) | {mb:.3f} | {mb / mt:.2f} | "
-        + ("met" if mb / mt <= GOAL else "**missed**") + " |",
-        f"| TRL GRPOTrainer | {mt:.3f} | 1.00 | — |",
-    ]) + "\n"
+    table = (
+        "\n".join(
+            [
+                MARKER,
+                f"### One GRPO step: ours (with probes) vs TRL's GRPOTrainer, {args.prompts} prompts × "
+                f"{args.group} responses",
+                "",
+                f"Goal: ≤ {GOAL}× TRL's step time. Median over {len(ours)} steps each, {args.blocks} "
+                f"alternating blocks; {torch.get_num_threads()} torch threads, CPU. "
+                "`python benchmarks/bench_trl_step.py --model .cache/tiny-addition`.",
+                "",
+                "| trainer | median step (s) | × TRL | goal |",
+                "|---|---:|---:|---|",
+                f"| ours: llm_bridge.grpo with probe + JVP | {mo:.3f} | {mo / mt:.2f} | "
+                + ("met" if mo / mt <= GOAL else "**missed**")
+                + " |",
+                f"| ours without the probe (--no-probe) | {mb:.3f} | {mb / mt:.2f} | "
+                + ("met" if mb / mt <= GOAL else "**missed**")
+                + " |",
+                f"| TRL GRPOTrainer | {mt:.3f} | 1.00 | — |",
+            ]
+        )
+        + "\n"
+    )
     print(table)
     if args.out is not None:
         _write_section(args.out, table)
