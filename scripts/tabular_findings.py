@@ -1,6 +1,6 @@
 """Reproduce the tabular findings reported in docs/dynamics.md and docs/law.md.
 
-    .venv/bin/python scripts/tabular_findings.py > /tmp/findings.md
+    .venv/bin/python scripts/tabular_findings.py > findings.md
 
 Prints markdown. Every number comes from a seeded simulation; nothing is typed in by hand.
 """
