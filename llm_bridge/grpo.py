@@ -233,9 +233,6 @@ class GRPOTrainer:
         ckpt = self.out / CHECKPOINT_DIR
         resuming = resume and (ckpt / "trainer.pt").exists()
         self.model, self.tokenizer = load_model(ckpt if resuming else cfg.model, self.device, dtype)
-        if cfg.probe and cfg.probe_jvp:
-            # forward-mode AD (the JVP) is not implemented for fused SDPA kernels
-            self.model.set_attn_implementation("eager")
         self.ref_model = None
         if cfg.loss.kl_ref_coef > 0:
             self.ref_model, _ = load_model(cfg.model, self.device, dtype)
@@ -468,7 +465,14 @@ class GRPOTrainer:
                     lambda **kw: torch.func.functional_call(self.model, p, (), kw), roll
                 ).float()
 
-            logits_jvp = jvp_logits(logits_fn, params_before, delta)
+            # forward-mode AD is not implemented for fused SDPA kernels: eager attention for
+            # the JVP only, so training and generation keep the model's own attention
+            attn = self.model.config._attn_implementation
+            self.model.set_attn_implementation("eager")
+            try:
+                logits_jvp = jvp_logits(logits_fn, params_before, delta)
+            finally:
+                self.model.set_attn_implementation(attn)
         record, per_token = probe_stats(
             logits_before,
             logits_after,
