@@ -68,6 +68,8 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_estimators.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_token_stats.py --out docs/benchmarks.md
+	$(LB) pretrain-tiny --out $(TINY)
+	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check softmax_theory llm_bridge tests benchmarks scripts
