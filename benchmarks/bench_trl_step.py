@@ -55,24 +55,16 @@ def _ours(
 
 
 def _trl(model_path: str, prompts: int, group: int, steps: int, work: Path) -> list[float]:
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from llm_bridge.integrations.trl import trl_dataset
     from llm_bridge.tasks import synthetic_task
     from llm_bridge.tiny import load_model
 
     task = synthetic_task("addition")
     model, tok = load_model(model_path)
-    data = Dataset.from_dict(
-        {
-            "prompt": [tok.bos_token + e.prompt for e in task.train],
-            "answer": [e.answer for e in task.train],
-        }
-    )
-
-    def reward(completions, answer, **_):
-        return [task.reward(c, a) for c, a in zip(completions, answer, strict=True)]
+    data, reward = trl_dataset(task, tok)
 
     times: list[float] = []
 
@@ -135,11 +127,11 @@ def main() -> None:
         "\n".join(
             [
                 MARKER,
-                f"### One GRPO step: ours (with probes) vs TRL's GRPOTrainer, {args.prompts} prompts × "
-                f"{args.group} responses",
+                "### One GRPO step: ours (with probes) vs TRL's GRPOTrainer, "
+                f"{args.prompts} prompts × {args.group} responses",
                 "",
-                f"Goal: ≤ {GOAL}× TRL's step time. Median over {len(ours)} steps each, {args.blocks} "
-                f"alternating blocks; {torch.get_num_threads()} torch threads, CPU. "
+                f"Goal: ≤ {GOAL}× TRL's step time. Median over {len(ours)} steps each, "
+                f"{args.blocks} alternating blocks; {torch.get_num_threads()} torch threads, CPU. "
                 "`python benchmarks/bench_trl_step.py --model .cache/tiny-addition`.",
                 "",
                 "| trainer | median step (s) | × TRL | goal |",

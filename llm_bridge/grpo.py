@@ -42,7 +42,7 @@ from softmax_theory.algorithms import (
     PolicyLossConfig,
     adaptive_entropy_coef,
 )
-from softmax_theory.dynamics import COV_TABLE_QUANTILES
+from softmax_theory.dynamics import top_covariance_means
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import STEPS_FILE, RunWriter, read_run, to_jsonable
 
@@ -488,12 +488,8 @@ class GRPOTrainer:
         return record, per_token
 
     def _write_cov_table(self, step: int, logp, adv, mask) -> None:
-        cov = token_covariance(logp, adv, mask)[mask.bool()].double()
-        cov = cov.sort(descending=True).values
-        table = {"step": step, "n_tokens": int(cov.numel())}
-        for q in COV_TABLE_QUANTILES:
-            k = max(1, int(round(q * cov.numel())))
-            table["all" if q == 1.0 else f"top {100 * q:g}%"] = float(cov[:k].mean())
+        cov = token_covariance(logp, adv, mask)[mask.bool()].double().cpu().numpy()
+        table = {"step": step, "n_tokens": int(cov.size), **top_covariance_means(cov)}
         with open(self.out / "cov_tables.jsonl", "a") as f:
             f.write(json.dumps(table) + "\n")
 

@@ -31,6 +31,7 @@ from llm_bridge.token_stats import (
     token_covariance,
     token_entropy_change,
 )
+from softmax_theory import checks
 
 
 def score_function_lemma1(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -45,13 +46,10 @@ def score_function_lemma1(logits: torch.Tensor, tokens: torch.Tensor) -> torch.T
 
 
 def correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
-    """Pearson correlation of two 1-D tensors; None when either is constant."""
-    x, y = x.double().flatten(), y.double().flatten()
-    if x.numel() < 2:
-        return None
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = xc.norm() * yc.norm()
-    return None if denom == 0 else float((xc @ yc) / denom)
+    """``softmax_theory.checks.correlation`` of two tensors (None when either is constant)."""
+    return checks.correlation(
+        x.detach().double().flatten().cpu().numpy(), y.detach().double().flatten().cpu().numpy()
+    )
 
 
 def jvp_logits(

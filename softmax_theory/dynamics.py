@@ -38,6 +38,17 @@ from softmax_theory.runlog import RunWriter, to_jsonable
 COV_TABLE_QUANTILES = (0.0002, 0.002, 0.02, 0.2, 0.5, 1.0)
 
 
+def top_covariance_means(cov: np.ndarray) -> dict[str, float]:
+    """Mean token covariance over the top q of tokens for each q of the paper's Table 1
+    ("top 0.02%" … "all"); each group holds at least one token."""
+    cov = np.sort(np.asarray(cov, dtype=np.float64).reshape(-1))[::-1]
+    top = {}
+    for q in COV_TABLE_QUANTILES:
+        k = max(1, int(round(q * cov.size)))
+        top["all" if q == 1.0 else f"top {100 * q:g}%"] = float(cov[:k].mean())
+    return top
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """A simulation run; the only home of its defaults."""
@@ -92,11 +103,8 @@ def cov_table(
     token_logp: np.ndarray,
     token_adv: np.ndarray,
 ) -> CovTable:
-    cov = np.sort(token_covariance(token_logp, token_adv))[::-1]
-    top = {}
-    for q in COV_TABLE_QUANTILES:
-        k = max(1, int(round(q * cov.size)))
-        top["all" if q == 1.0 else f"top {100 * q:g}%"] = float(cov[:k].mean())
+    cov = token_covariance(token_logp, token_adv)
+    top = top_covariance_means(cov)
     acc, pcov, pcov_s = [], [], []
     if isinstance(env, ContextualBandit):
         p = np.exp(log_softmax(logits))

@@ -166,3 +166,17 @@ def test_cli_names_bad_options():
     assert result.exit_code != 0 and "lr" in result.output
     result = runner.invoke(app, ["sweep", "--algos", "pg,ppo"])
     assert result.exit_code != 0 and "ppo" in result.output
+
+
+def test_top_covariance_means_by_hand():
+    from softmax_theory.dynamics import top_covariance_means
+
+    top = top_covariance_means(np.arange(10.0))  # 0 … 9, order does not matter
+    assert top == {
+        "top 0.02%": 9.0,
+        "top 0.2%": 9.0,
+        "top 2%": 9.0,
+        "top 20%": 8.5,
+        "top 50%": 7.0,
+        "all": 4.5,
+    }

@@ -197,6 +197,22 @@ class EntropyProbeCallback(TrainerCallback):
             self.writer.close()
 
 
+def trl_dataset(task, tokenizer):
+    """A task as TRL wants it: a dataset of ``prompt`` (BOS + prompt text, the way our
+    rollouts encode it) and ``answer``, and a reward function over TRL's completions."""
+    from datasets import Dataset
+
+    bos = tokenizer.bos_token or ""
+    data = Dataset.from_dict(
+        {"prompt": [bos + e.prompt for e in task.train], "answer": [e.answer for e in task.train]}
+    )
+
+    def reward(completions, answer, **_):
+        return [task.reward(c, a) for c, a in zip(completions, answer, strict=True)]
+
+    return data, reward
+
+
 def train_with_trl(cfg, out: str | os.PathLike, task=None) -> Path:
     """``llm-bridge train --engine trl``: the same run through TRL's GRPOTrainer.
 
@@ -208,7 +224,6 @@ def train_with_trl(cfg, out: str | os.PathLike, task=None) -> Path:
     optimiser updates. Validation is TRL's business here (``eval_*`` keys in its
     ``trainer_state.json``; ``llm-bridge import trl`` reads them).
     """
-    from datasets import Dataset
     from trl import GRPOConfig
 
     from llm_bridge.grpo import OptimizerName, load_task
@@ -216,13 +231,7 @@ def train_with_trl(cfg, out: str | os.PathLike, task=None) -> Path:
 
     task = task or load_task(cfg)
     model, tokenizer = load_model(cfg.model)
-    bos = tokenizer.bos_token or ""
-    data = Dataset.from_dict(
-        {"prompt": [bos + e.prompt for e in task.train], "answer": [e.answer for e in task.train]}
-    )
-
-    def reward(completions, answer, **_):
-        return [task.reward(c, a) for c, a in zip(completions, answer, strict=True)]
+    data, reward = trl_dataset(task, tokenizer)
 
     updates = cfg.mini_batches * cfg.epochs
     per_device = cfg.prompts_per_step * cfg.group_size // (cfg.mini_batches * cfg.micro_batches)
