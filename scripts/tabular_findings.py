@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from softmax_theory.algorithms import AlgoConfig, PolicyLossConfig, n_selected
-from softmax_theory.checks import correlation
-from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
-from softmax_theory.law import bootstrap_entropy_law, fit_entropy_law, forecast_entropy_law
+from softmax_theory import (
+    AlgoConfig,
+    EnvConfig,
+    PolicyLossConfig,
+    SimConfig,
+    bootstrap_entropy_law,
+    correlation,
+    fit_entropy_law,
+    forecast_entropy_law,
+    make_env,
+    n_selected,
+    simulate,
+)
 
 SEEDS = 3
 STEPS = 300
@@ -29,7 +38,7 @@ def grpo(steps=STEPS, lr=GRPO_LR, seed=0, advantage="grpo", group_size=8, cov_ta
             algo="grpo",
             advantage=advantage,
             group_size=group_size,
-            loss=PolicyLossConfig(**loss),
+            policy_loss=PolicyLossConfig(**loss),
         ),
     )
 
@@ -60,15 +69,15 @@ def controls() -> None:
     )
     variants = {
         "vanilla": {},
-        "clip_higher (ε_high 0.28)": {"loss": "clip_higher"},
-        "clip_cov, paper ratio 2e-4": {"loss": "clip_cov"},
-        "clip_cov, ratio 0.02": {"loss": "clip_cov", "clip_cov_ratio": 0.02},
-        "clip_cov, ratio 0.1": {"loss": "clip_cov", "clip_cov_ratio": 0.1},
-        "kl_cov, paper ratio 2e-3": {"loss": "kl_cov"},
-        "kl_cov, ratio 0.02": {"loss": "kl_cov", "kl_cov_ratio": 0.02},
-        "kl_cov, ratio 0.1": {"loss": "kl_cov", "kl_cov_ratio": 0.1},
-        "entropy bonus α = 0.01": {"entropy_coef": 0.01},
-        "KL to initial policy β = 0.1": {"kl_ref_coef": 0.1},
+        "clip_higher (ε_high 0.28)": {"loss_mode": "clip_higher"},
+        "clip_cov, paper ratio 2e-4": {"loss_mode": "clip_cov"},
+        "clip_cov, ratio 0.02": {"loss_mode": "clip_cov", "clip_cov_ratio": 0.02},
+        "clip_cov, ratio 0.1": {"loss_mode": "clip_cov", "clip_cov_ratio": 0.1},
+        "kl_cov, paper ratio 2e-3": {"loss_mode": "kl_cov"},
+        "kl_cov, ratio 0.02": {"loss_mode": "kl_cov", "kl_cov_ratio": 0.02},
+        "kl_cov, ratio 0.1": {"loss_mode": "kl_cov", "kl_cov_ratio": 0.1},
+        "entropy bonus α = 0.01": {"entropy_coeff": 0.01},
+        "KL to initial policy β = 0.1": {"kl_loss_coef": 0.1},
     }
     print("| env | variant | tokens selected | H end | J end |")
     print("|---|---|---:|---:|---:|")
@@ -79,7 +88,8 @@ def controls() -> None:
             h = np.array([r.final_entropy for r in runs])
             j = np.array([r.final_reward for r in runs])
             cfg = PolicyLossConfig(**loss)
-            ratio = {"clip_cov": cfg.clip_cov_ratio, "kl_cov": cfg.kl_cov_ratio}.get(cfg.loss.value)
+            ratios = {"clip_cov": cfg.clip_cov_ratio, "kl_cov": cfg.kl_cov_ratio}
+            ratio = ratios.get(cfg.loss_mode.value)
             sel = "—" if ratio is None else str(n_selected(256, ratio))
             print(
                 f"| {env.name} | {name} | {sel} | {h.mean():.3f} ± {h.std():.3f} | "
@@ -99,14 +109,15 @@ def controls_large_step() -> None:
     env = make_env(EnvConfig(name="contextual"))
     for name, loss in {
         "vanilla (clip 0.2)": {},
-        "clip_higher (0.2 / 0.28)": {"loss": "clip_higher"},
-        "clip_cov, ratio 0.1 (clip range 1)": {"loss": "clip_cov", "clip_cov_ratio": 0.1},
+        "clip_higher (0.2 / 0.28)": {"loss_mode": "clip_higher"},
+        "clip_cov, ratio 0.1 (clip range 1)": {"loss_mode": "clip_cov", "clip_cov_ratio": 0.1},
         "clip_cov, ratio 0.1, clip range 0.2": {
-            "loss": "clip_cov",
+            "loss_mode": "clip_cov",
             "clip_cov_ratio": 0.1,
-            "clip_cov_clip_ratio": 0.2,
+            "clip_ratio_low": 0.2,
+            "clip_ratio_high": 0.2,
         },
-        "kl_cov, ratio 0.1 (no clip)": {"loss": "kl_cov", "kl_cov_ratio": 0.1},
+        "kl_cov, ratio 0.1 (no clip)": {"loss_mode": "kl_cov", "kl_cov_ratio": 0.1},
     }.items():
         runs = [simulate(env, grpo(steps=100, lr=10.0, seed=s, **loss)) for s in range(SEEDS)]
         clip = np.mean([r.get("actor/pg_clipfrac", 0.0) for run in runs for r in run.records])

@@ -23,6 +23,7 @@ from softmax_theory.estimators import (
     pg_entropy_change,
     second_order_entropy_change,
 )
+from softmax_theory.stats import correlation
 
 
 class Claim(str, enum.Enum):
@@ -170,14 +171,6 @@ CLAIMS: dict[Claim, Callable] = {
     Claim.THEOREM2: _theorem2,
     Claim.SECOND_ORDER: _second_order,
 }
-
-
-def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Pearson correlation; None when either side is constant (undefined, not zero)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def _slope(lrs: np.ndarray, errors: np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from softmax_theory.algorithms import AlgoConfig, PolicyLossConfig
-from softmax_theory.checks import CheckConfig, CheckReport, correlation, run_checks
+from softmax_theory.algorithms import AlgoConfig
+from softmax_theory.checks import CheckConfig, CheckReport, run_checks
 from softmax_theory.cli_options import build_config, config_options, parse_list
 from softmax_theory.dynamics import EnvConfig, SimConfig
 from softmax_theory.law import (
@@ -26,8 +26,10 @@ from softmax_theory.law import (
     series_from_csv,
     series_from_run,
 )
+from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import read_run
+from softmax_theory.stats import correlation
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 # Wide enough for the tables even when the output is a pipe or a log file (rich assumes 80).
@@ -247,8 +249,8 @@ def _law_dict(rep: LawReport) -> dict[str, Any]:
 SIM_RENAME = {
     "EnvConfig.name": "env",
     "EnvConfig.seed": "env_seed",
-    "AlgoConfig.loss": "loss_config",  # nested; never a flag
-    "PolicyLossConfig.loss": "loss",
+    "AlgoConfig.policy_loss": "policy_loss",  # nested; never a flag
+    "PolicyLossConfig.loss_mode": "loss",
     "SimConfig.cov_table_steps": "cov_table",
 }
 
@@ -256,7 +258,7 @@ SIM_RENAME = {
 def _sim_configs(options: dict[str, Any]) -> tuple[EnvConfig, SimConfig]:
     env_cfg = build_config(EnvConfig, options, SIM_RENAME)
     loss_cfg = build_config(PolicyLossConfig, options, SIM_RENAME)
-    algo_cfg = build_config(AlgoConfig, options, SIM_RENAME, loss=loss_cfg)
+    algo_cfg = build_config(AlgoConfig, options, SIM_RENAME, policy_loss=loss_cfg)
     sim_cfg = build_config(SimConfig, options, SIM_RENAME, algo=algo_cfg)
     return env_cfg, sim_cfg
 

@@ -18,9 +18,24 @@ from typing import Annotated, Any
 
 import typer
 
+# A flag given this word sets an optional field whose default is not None to None (e.g.
+# ``--clip-ratio-c none`` switches dual-clip off).
+NONE_WORDS = ("none", "off")
 
-def _base_type(tp: Any) -> Any:
-    """float | None → float; tuple[int, ...] → str (parsed later); enums stay enums."""
+
+def _optional_with_default(tp: Any, default: Any) -> bool:
+    """A field typed ``X | None`` whose default is a value: its flag must be able to say none."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in (
+        typing.get_args(tp)
+    )
+    return optional and default not in (None, dataclasses.MISSING)
+
+
+def _base_type(tp: Any, default: Any = None) -> Any:
+    """float | None → float; tuple[int, ...] → str (parsed later); enums stay enums; an optional
+    field with a non-None default → str (a number or 'none')."""
+    if _optional_with_default(tp, default):
+        return str
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         tp = args[0]
@@ -40,11 +55,21 @@ def parse_list(text: str, item: type, flag: str) -> tuple:
 
 
 def _parse(value: Any, tp: Any, flag: str) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    if optional:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is tuple and isinstance(value, str):
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         return parse_list(value, item, flag)
+    if optional and isinstance(value, str) and tp is not str:
+        if value.strip().lower() in NONE_WORDS:
+            return None
+        try:
+            return tp(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{flag}: expected a {tp.__name__} or 'none', got {value!r}"
+            ) from None
     return value
 
 
@@ -83,9 +108,9 @@ def config_options(*classes: type, rename: dict[str, str] | None = None) -> Call
                 if name in taken:
                     raise TypeError(f"config_options: option {name!r} defined twice; rename it")
                 taken.add(name)
-                base = _base_type(tp)
-                help_text = f.metadata.get("help", "")
                 default = f.default if f.default is not dataclasses.MISSING else None
+                base = _base_type(tp, default)
+                help_text = f.metadata.get("help", "")
                 if isinstance(default, enum.Enum):
                     default = default.value
                 if default not in (None, ()) and not isinstance(default, bool):

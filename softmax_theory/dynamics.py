@@ -16,13 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from softmax_theory.algorithms import (
-    AlgoConfig,
-    TokenBatch,
-    initial_state,
-    step,
-    token_covariance,
-)
+from softmax_theory.algorithms import AlgoConfig, TokenBatch, initial_state, step
 from softmax_theory.envs import ContextualBandit, TabularEnv, TokenTreeMDP
 from softmax_theory.estimators import (
     covariance,
@@ -33,20 +27,13 @@ from softmax_theory.estimators import (
 )
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import RunWriter, to_jsonable
+from softmax_theory.stats import top_covariance_means
+from softmax_theory.token_stats import token_covariance
 
-# The paper's Table 1 groups: mean covariance over the top q of tokens.
-COV_TABLE_QUANTILES = (0.0002, 0.002, 0.02, 0.2, 0.5, 1.0)
 
-
-def top_covariance_means(cov: np.ndarray) -> dict[str, float]:
-    """Mean token covariance over the top q of tokens for each q of the paper's Table 1
-    ("top 0.02%" … "all"); each group holds at least one token."""
-    cov = np.sort(np.asarray(cov, dtype=np.float64).reshape(-1))[::-1]
-    top = {}
-    for q in COV_TABLE_QUANTILES:
-        k = max(1, int(round(q * cov.size)))
-        top["all" if q == 1.0 else f"top {100 * q:g}%"] = float(cov[:k].mean())
-    return top
+def sampled_covariance(logp: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    """The paper's token covariance over a flat batch of sampled tokens (all valid)."""
+    return token_covariance(logp, adv, np.ones_like(logp))
 
 
 @dataclass(frozen=True)
@@ -103,7 +90,7 @@ def cov_table(
     token_logp: np.ndarray,
     token_adv: np.ndarray,
 ) -> CovTable:
-    cov = token_covariance(token_logp, token_adv)
+    cov = sampled_covariance(token_logp, token_adv)
     top = top_covariance_means(cov)
     acc, pcov, pcov_s = [], [], []
     if isinstance(env, ContextualBandit):
@@ -112,7 +99,7 @@ def cov_table(
         pcov = covariance(logits, log_softmax(logits), env.advantages(logits)).tolist()
         for s in range(logits.shape[0]):
             m = batch.state == s
-            pcov_s.append(float(token_covariance(token_logp[m], token_adv[m]).mean()))
+            pcov_s.append(float(sampled_covariance(token_logp[m], token_adv[m]).mean()))
     return CovTable(
         step=step_index,
         n_tokens=int(cov.size),
@@ -169,7 +156,7 @@ def simulate(
             }
             if result.tokens is not None:
                 rec["cov_mean"] = float(
-                    token_covariance(result.token_logp, result.token_adv).mean()
+                    sampled_covariance(result.token_logp, result.token_adv).mean()
                 )
                 rec["sample_reward"] = float(result.tokens.reward.mean())
                 if k in config.cov_table_steps:

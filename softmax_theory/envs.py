@@ -12,12 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
-from softmax_theory.estimators import (
-    _check_finite,
-    advantages,
-    entropy,
-    log_softmax,
-)
+from softmax_theory.estimators import advantages, entropy, log_softmax
+from softmax_theory.inputs import check_finite
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ def _check_logits(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     if z.shape != shape:
         raise ValueError(f"logits: expected shape {shape} (states, actions), got {z.shape}")
-    _check_finite("logits", z)
+    check_finite("logits", z)
     return z
 
 
@@ -117,14 +113,14 @@ class ContextualBandit(TabularEnv):
         r = np.asarray(self.rewards, dtype=np.float64)
         if r.ndim != 2 or r.shape[0] == 0 or r.shape[1] == 0:
             raise ValueError(f"rewards: expected a non-empty [S, A] array, got shape {r.shape}")
-        _check_finite("rewards", r)
+        check_finite("rewards", r)
         if self.prompt_weights is None:
             w = np.full(r.shape[0], 1.0 / r.shape[0])
         else:
             w = np.asarray(self.prompt_weights, dtype=np.float64)
             if w.shape != (r.shape[0],):
                 raise ValueError(f"prompt_weights: expected shape ({r.shape[0]},), got {w.shape}")
-            _check_finite("prompt_weights", w)
+            check_finite("prompt_weights", w)
             if (w < 0).any() or w.sum() <= 0:
                 raise ValueError("prompt_weights: must be non-negative with a positive sum")
             w = w / w.sum()
@@ -181,7 +177,8 @@ class TokenTreeMDP(TabularEnv):
     rewards: np.ndarray
     name: str = "tree"
     init_logits: np.ndarray | None = None  # the starting policy [S, V], if the env has one
-    _offsets: tuple[int, ...] = field(init=False, repr=False)
+    # offsets[t] is the flat index of the first state at depth t; offsets[T] = number of states
+    offsets: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.vocab < 2:
@@ -194,15 +191,15 @@ class TokenTreeMDP(TabularEnv):
                 f"rewards: expected {self.vocab}^{self.horizon} = {self.vocab**self.horizon} "
                 f"entries, got {r.size}"
             )
-        _check_finite("rewards", r)
+        check_finite("rewards", r)
         object.__setattr__(self, "rewards", r)
         offsets = np.cumsum([0] + [self.vocab**t for t in range(self.horizon)])
-        object.__setattr__(self, "_offsets", tuple(int(o) for o in offsets))
+        object.__setattr__(self, "offsets", tuple(int(o) for o in offsets))
         self._check_init()
 
     @property
     def n_states(self) -> int:
-        return self._offsets[-1]
+        return self.offsets[-1]
 
     @property
     def logits_shape(self) -> tuple[int, int]:
@@ -214,7 +211,7 @@ class TokenTreeMDP(TabularEnv):
         return np.repeat(np.arange(self.horizon), [self.vocab**t for t in range(self.horizon)])
 
     def _level(self, x: np.ndarray, t: int) -> np.ndarray:
-        return x[self._offsets[t] : self._offsets[t + 1]]
+        return x[self.offsets[t] : self.offsets[t + 1]]
 
     def reach_probability(self, logits: np.ndarray) -> np.ndarray:
         """P_π(prefix s is generated); [S]. Sums to T (one state per depth)."""
@@ -225,7 +222,7 @@ class TokenTreeMDP(TabularEnv):
         for t in range(1, self.horizon):
             parent = self._level(reach, t - 1)  # (V^{t-1},)
             # child (t, i·V + a) is reached with P(parent i)·π(a | parent i)
-            reach[self._offsets[t] : self._offsets[t + 1]] = (
+            reach[self.offsets[t] : self.offsets[t + 1]] = (
                 parent[:, None] * self._level(p, t - 1)
             ).reshape(-1)
         return reach

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from softmax_theory.inputs import check_finite, check_lr
+
 # Rows of a [rows, A] block are processed together so that the block's temporaries
 # (about four float64 copies) stay in cache: 2 MiB of logits per block.
 ROW_BLOCK_BYTES = 1 << 21
@@ -34,12 +36,6 @@ def _as_logits(logits: np.ndarray, name: str = "logits") -> np.ndarray:
     return z
 
 
-def _check_finite(name: str, x: np.ndarray) -> None:
-    if not np.isfinite(x).all():
-        bad = np.size(x) - int(np.isfinite(x).sum())
-        raise ValueError(f"{name}: {bad} entries are NaN or infinite; all must be finite")
-
-
 def _like_logits(x: np.ndarray, z: np.ndarray, name: str) -> np.ndarray:
     """Broadcast ``x`` to the logits' shape, or raise naming ``name``."""
     x = np.asarray(x, dtype=np.float64)
@@ -49,13 +45,6 @@ def _like_logits(x: np.ndarray, z: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(
             f"{name}: shape {x.shape} does not broadcast to the logits' shape {z.shape}"
         ) from None
-
-
-def _check_lr(lr: float) -> float:
-    lr = float(lr)
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr: the step size must be a finite number > 0, got {lr}")
-    return lr
 
 
 def _state_weights(state_weights: np.ndarray | None, z: np.ndarray) -> np.ndarray:
@@ -70,7 +59,7 @@ def _state_weights(state_weights: np.ndarray | None, z: np.ndarray) -> np.ndarra
             raise ValueError(
                 f"state_weights: shape {d.shape} does not match the states of logits {z.shape[:-1]}"
             ) from None
-    _check_finite("state_weights", d)
+    check_finite("state_weights", d)
     if (d < 0).any():
         raise ValueError("state_weights: must be non-negative")
     return d
@@ -86,7 +75,7 @@ def _finite_result(result: np.ndarray, **inputs: np.ndarray) -> np.ndarray:
     if np.isfinite(result).all():
         return result
     for name, x in inputs.items():
-        _check_finite(name, x)
+        check_finite(name, x)
     raise FloatingPointError("non-finite result from finite inputs; please report this input")
 
 
@@ -98,7 +87,7 @@ def _finite_result(result: np.ndarray, **inputs: np.ndarray) -> np.ndarray:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """log π = z − logsumexp(z), shape [..., A]."""
     z = _as_logits(logits)
-    _check_finite("logits", z)
+    check_finite("logits", z)
     shifted = z - z.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -125,8 +114,8 @@ def covariance(logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     z = _as_logits(logits)
     x = _like_logits(x, z, "x")
     y = _like_logits(y, z, "y")
-    _check_finite("x", x)
-    _check_finite("y", y)
+    check_finite("x", x)
+    check_finite("y", y)
     p = softmax(z)
     xc = x - _mean(p, x)[..., None]
     yc = y - _mean(p, y)[..., None]
@@ -235,8 +224,8 @@ def entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """
     z = _as_logits(logits)
     d = _like_logits(delta, z, "delta")
-    _check_finite("logits", z)
-    _check_finite("delta", d)
+    check_finite("logits", z)
+    check_finite("delta", d)
     logp = log_softmax(z)
     p = np.exp(logp)
     dc = d - _mean(p, d)[..., None]
@@ -292,7 +281,7 @@ def second_order_entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.nda
     """
     z = _as_logits(logits)
     d = _like_logits(delta, z, "delta")
-    _check_finite("delta", d)
+    check_finite("delta", d)
     logp = log_softmax(z)
     p = np.exp(logp)
     u = d - _mean(p, d)[..., None]  # δ − E_π δ
@@ -311,7 +300,7 @@ def advantages(logits: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     """A(s, a) = r(s, a) − E_{a'∼π(·|s)} r(s, a'), shape [..., A]  (eq. 5)."""
     z = _as_logits(logits)
     r = _like_logits(rewards, z, "rewards")
-    _check_finite("rewards", r)
+    check_finite("rewards", r)
     p = softmax(z)
     return r - _mean(p, r)[..., None]
 
@@ -333,7 +322,7 @@ def pg_update(
       state_weights: d(s), shape [...]; ones when omitted.
     """
     z = _as_logits(logits)
-    lr = _check_lr(lr)
+    lr = check_lr(lr)
     d = _state_weights(state_weights, z)
     return z + lr * d[..., None] * softmax(z) * advantages(z, rewards)
 
@@ -341,7 +330,7 @@ def pg_update(
 def npg_update(logits: np.ndarray, rewards: np.ndarray, lr: float) -> np.ndarray:
     """z' = z + η·A(s, a): natural policy gradient for a tabular softmax (Kakade 2001)  (eq. 7)."""
     z = _as_logits(logits)
-    lr = _check_lr(lr)
+    lr = check_lr(lr)
     return z + lr * advantages(z, rewards)
 
 
@@ -357,7 +346,7 @@ def pg_entropy_change(
     η·d(s), matching ``pg_update``.
     """
     z = _as_logits(logits)
-    lr = _check_lr(lr)
+    lr = check_lr(lr)
     d = _state_weights(state_weights, z)
     logp = log_softmax(z)
     return -lr * d * covariance(z, logp, np.exp(logp) * advantages(z, rewards))
@@ -366,5 +355,5 @@ def pg_entropy_change(
 def npg_entropy_change(logits: np.ndarray, rewards: np.ndarray, lr: float) -> np.ndarray:
     """ΔH ≈ −η·Cov_{a∼π}(log π(a|s), A(s,a)). Cui et al. 2025, Theorem 2 (eq. 9)."""
     z = _as_logits(logits)
-    lr = _check_lr(lr)
+    lr = check_lr(lr)
     return -lr * covariance(z, log_softmax(z), advantages(z, rewards))

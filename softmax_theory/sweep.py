@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from softmax_theory.algorithms import Algo
-from softmax_theory.checks import correlation
 from softmax_theory.dynamics import EnvConfig, SimConfig, SimResult, make_env, simulate
+from softmax_theory.stats import correlation
 
 
 @dataclass(frozen=True)

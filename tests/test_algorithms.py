@@ -3,25 +3,27 @@
 import numpy as np
 import pytest
 
-from softmax_theory import Bandit, ContextualBandit, TokenTreeMDP, npg_update, pg_update
-from softmax_theory.algorithms import (
-    ADV_EPS,
-    AlgoConfig,
+from softmax_theory import (
+    Bandit,
+    ContextualBandit,
+    LossInputs,
     PolicyLossConfig,
-    clip_cov_loss,
+    TokenTreeMDP,
     get_policy_loss,
-    grpo_advantage,
-    initial_state,
-    kl_cov_loss,
     n_selected,
+    npg_update,
+    pg_update,
+    token_covariance,
+)
+from softmax_theory.algorithms import AlgoConfig, initial_state, sample_batch, step
+from softmax_theory.estimators import log_softmax
+from softmax_theory.group_advantages import (
+    ADV_EPS,
+    grpo_advantage,
     reinforce_pp_advantage,
     rloo_advantage,
-    sample_batch,
-    step,
-    token_covariance,
-    vanilla_loss,
 )
-from softmax_theory.estimators import log_softmax
+from softmax_theory.losses import agg_weights, clip_cov_loss, kl_cov_loss, vanilla_loss
 
 
 def test_advantages_by_hand():
@@ -54,55 +56,61 @@ def test_n_selected_matches_the_reference_count():
 
 def _tokens(n=400, seed=0):
     rng = np.random.default_rng(seed)
-    logp = np.log(rng.uniform(0.01, 1.0, n))
-    adv = rng.standard_normal(n) * 2
+    logp = np.log(rng.uniform(0.01, 1.0, (1, n)))
+    adv = rng.standard_normal((1, n)) * 2
     return logp, adv, rng
+
+
+def _inp(logp, old, adv):
+    return LossInputs(logp, old, adv, np.ones_like(logp))
 
 
 def test_clip_cov_detaches_exactly_k_eligible_unclipped_tokens():
     logp, adv, rng = _tokens()
     old = logp + 0.5 * rng.standard_normal(logp.size)  # off-policy: some tokens clipped
-    cfg = PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.02, clip_cov_clip_ratio=0.2)
-    out = clip_cov_loss(logp, old, adv, cfg, np.random.default_rng(1))
-    ref = vanilla_loss(logp, old, adv, PolicyLossConfig(), None)
+    cfg = PolicyLossConfig(
+        loss_mode="clip_cov", clip_cov_ratio=0.02, clip_ratio_low=0.2, clip_ratio_high=0.2
+    )
+    out = clip_cov_loss(_inp(logp, old, adv), cfg, np.random.default_rng(1))
+    ref = vanilla_loss(_inp(logp, old, adv), PolicyLossConfig(clip_ratio_c=None))
     detached = (out.dlogp == 0) & (ref.dlogp != 0)
     assert detached.sum() == n_selected(logp.size, 0.02) == 8
-    cov = token_covariance(logp, adv)
+    cov = token_covariance(logp, adv, np.ones_like(logp))
     assert ((cov[detached] > 1) & (cov[detached] < 5)).all()
     clipped = ref.dlogp == 0
     assert not (detached & clipped).any()
     # the detached tokens' losses are zeroed and still counted in the mean's denominator
-    assert (out.loss[detached] == 0).all()
+    assert (out.per_token_loss[detached] == 0).all()
     assert out.metrics["actor/cov_selected_frac"] == pytest.approx(8 / 400)
 
 
 def test_clip_cov_selects_fewer_when_few_are_eligible():
-    logp = np.log(np.full(10, 0.5))
-    adv = np.zeros(10)
-    cfg = PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.5)
-    out = clip_cov_loss(logp, logp, adv, cfg, np.random.default_rng(0))
+    logp = np.log(np.full((1, 10), 0.5))
+    adv = np.zeros((1, 10))
+    cfg = PolicyLossConfig(loss_mode="clip_cov", clip_cov_ratio=0.5)
+    out = clip_cov_loss(_inp(logp, logp, adv), cfg, np.random.default_rng(0))
     assert out.metrics["actor/cov_selected_frac"] == 0.0
 
 
 def test_kl_cov_penalises_exactly_the_top_k_and_is_zero_on_policy():
     logp, adv, rng = _tokens()
-    cfg = PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.05, kl_cov_coef=1.0)
-    on = kl_cov_loss(logp, logp, adv, cfg, None)
+    cfg = PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.05, ppo_kl_coef=1.0)
+    on = kl_cov_loss(_inp(logp, logp, adv), cfg)
     np.testing.assert_allclose(on.dlogp, -adv)  # no penalty gradient on-policy
-    np.testing.assert_allclose(on.loss, -adv)
+    np.testing.assert_allclose(on.per_token_loss, -adv)
     old = logp - 0.1
-    off = kl_cov_loss(logp, old, adv, cfg, None)
+    off = kl_cov_loss(_inp(logp, old, adv), cfg)
     ratio = np.exp(logp - old)
-    penalised = np.flatnonzero(~np.isclose(off.loss, -ratio * adv))
+    penalised = np.flatnonzero(~np.isclose(off.per_token_loss, -ratio * adv))
     k = n_selected(logp.size, 0.05)
     assert penalised.size == k == 20
-    top = np.argsort(-token_covariance(logp, adv))[:k]
+    top = np.argsort(-token_covariance(logp, adv, np.ones_like(logp)).reshape(-1))[:k]
     assert set(penalised) == set(top)
-    np.testing.assert_allclose(off.loss[top], -ratio[top] * adv[top] + 0.1)
+    np.testing.assert_allclose(off.per_token_loss[0, top], -ratio[0, top] * adv[0, top] + 0.1)
 
 
 def test_unknown_loss_is_named():
-    with pytest.raises(ValueError, match="loss.*not one of"):
+    with pytest.raises(ValueError, match="loss_mode.*not one of"):
         get_policy_loss("clip-cov")
     with pytest.raises(ValueError, match="clip_cov_lb"):
         PolicyLossConfig(clip_cov_lb=5, clip_cov_ub=1)
@@ -111,9 +119,12 @@ def test_unknown_loss_is_named():
 
 
 def _surrogate(env, z, batch, old_logp, adv, cfg):
-    """The token-mean loss as a function of the logits (the slow reference)."""
-    logp = log_softmax(z)[batch.state, batch.action]
-    return get_policy_loss(cfg.loss)(logp, old_logp, adv, cfg, np.random.default_rng(0)).loss.mean()
+    """The aggregated loss as a function of the logits (the slow reference)."""
+    shape = (batch.group.size, -1)
+    logp = log_softmax(z)[batch.state, batch.action].reshape(shape)
+    inp = LossInputs(logp, old_logp.reshape(shape), adv.reshape(shape), np.ones_like(logp))
+    out = get_policy_loss(cfg.loss_mode)(inp, cfg, np.random.default_rng(0))
+    return float((agg_weights(np.ones_like(logp), cfg.loss_agg_mode) * out.per_token_loss).sum())
 
 
 @pytest.mark.parametrize("loss", ["vanilla", "kl_cov"])
@@ -121,7 +132,9 @@ def test_grpo_single_epoch_gradient_matches_finite_differences(loss):
     env = ContextualBandit(np.random.default_rng(0).random((3, 4)))
     rng = np.random.default_rng(1)
     z0 = env.random_logits(rng)
-    cfg = AlgoConfig(algo="grpo", epochs=2, group_size=6, loss=PolicyLossConfig(loss=loss))
+    cfg = AlgoConfig(
+        algo="grpo", epochs=2, group_size=6, policy_loss=PolicyLossConfig(loss_mode=loss)
+    )
     lr = 1e-3
     res = step(env, z0, initial_state(z0, cfg), cfg, lr, np.random.default_rng(2))
     # replay: first epoch on-policy, then one more epoch from z1 = z0 − lr·∇L(z0)
@@ -135,8 +148,8 @@ def test_grpo_single_epoch_gradient_matches_finite_differences(loss):
             zp[idx] += h
             zm[idx] -= h
             g[idx] = (
-                _surrogate(env, zp, batch, old, adv, cfg.loss)
-                - _surrogate(env, zm, batch, old, adv, cfg.loss)
+                _surrogate(env, zp, batch, old, adv, cfg.policy_loss)
+                - _surrogate(env, zm, batch, old, adv, cfg.policy_loss)
             ) / (2 * h)
         return g
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from softmax_theory.algorithms import AlgoConfig, PolicyLossConfig
+from softmax_theory.algorithms import AlgoConfig
 from softmax_theory.cli import app
 from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
+from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_run
 
 CONTEXTUAL = make_env(EnvConfig(name="contextual"))
@@ -16,7 +17,10 @@ CONTEXTUAL = make_env(EnvConfig(name="contextual"))
 
 def _grpo(steps=150, lr=0.5, seed=0, **loss):
     return SimConfig(
-        steps=steps, lr=lr, seed=seed, algo=AlgoConfig(algo="grpo", loss=PolicyLossConfig(**loss))
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        algo=AlgoConfig(algo="grpo", policy_loss=PolicyLossConfig(**loss)),
     )
 
 
@@ -24,7 +28,7 @@ def test_run_directory_follows_the_contract(tmp_path):
     res = simulate(CONTEXTUAL, _grpo(steps=5), out=tmp_path / "run")
     run = read_run(tmp_path / "run")
     assert run.config["env"] == "contextual-32x16"
-    assert run.config["algo"]["loss"]["loss"] == "vanilla"
+    assert run.config["algo"]["policy_loss"]["loss_mode"] == "vanilla"
     assert [s["step"] for s in run.steps] == list(range(5))
     for rec in run.steps:
         for key in (
@@ -54,8 +58,8 @@ def test_exact_algorithms_record_no_sampled_covariance():
 
 
 def test_fixed_seed_gives_an_identical_run():
-    a = simulate(CONTEXTUAL, _grpo(steps=20, seed=3, loss="clip_cov", clip_cov_ratio=0.05))
-    b = simulate(CONTEXTUAL, _grpo(steps=20, seed=3, loss="clip_cov", clip_cov_ratio=0.05))
+    a = simulate(CONTEXTUAL, _grpo(steps=20, seed=3, loss_mode="clip_cov", clip_cov_ratio=0.05))
+    b = simulate(CONTEXTUAL, _grpo(steps=20, seed=3, loss_mode="clip_cov", clip_cov_ratio=0.05))
     assert a.records == b.records
     c = simulate(CONTEXTUAL, _grpo(steps=20, seed=4))
     assert a.records != c.records
@@ -89,8 +93,8 @@ def test_cov_controls_keep_entropy_higher_than_vanilla():
         )
 
     vanilla = final_h()
-    assert final_h(loss="clip_cov", clip_cov_ratio=0.1) > vanilla + 0.1
-    assert final_h(loss="kl_cov", kl_cov_ratio=0.1) > vanilla + 0.05
+    assert final_h(loss_mode="clip_cov", clip_cov_ratio=0.1) > vanilla + 0.1
+    assert final_h(loss_mode="kl_cov", kl_cov_ratio=0.1) > vanilla + 0.05
 
 
 def test_cov_table_and_fig8_view():
@@ -130,7 +134,7 @@ def test_cli_simulate_and_sweep(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "cov_tables.json").exists()
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["algo"]["loss"]["kl_cov_ratio"] == 0.1
+    assert cfg["algo"]["policy_loss"]["kl_cov_ratio"] == 0.1
     result = runner.invoke(
         app,
         [
@@ -169,7 +173,7 @@ def test_cli_names_bad_options():
 
 
 def test_top_covariance_means_by_hand():
-    from softmax_theory.dynamics import top_covariance_means
+    from softmax_theory.stats import top_covariance_means
 
     top = top_covariance_means(np.arange(10.0))  # 0 … 9, order does not matter
     assert top == {

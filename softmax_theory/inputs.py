@@ -1,0 +1,24 @@
+"""Input checks shared by the numpy modules: each raises a ValueError that names the argument."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_finite(name: str, x: np.ndarray) -> None:
+    """Raise naming ``name`` when any entry of ``x`` is NaN or infinite."""
+    if not np.isfinite(x).all():
+        bad = np.size(x) - int(np.isfinite(x).sum())
+        raise ValueError(f"{name}: {bad} entries are NaN or infinite; all must be finite")
+
+
+def check_lr(lr: float) -> float:
+    """η as a float: a real number (not a string), finite and > 0."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise ValueError(f"lr: the step size must be a number, got {type(lr).__name__} {lr!r}")
+    lr = float(lr)
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr: the step size must be a finite number > 0, got {lr}")
+    return lr

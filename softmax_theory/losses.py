@@ -1,0 +1,355 @@
+"""Policy losses over sampled tokens, in numpy, with their exact derivatives: the twins of
+``llm_bridge.losses``.
+
+Same names and signatures as the torch module (a registry ``POLICY_LOSSES`` keyed by
+``PolicyLoss``; ``compute_policy_loss`` adds the controls; ``agg_loss`` reduces), so one parity
+test holds the two equal. Every token loss here is a function of the token's log-probability
+(and, for the entropy bonus, of the state's entropy), so a loss also returns dℓ_t/d log π_t and
+dℓ_t/dH_t; the tabular step turns them into exact logit gradients. Shapes: [B, T] (responses ×
+tokens) with a ``response_mask``; the tabular world uses B responses of equal length T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from softmax_theory.policy import (
+    AggMode,
+    KLEstimator,
+    PolicyLoss,
+    PolicyLossConfig,
+    n_selected,
+    n_top,
+)
+from softmax_theory.registry import parse_choice
+from softmax_theory.token_stats import masked_mean, token_covariance
+
+# verl clamps log π − log π_old to ±20 before exponentiating (and k3's log-ratio likewise).
+LOG_RATIO_CLAMP = 20.0
+# verl clamps the k3 estimate to ±10.
+K3_CLAMP = 10.0
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What a policy loss reads; all [B, T], log-probs of the sampled tokens."""
+
+    log_prob: np.ndarray  # log π_θ
+    old_log_prob: np.ndarray  # log π_old at sampling time
+    advantages: np.ndarray
+    response_mask: np.ndarray  # 1 on valid response tokens
+    entropy: np.ndarray | None = None  # per-token H(π_θ(·|s)), for the bonus and top-ρ
+    ref_log_prob: np.ndarray | None = None  # log π_ref, for the KL-to-reference penalty
+
+    def __post_init__(self) -> None:
+        ref = np.asarray(self.log_prob)
+        if ref.ndim != 2:
+            raise ValueError(f"log_prob: expected [B, T], got {ref.shape}")
+        for name in ("old_log_prob", "advantages", "response_mask", "entropy", "ref_log_prob"):
+            x = getattr(self, name)
+            if x is not None and np.shape(x) != ref.shape:
+                raise ValueError(f"{name}: shape {np.shape(x)} must equal {ref.shape}")
+        for name in ("log_prob", "old_log_prob", "advantages"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ValueError(f"{name}: contains NaN or infinite values")
+
+
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    """Per-token loss (0 on padding), metrics, and the exact derivatives of the loss."""
+
+    per_token_loss: np.ndarray  # [B, T]
+    metrics: Metrics
+    dlogp: np.ndarray  # [B, T] dℓ_t/d log π_t
+    dentropy: np.ndarray | None = None  # [B, T] dℓ_t/dH_t, where the entropy enters
+
+
+def log_ratio(inp: LossInputs) -> np.ndarray:
+    """log r = clamp(log π − log π_old, ±20) (verl's clamp); its derivative is 0 where clamped."""
+    return np.clip(inp.log_prob - inp.old_log_prob, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+def _ratio_grad(inp: LossInputs, ratio: np.ndarray) -> np.ndarray:
+    """dr/d log π: r inside the clamp, 0 outside."""
+    d = inp.log_prob - inp.old_log_prob
+    return np.where(np.abs(d) < LOG_RATIO_CLAMP, ratio, 0.0)
+
+
+def _valid(inp: LossInputs) -> np.ndarray:
+    return np.asarray(inp.response_mask).astype(bool)
+
+
+def _ppo_metrics(inp: LossInputs, lr: np.ndarray, clipped: np.ndarray) -> Metrics:
+    mask = _valid(inp)
+    return {
+        "actor/pg_clipfrac": float(masked_mean(clipped, mask)),
+        "actor/ppo_kl": float(masked_mean(-lr, mask)),
+    }
+
+
+def ppo_clip(
+    inp: LossInputs, low: float, high: float, dual_c: float | None
+) -> tuple[np.ndarray, np.ndarray, Metrics]:
+    """ℓ = max(−A·r, −A·clip(r, 1 − low, 1 + high)); with dual-clip c, tokens with A < 0 take
+    min(ℓ, −A·c). Schulman et al. 2017 (PPO); Ye et al. 2020 (dual-clip, arXiv 1912.09729).
+
+    Returns ℓ, dℓ/d log π and the metrics (clip fraction, dual-clip fraction, ppo_kl).
+    """
+    adv = inp.advantages
+    lr = log_ratio(inp)
+    ratio = np.exp(lr)
+    loss1 = -adv * ratio
+    loss2 = -adv * np.clip(ratio, 1 - low, 1 + high)
+    clipped = loss2 > loss1  # the clipped branch is active: no gradient
+    loss = np.maximum(loss1, loss2)
+    grad = np.where(clipped, 0.0, -adv * _ratio_grad(inp, ratio))
+    metrics = _ppo_metrics(inp, lr, clipped)
+    if dual_c is not None:
+        loss3 = -adv * dual_c
+        dual = (adv < 0) & (loss > loss3)  # capped at c·|A|: no gradient
+        loss = np.where(adv < 0, np.minimum(loss3, loss), loss)
+        grad = np.where(dual, 0.0, grad)
+        metrics["actor/pg_clipfrac_lower"] = float(masked_mean(dual, _valid(inp)))
+    return loss, grad, metrics
+
+
+def vanilla_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """PPO clip with ε_low = ``clip_ratio_low``, ε_high = ``clip_ratio_high`` and dual-clip c =
+    ``clip_ratio_c`` (verl's ``vanilla``)."""
+    loss, grad, metrics = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
+    return PolicyLossOutput(loss, metrics, grad)
+
+
+def clip_higher_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """Vanilla with the larger default ε_high = 0.28 (DAPO, Yu et al. 2025)."""
+    return vanilla_loss(inp, cfg, generator, selected)
+
+
+def select_clip_cov(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: np.random.Generator | None = None
+) -> np.ndarray:
+    """Clip-Cov's tokens: max(1, int(N_valid·ratio)) drawn uniformly among the valid, unclipped
+    tokens with lb < cov < ub (fewer if fewer qualify). Returns a bool [B, T] mask."""
+    mask = _valid(inp)
+    ratio = np.exp(log_ratio(inp))
+    adv = inp.advantages
+    clipped = -adv * np.clip(ratio, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high) > -adv * ratio
+    cov = token_covariance(inp.log_prob, adv, mask)
+    eligible = np.flatnonzero(mask & ~clipped & (cov > cfg.clip_cov_lb) & (cov < cfg.clip_cov_ub))
+    k = min(n_selected(int(mask.sum()), cfg.clip_cov_ratio), eligible.size)
+    rng = np.random.default_rng(0) if generator is None else generator
+    chosen = rng.choice(eligible, size=k, replace=False) if k else eligible
+    out = np.zeros(mask.size, dtype=bool)
+    out[chosen] = True
+    return out.reshape(mask.shape)
+
+
+def _top_k_valid(values: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the k valid positions with the largest ``values``."""
+    valid = np.flatnonzero(np.asarray(mask).astype(bool))
+    top = valid[np.argsort(-np.asarray(values).reshape(-1)[valid], kind="stable")[:k]]
+    out = np.zeros(np.size(mask), dtype=bool)
+    out[top] = True
+    return out.reshape(np.shape(mask))
+
+
+def select_kl_cov(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: np.random.Generator | None = None
+) -> np.ndarray:
+    """KL-Cov's tokens: the max(1, int(N_valid·ratio)) valid tokens of largest cov (bool [B, T])."""
+    mask = _valid(inp)
+    cov = token_covariance(inp.log_prob, inp.advantages, mask)
+    return _top_k_valid(cov, mask, n_selected(int(mask.sum()), cfg.kl_cov_ratio))
+
+
+def clip_cov_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """Clip-Cov (Cui et al. 2025, §4): PPO clip (range ``clip_ratio_low/high``, no dual-clip, as
+    verl); the selected tokens' losses are multiplied by 0 (no gradient; they stay in the
+    token-mean denominator). ``selected``: a mask chosen over a larger scope."""
+    loss, grad, metrics = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, None)
+    if selected is None:
+        selected = select_clip_cov(inp, cfg, generator)
+    keep = (~selected).astype(np.float64)
+    metrics["actor/cov_selected_frac"] = float(masked_mean(selected, _valid(inp)))
+    return PolicyLossOutput(loss * keep, metrics, grad * keep)
+
+
+def kl_cov_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """KL-Cov (Cui et al. 2025, §4): ℓ = −A·r (no clip); the selected top-cov tokens add
+    ``ppo_kl_coef``·|log π − log π_old| (zero, with zero gradient, on the on-policy pass)."""
+    lr = log_ratio(inp)
+    ratio = np.exp(lr)
+    diff = inp.log_prob - inp.old_log_prob
+    if selected is None:
+        selected = select_kl_cov(inp, cfg)
+    sel = selected.astype(np.float64)
+    loss = -inp.advantages * ratio + cfg.ppo_kl_coef * np.abs(diff) * sel
+    grad = -inp.advantages * _ratio_grad(inp, ratio) + cfg.ppo_kl_coef * np.sign(diff) * sel
+    mask = _valid(inp)
+    metrics = {
+        "actor/ppo_kl": float(masked_mean(-lr, mask)),
+        "actor/ppo_kl_abs": float(masked_mean(np.abs(diff), mask)),
+        "actor/cov_selected_frac": float(masked_mean(selected, mask)),
+    }
+    return PolicyLossOutput(loss, metrics, grad)
+
+
+POLICY_LOSSES: dict[PolicyLoss, Callable[..., PolicyLossOutput]] = {
+    PolicyLoss.VANILLA: vanilla_loss,
+    PolicyLoss.CLIP_HIGHER: clip_higher_loss,
+    PolicyLoss.CLIP_COV: clip_cov_loss,
+    PolicyLoss.KL_COV: kl_cov_loss,
+}
+
+# The selection rule of each covariance loss, for selection over a larger scope.
+COV_SELECTORS: dict[PolicyLoss, Callable[..., np.ndarray]] = {
+    PolicyLoss.CLIP_COV: select_clip_cov,
+    PolicyLoss.KL_COV: select_kl_cov,
+}
+
+
+def get_policy_loss(name: str | PolicyLoss) -> Callable[..., PolicyLossOutput]:
+    return POLICY_LOSSES[parse_choice(PolicyLoss, name, "loss_mode")]
+
+
+def kl_penalty(
+    log_prob: np.ndarray, ref_log_prob: np.ndarray, estimator: str | KLEstimator
+) -> np.ndarray:
+    """Per-token estimate of KL(π‖π_ref) from the sampled tokens' log-probs (Schulman 2020).
+
+    k1 = log π − log π_ref (unbiased, can be negative);
+    k3 = e^{d} − d − 1, d = clamp(log π_ref − log π, ±20), clamped to ≤ 10 (verl's low_var_kl).
+    """
+    return _kl_penalty_and_grad(log_prob, ref_log_prob, estimator)[0]
+
+
+def _kl_penalty_and_grad(log_prob, ref_log_prob, estimator) -> tuple[np.ndarray, np.ndarray]:
+    est = parse_choice(KLEstimator, estimator, "kl_loss_type")
+    if est is KLEstimator.K1:
+        return log_prob - ref_log_prob, np.ones_like(log_prob)
+    raw = ref_log_prob - log_prob
+    d = np.clip(raw, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    k3 = np.expm1(d) - d
+    inside = (np.abs(raw) < LOG_RATIO_CLAMP) & (k3 < K3_CLAMP)
+    return np.minimum(k3, K3_CLAMP), np.where(inside, -np.expm1(d), 0.0)
+
+
+def top_entropy_mask(entropy: np.ndarray, mask: np.ndarray, ratio: float) -> np.ndarray:
+    """The valid tokens whose entropy is in the batch's top ``ratio`` (the 80/20 rule; Wang et al.
+    2025, arXiv 2506.01939): ⌈ρ·N⌉ tokens (``n_top``); bool."""
+    return _top_k_valid(entropy, mask, n_top(int(np.asarray(mask).astype(bool).sum()), ratio))
+
+
+def compute_policy_loss(
+    inp: LossInputs,
+    cfg: PolicyLossConfig,
+    entropy_coeff: float | None = None,
+    generator: np.random.Generator | None = None,
+    selected: np.ndarray | None = None,
+) -> PolicyLossOutput:
+    """The configured policy loss plus the composable controls, per token:
+
+    ℓ_t = ℓ^policy_t·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+
+    Args:
+      inp: the batch.
+      cfg: the loss and the controls.
+      entropy_coeff: α in force (adaptive control passes its current value); cfg's when omitted.
+      generator: randomness of Clip-Cov's draw.
+      selected: Clip-Cov/KL-Cov tokens chosen over a larger scope.
+    """
+    out = get_policy_loss(cfg.loss_mode)(inp, cfg, generator=generator, selected=selected)
+    loss, grad, metrics = out.per_token_loss, out.dlogp, dict(out.metrics)
+    mask = np.asarray(inp.response_mask, dtype=np.float64)
+    if cfg.top_entropy_ratio is not None:
+        if inp.entropy is None:
+            raise ValueError("entropy: top_entropy_ratio needs the per-token entropy")
+        keep = top_entropy_mask(inp.entropy, mask, cfg.top_entropy_ratio).astype(np.float64)
+        loss, grad = loss * keep, grad * keep
+        metrics["actor/top_entropy_frac"] = float(masked_mean(keep, mask))
+    alpha = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
+    dentropy = None
+    if alpha > 0:
+        if inp.entropy is None:
+            raise ValueError("entropy: an entropy bonus needs the per-token entropy")
+        loss = loss - alpha * inp.entropy
+        dentropy = -alpha * mask
+    if inp.entropy is not None:
+        metrics["actor/entropy"] = float(masked_mean(inp.entropy, mask))
+    if cfg.kl_loss_coef > 0:
+        if inp.ref_log_prob is None:
+            raise ValueError("ref_log_prob: kl_loss_coef > 0 needs the reference log-probs")
+        kl, dkl = _kl_penalty_and_grad(inp.log_prob, inp.ref_log_prob, cfg.kl_loss_type)
+        loss, grad = loss + cfg.kl_loss_coef * kl, grad + cfg.kl_loss_coef * dkl
+        metrics["actor/kl_loss"] = float(masked_mean(kl, mask))
+    return PolicyLossOutput(loss * mask, metrics, grad * mask, dentropy)
+
+
+def agg_loss(
+    per_token_loss: np.ndarray,
+    mask: np.ndarray,
+    mode: str | AggMode,
+    dp_size: int = 1,
+    batch_num_tokens: float | None = None,
+    global_batch_size: float | None = None,
+    loss_scale_factor: float | None = None,
+) -> float:
+    """Reduce a [B, T] loss to a scalar: Σ_t w_t·ℓ_t with the weights of ``agg_weights``."""
+    weights = agg_weights(
+        mask, mode, dp_size, batch_num_tokens, global_batch_size, loss_scale_factor
+    )
+    return float((weights * per_token_loss).sum())
+
+
+def agg_weights(
+    mask: np.ndarray,
+    mode: str | AggMode,
+    dp_size: int = 1,
+    batch_num_tokens: float | None = None,
+    global_batch_size: float | None = None,
+    loss_scale_factor: float | None = None,
+) -> np.ndarray:
+    """Per-token weights w [B, T] with agg_loss = Σ w·ℓ: every mode is linear in ℓ.
+
+    - token-mean: m / N (N = ``batch_num_tokens``, default the valid tokens here);
+    - token-sum: m;
+    - seq-mean-token-sum: m / S (S = ``global_batch_size``, default the non-empty responses);
+    - seq-mean-token-mean: m / (S·n_i), n_i the response's valid tokens;
+    - seq-mean-token-sum-norm: m / (S·H) (H = ``loss_scale_factor``, default T; verl ≥ 0.7.1);
+    - token-sum-norm: m / H (the paper's code and verl ≤ 0.7.0).
+    Each is multiplied by ``dp_size``, as verl does so that averaging gradients over data-parallel
+    ranks gives the global reduction.
+    """
+    mode = parse_choice(AggMode, mode, "loss_agg_mode")
+    m = np.asarray(mask, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"mask: expected [B, T], got {m.shape}")
+    horizon = m.shape[-1] if loss_scale_factor is None else loss_scale_factor
+    n_i = m.sum(-1, keepdims=True)
+    n_seq = float((n_i > 0).sum()) if global_batch_size is None else global_batch_size
+    if mode is AggMode.TOKEN_MEAN:
+        w = m / (m.sum() if batch_num_tokens is None else batch_num_tokens)
+    elif mode is AggMode.TOKEN_SUM:
+        w = m
+    elif mode is AggMode.TOKEN_SUM_NORM:
+        w = m / horizon
+    elif mode is AggMode.SEQ_MEAN_TOKEN_MEAN:
+        w = m / np.maximum(n_i, 1) / n_seq
+    else:
+        w = m / n_seq
+        if mode is AggMode.SEQ_MEAN_TOKEN_SUM_NORM:
+            w = w / horizon
+    return w * dp_size

@@ -1,0 +1,272 @@
+"""The policy-loss settings both worlds share: the loss names, the config, the counts of selected
+tokens and the adaptive entropy controller.
+
+``PolicyLossConfig`` is read by the numpy losses (``softmax_theory.losses``, tabular) and the torch
+losses (``llm_bridge.losses``, language models), so a setting means one thing in both. Names follow
+verl's actor config where verl has the knob (``loss_mode``, ``clip_ratio_low``, ``clip_ratio_high``,
+``clip_ratio_c``, ``clip_cov_*``, ``kl_cov_ratio``, ``ppo_kl_coef``, ``loss_agg_mode``,
+``loss_scale_factor``, ``entropy_coeff``, ``kl_loss_coef``, ``kl_loss_type``), so a verl user's
+settings carry over. A loss reads only its own settings (``LOSS_KNOBS``); setting one that the
+chosen loss does not read is refused by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field, fields
+
+from softmax_theory.registry import parse_choice
+
+
+class PolicyLoss(str, enum.Enum):
+    VANILLA = "vanilla"  # PPO clip with dual-clip (verl's vanilla)
+    CLIP_HIGHER = "clip_higher"  # vanilla with ε_high = 0.28 (DAPO)
+    CLIP_COV = "clip_cov"  # Cui et al. 2025, §4
+    KL_COV = "kl_cov"  # Cui et al. 2025, §4
+
+
+class AggMode(str, enum.Enum):
+    """How a [B, T] per-token loss becomes a scalar (verl's ``loss_agg_mode``)."""
+
+    TOKEN_MEAN = "token-mean"  # Σ ℓ / N_tokens (the paper's setting; TRL's dapo)
+    TOKEN_SUM = "token-sum"  # Σ ℓ
+    SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"  # mean over responses of the token mean
+    SEQ_MEAN_TOKEN_SUM = "seq-mean-token-sum"  # mean over responses of the token sum
+    SEQ_MEAN_TOKEN_SUM_NORM = "seq-mean-token-sum-norm"  # … ÷ horizon (verl ≥ 0.7.1, Dr. GRPO)
+    TOKEN_SUM_NORM = "token-sum-norm"  # Σ ℓ ÷ horizon (the paper's code, verl ≤ 0.7.0)
+
+
+# Modes that divide by a constant horizon (``loss_scale_factor``; the maximum response length
+# when unset).
+NORM_MODES = frozenset({AggMode.SEQ_MEAN_TOKEN_SUM_NORM, AggMode.TOKEN_SUM_NORM})
+
+
+class CovScope(str, enum.Enum):
+    MICRO = "micro"  # select per micro-batch, as the paper's original code
+    MINI = "mini"  # select over the optimiser mini-batch, as verl later does
+
+
+class KLEstimator(str, enum.Enum):
+    K1 = "k1"  # log π − log π_ref
+    K3 = "k3"  # e^{log π_ref − log π} − (log π_ref − log π) − 1 (verl's low_var_kl)
+
+
+# Dual-clip's c (verl's clip_ratio_c default): tokens with A < 0 lose at most c·|A|.
+DUAL_CLIP_DEFAULT = 3.0
+
+# The loss-specific settings each loss reads. Any other loss-specific setting is refused.
+LOSS_KNOBS: dict[PolicyLoss, tuple[str, ...]] = {
+    PolicyLoss.VANILLA: ("clip_ratio_low", "clip_ratio_high", "clip_ratio_c"),
+    PolicyLoss.CLIP_HIGHER: ("clip_ratio_low", "clip_ratio_high", "clip_ratio_c"),
+    PolicyLoss.CLIP_COV: (
+        "clip_ratio_low",
+        "clip_ratio_high",
+        "clip_cov_ratio",
+        "clip_cov_lb",
+        "clip_cov_ub",
+    ),
+    PolicyLoss.KL_COV: ("kl_cov_ratio", "ppo_kl_coef"),
+}
+
+# Each loss's defaults for the settings left unset (None): the only home of these numbers.
+# Clip-Cov's clip range of 1 (ratio in [0, 2]) and its ratio and bounds are the paper's scripts';
+# KL-Cov's ratio 0.002 is the paper's 7B setting as a fraction (the original code's
+# k_percent = 0.2 means 0.2%) and its coefficient 1 the paper's (verl's default is 0.1).
+LOSS_DEFAULTS: dict[PolicyLoss, dict[str, float]] = {
+    PolicyLoss.VANILLA: {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2},
+    PolicyLoss.CLIP_HIGHER: {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28},
+    PolicyLoss.CLIP_COV: {
+        "clip_ratio_low": 1.0,
+        "clip_ratio_high": 1.0,
+        "clip_cov_ratio": 0.0002,
+        "clip_cov_lb": 1.0,
+        "clip_cov_ub": 5.0,
+    },
+    PolicyLoss.KL_COV: {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0},
+}
+
+# The losses that select tokens by covariance (and so read cov_scope).
+COV_LOSSES = frozenset({PolicyLoss.CLIP_COV, PolicyLoss.KL_COV})
+
+LOSS_SPECIFIC = tuple(dict.fromkeys(k for knobs in LOSS_KNOBS.values() for k in knobs))
+
+
+def _per_loss(name: str) -> str:
+    """'default per loss: vanilla 0.2, clip_higher 0.28, …' for a help string."""
+    parts = [f"{loss.value} {d[name]:g}" for loss, d in LOSS_DEFAULTS.items() if name in d]
+    return "default per loss: " + ", ".join(parts)
+
+
+def _help(text: str, name: str | None = None) -> dict[str, str]:
+    return {"help": text if name is None else f"{text} ({_per_loss(name)})"}
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """The surrogate loss and the entropy controls; see the module docstring.
+
+    Loss-specific settings left as None take the chosen loss's default (``LOSS_DEFAULTS``), and
+    the config records the resolved value, so ``config.json`` shows what ran.
+    """
+
+    loss_mode: PolicyLoss = field(default=PolicyLoss.VANILLA, metadata=_help("the policy loss"))
+    clip_ratio_low: float | None = field(
+        default=None, metadata=_help("PPO ε_low: ratio ≥ 1 − ε_low", "clip_ratio_low")
+    )
+    clip_ratio_high: float | None = field(
+        default=None, metadata=_help("PPO ε_high: ratio ≤ 1 + ε_high", "clip_ratio_high")
+    )
+    clip_ratio_c: float | None = field(
+        default=DUAL_CLIP_DEFAULT,
+        metadata=_help("dual-clip c > 1: a token with A < 0 loses at most c·|A|; 'none' disables"),
+    )
+    clip_cov_ratio: float | None = field(
+        default=None,
+        metadata=_help("clip_cov: fraction of valid tokens detached", "clip_cov_ratio"),
+    )
+    clip_cov_lb: float | None = field(
+        default=None, metadata=_help("clip_cov: covariance lower bound", "clip_cov_lb")
+    )
+    clip_cov_ub: float | None = field(
+        default=None, metadata=_help("clip_cov: covariance upper bound", "clip_cov_ub")
+    )
+    kl_cov_ratio: float | None = field(
+        default=None,
+        metadata=_help("kl_cov: fraction of valid tokens penalised (top-k cov)", "kl_cov_ratio"),
+    )
+    ppo_kl_coef: float | None = field(
+        default=None, metadata=_help("kl_cov: coefficient of |log π − log π_old|", "ppo_kl_coef")
+    )
+    loss_agg_mode: AggMode = field(
+        default=AggMode.TOKEN_MEAN, metadata=_help("aggregation of the per-token loss")
+    )
+    loss_scale_factor: float | None = field(
+        default=None,
+        metadata=_help("the horizon of the *-norm modes (default: the maximum response length)"),
+    )
+    entropy_coeff: float = field(default=0.0, metadata=_help("entropy bonus α (loss −α·H)"))
+    entropy_target: float | None = field(
+        default=None,
+        metadata=_help("adaptive entropy: target H; α moves ±entropy_delta towards it"),
+    )
+    entropy_delta: float = field(default=0.005, metadata=_help("adaptive entropy: α step"))
+    kl_loss_coef: float = field(
+        default=0.0, metadata=_help("β of +β·KL(π‖π_ref), π_ref = the initial policy")
+    )
+    kl_loss_type: KLEstimator = field(
+        default=KLEstimator.K3, metadata=_help("per-token estimator of KL(π‖π_ref)")
+    )
+    top_entropy_ratio: float | None = field(
+        default=None,
+        metadata=_help("gradient only through tokens in the top ρ of entropy (80/20: 0.2)"),
+    )
+    cov_scope: CovScope = field(
+        default=CovScope.MICRO,
+        metadata=_help("clip_cov/kl_cov: where tokens are selected: micro- or mini-batch"),
+    )
+
+    def __post_init__(self) -> None:
+        for name, enum_cls in (
+            ("loss_mode", PolicyLoss),
+            ("loss_agg_mode", AggMode),
+            ("cov_scope", CovScope),
+            ("kl_loss_type", KLEstimator),
+        ):
+            object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
+        self._resolve_loss_settings()
+        self._check_ranges()
+        self._refuse_unused_controls()
+
+    def _resolve_loss_settings(self) -> None:
+        """Fill the chosen loss's unset settings from ``LOSS_DEFAULTS``; refuse the others."""
+        mode = self.loss_mode
+        knobs, defaults = LOSS_KNOBS[mode], LOSS_DEFAULTS[mode]
+        for name in LOSS_SPECIFIC:
+            value = getattr(self, name)
+            if name in knobs:
+                if value is None and name in defaults:
+                    object.__setattr__(self, name, defaults[name])
+                continue
+            # clip_ratio_c has a default of its own; for a loss without dual-clip it is off
+            untouched = (
+                value in (None, DUAL_CLIP_DEFAULT) if name == "clip_ratio_c" else value is None
+            )
+            if not untouched:
+                raise ValueError(
+                    f"{name}: has no effect with loss_mode {mode.value} "
+                    f"(it reads {', '.join(knobs)})"
+                )
+            object.__setattr__(self, name, None)
+
+    def _check_ranges(self) -> None:
+        for name in ("clip_ratio_low", "clip_ratio_high", "ppo_kl_coef"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
+        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
+            raise ValueError(
+                f"clip_ratio_c: dual-clip needs c > 1 (or none), got {self.clip_ratio_c}"
+            )
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name}: a fraction in (0, 1], got {value}")
+        if self.clip_cov_lb is not None and not self.clip_cov_lb < self.clip_cov_ub:
+            raise ValueError(f"clip_cov_lb: must be < clip_cov_ub, got {self.clip_cov_lb}")
+        if self.top_entropy_ratio is not None and not 0 < self.top_entropy_ratio <= 1:
+            raise ValueError(
+                f"top_entropy_ratio: a fraction in (0, 1], got {self.top_entropy_ratio}"
+            )
+        for name in ("entropy_coeff", "kl_loss_coef", "entropy_delta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
+        if self.loss_scale_factor is not None and not self.loss_scale_factor > 0:
+            raise ValueError(f"loss_scale_factor: must be > 0, got {self.loss_scale_factor}")
+
+    def _refuse_unused_controls(self) -> None:
+        """A control setting that cannot act with the other settings is refused by name."""
+        default = {f.name: f.default for f in fields(self)}
+        unused = []
+        if self.entropy_target is None and self.entropy_delta != default["entropy_delta"]:
+            unused.append(("entropy_delta", "without entropy_target"))
+        if self.kl_loss_coef == 0 and self.kl_loss_type is not default["kl_loss_type"]:
+            unused.append(("kl_loss_type", "while kl_loss_coef is 0"))
+        if self.cov_scope is not default["cov_scope"] and self.loss_mode not in COV_LOSSES:
+            unused.append(("cov_scope", f"with loss_mode {self.loss_mode.value}"))
+        if self.loss_scale_factor is not None and self.loss_agg_mode not in NORM_MODES:
+            unused.append(("loss_scale_factor", f"with loss_agg_mode {self.loss_agg_mode.value}"))
+        if unused:
+            name, why = unused[0]
+            raise ValueError(f"{name}: has no effect {why}")
+
+
+# ceil(ρ·N) is computed from a float product: 0.1·30 is 3.0000000000000004, whose ceiling is 4.
+# A product within this distance above an integer counts as that integer.
+TOP_RATIO_TOLERANCE = 1e-9
+
+
+def n_selected(n_valid: int, ratio: float) -> int:
+    """max(1, int(N_valid·ratio)): how the reference code of Clip-Cov and KL-Cov counts tokens."""
+    return max(1, int(n_valid * ratio))
+
+
+def n_top(n_valid: int, ratio: float) -> int:
+    """⌈ρ·N⌉ (at least 1, at most N): the tokens kept by the top-ρ entropy rule (80/20)."""
+    return min(n_valid, max(1, math.ceil(ratio * n_valid - TOP_RATIO_TOLERANCE)))
+
+
+def adaptive_entropy_coef(
+    alpha: float, entropy: float, cfg: PolicyLossConfig
+) -> tuple[float, float]:
+    """Adaptive entropy control (Skywork-OR1): α moves by ±Δ towards the target entropy, and
+    the bonus applies only while H ≤ target. Returns (α carried to the next step, α applied now).
+
+    Without a target, α is the fixed ``entropy_coeff`` and always applies.
+    """
+    if cfg.entropy_target is None:
+        return alpha, alpha
+    step = cfg.entropy_delta if entropy < cfg.entropy_target else -cfg.entropy_delta
+    alpha = max(0.0, alpha + step)
+    return alpha, alpha if entropy <= cfg.entropy_target else 0.0

@@ -1,0 +1,37 @@
+"""Statistics shared by the checks, the simulator, the LLM trainer and the reports."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The paper's Table 1 groups: mean covariance over the top q of tokens.
+COV_TABLE_QUANTILES = (0.0002, 0.002, 0.02, 0.2, 0.5, 1.0)
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation; None when either side is constant (undefined, not zero)."""
+    x, y = np.asarray(x, dtype=np.float64).reshape(-1), np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def top_covariance_means(cov: np.ndarray) -> dict[str, float]:
+    """Mean token covariance over the top q of tokens for each q of the paper's Table 1
+    ("top 0.02%" … "all"); each group holds at least one token."""
+    cov = np.sort(np.asarray(cov, dtype=np.float64).reshape(-1))[::-1]
+    top = {}
+    for q in COV_TABLE_QUANTILES:
+        k = max(1, int(round(q * cov.size)))
+        top["all" if q == 1.0 else f"top {100 * q:g}%"] = float(cov[:k].mean())
+    return top
+
+
+def smooth(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over ``width`` steps, narrowed at the ends."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    half = width // 2
+    k = np.arange(len(v))
+    lo, hi = np.maximum(0, k - half), np.minimum(len(v), k + half + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
