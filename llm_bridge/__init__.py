@@ -1,7 +1,22 @@
-"""The theory's quantities on language-model tokens, and the policy losses (torch)."""
+"""The theory's quantities on language-model tokens, the policy losses, and a GRPO trainer with
+per-step entropy probes (torch + transformers).
 
+What to call:
+
+- ``train(TrainConfig(model=..., ...), out)``: a GRPO run with the probe, written as a run log
+  (``engine="trl"`` runs it inside TRL's GRPOTrainer);
+- ``compare_runs([run, ...], out)``: measured ΔH against the predictions, the law, a report;
+- ``compute_policy_loss`` and ``agg_loss``: the losses on [B, T] tensors (verl's semantics);
+- ``entropy_and_logprobs``, ``lemma1_prediction``, ``token_entropy_change``: chunked token
+  statistics on logits; ``head_entropy_and_logprobs``: the same from hidden states.
+
+``PolicyLossConfig`` is shared with ``softmax_theory``, whose numpy losses are the twins of these.
+"""
+
+from llm_bridge.compare import RunReport, compare_runs
+from llm_bridge.config import Device, Engine, OptimizerName, TrainConfig
+from llm_bridge.head import head_entropy_and_logprobs
 from llm_bridge.losses import (
-    AggMode,
     LossInputs,
     PolicyLossOutput,
     agg_loss,
@@ -9,6 +24,10 @@ from llm_bridge.losses import (
     get_policy_loss,
     kl_penalty,
 )
+from llm_bridge.probe import ProbeTokens, measure_tokens, probe_record
+from llm_bridge.rollout import Rollouts
+from llm_bridge.tasks import Task, dataset_task, synthetic_task
+from llm_bridge.tiny import TinyConfig, load_model, pretrain_tiny
 from llm_bridge.token_stats import (
     entropy_and_logprobs,
     group_covariance,
@@ -18,25 +37,47 @@ from llm_bridge.token_stats import (
     token_entropy,
     token_entropy_change,
     token_logprobs,
+    token_probe_stats,
 )
-from softmax_theory.algorithms import PolicyLoss, PolicyLossConfig
+from llm_bridge.trainer import ProbedGRPOTrainer, train
+from softmax_theory.policy import AggMode, PolicyLoss, PolicyLossConfig
 
 __all__ = [
     "AggMode",
+    "Device",
+    "Engine",
     "LossInputs",
+    "OptimizerName",
     "PolicyLoss",
     "PolicyLossConfig",
     "PolicyLossOutput",
+    "ProbeTokens",
+    "ProbedGRPOTrainer",
+    "Rollouts",
+    "RunReport",
+    "Task",
+    "TinyConfig",
+    "TrainConfig",
     "agg_loss",
+    "compare_runs",
     "compute_policy_loss",
+    "dataset_task",
     "entropy_and_logprobs",
     "get_policy_loss",
     "group_covariance",
+    "head_entropy_and_logprobs",
     "kl_penalty",
     "lemma1_prediction",
+    "load_model",
     "masked_mean",
+    "measure_tokens",
+    "pretrain_tiny",
+    "probe_record",
+    "synthetic_task",
     "token_covariance",
     "token_entropy",
     "token_entropy_change",
     "token_logprobs",
+    "token_probe_stats",
+    "train",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,15 +13,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llm_bridge.grpo import TrainConfig
+from llm_bridge.config import Engine, TrainConfig
 from llm_bridge.tiny import TinyConfig
-from softmax_theory.algorithms import PolicyLossConfig
 from softmax_theory.cli_options import build_config, config_options
+from softmax_theory.policy import PolicyLossConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(width=140)
 
-TRAIN_RENAME = {"PolicyLossConfig.loss": "loss"}
+TRAIN_RENAME = {"PolicyLossConfig.loss_mode": "loss"}
 
 
 @app.callback()
@@ -48,34 +49,18 @@ def pretrain_tiny(
     console.print(f"{summary['parameters']:,} parameters, {summary['seconds']:.1f} s; wrote {out}")
 
 
-class Engine(str, enum.Enum):
-    OURS = "ours"
-    TRL = "trl"
-
-
 @app.command()
 @config_options(TrainConfig, PolicyLossConfig, rename=TRAIN_RENAME)
 def train(
     out: Annotated[Path, typer.Option(help="run directory")],
     resume: Annotated[bool, typer.Option(help="continue a killed run from its checkpoint")] = False,
-    engine: Annotated[
-        Engine, typer.Option(help="ours (exact probes, one machine) or trl (GRPOTrainer)")
-    ] = Engine.OURS,
     **options: Any,
 ) -> None:
     """GRPO with per-step entropy probes; writes config.json and steps.jsonl to OUT."""
-    from llm_bridge.grpo import train as run_train
+    from llm_bridge.trainer import train as run_train
 
     loss_cfg = build_config(PolicyLossConfig, options, TRAIN_RENAME)
-    cfg = build_config(TrainConfig, options, TRAIN_RENAME, loss=loss_cfg)
-    if engine is Engine.TRL:
-        try:
-            from llm_bridge.integrations.trl import train_with_trl
-        except ImportError as err:
-            raise typer.BadParameter(str(err), param_hint="--engine") from None
-        train_with_trl(cfg, out)
-        console.print(f"wrote {out} (TRL's own output in {out}/trl)")
-        return
+    cfg = build_config(TrainConfig, options, TRAIN_RENAME, policy_loss=loss_cfg)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -84,7 +69,9 @@ def train(
         TextColumn("{task.fields[stats]}"),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"grpo/{cfg.loss.loss.value}", total=cfg.steps, stats="")
+        task = progress.add_task(
+            f"{cfg.engine.value}/{cfg.policy_loss.loss_mode.value}", total=cfg.steps, stats=""
+        )
 
         def on_step(rec: dict[str, Any]) -> None:
             stats = f"reward {rec['reward']:.3f}  H {rec['entropy']:.4f}"
@@ -97,6 +84,14 @@ def train(
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
             raise typer.BadParameter(str(err)) from None
     console.print(f"wrote {out}")
+    if cfg.engine is Engine.TRL:
+        # Everything is written and TRL's trainer has ended its trackers and process group. At
+        # interpreter teardown a native thread left by the TRL stack sometimes aborts the process
+        # ("terminate called without an active exception"), which a launcher reports as a failed
+        # rank; leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @app.command()

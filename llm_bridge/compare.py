@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from softmax_theory.checks import correlation
 from softmax_theory.law import LawReport, law_report, series_from_run
 from softmax_theory.runlog import RunLog, read_run
+from softmax_theory.stats import correlation, smooth
 
 # Predictions in the units of ΔH (nats per step): compared by correlation and relative error.
 DIRECT_PREDICTORS = ("pred_lemma1", "pred_jvp")
@@ -94,16 +94,6 @@ def predictor_stats(run: RunLog, key: str) -> PredictorStats | None:
         token_correlation=token,
         window_correlation=windows,
     )
-
-
-def smooth(values: np.ndarray, width: int) -> np.ndarray:
-    """Centred moving average over ``width`` steps, narrowed at the ends."""
-    v = np.asarray(values, dtype=np.float64)
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    half = width // 2
-    k = np.arange(len(v))
-    lo, hi = np.maximum(0, k - half), np.minimum(len(v), k + half + 1)
-    return (c[hi] - c[lo]) / (hi - lo)
 
 
 def progress_shares(values: np.ndarray) -> dict[float, float | None]:

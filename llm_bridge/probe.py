@@ -1,115 +1,248 @@
 """The per-step entropy probe: measure the step's entropy change on its own tokens and hold it
-against the theory's predictions.
+against the theory's predictions, one micro-batch at a time.
 
-On the response tokens of a step (states s_t, sampled tokens y_t), with logits z before the
-update and z' after it:
+After the update, for each probed micro-batch: the logits under θ_old (a functional call with the
+parameters kept from before the update), under θ_new, and their first-order change J·Δθ (a
+Jacobian-vector product at θ_old) are reduced to per-token scalars in chunks and dropped
+(``llm_bridge.forward``, ``llm_bridge.head``). On the probed tokens (states s_t, sampled y_t):
 
-- ``delta_entropy``: mean over tokens of H(z'_t) − H(z_t), the measured change;
+- ``delta_entropy``: mean of H(z'_t) − H(z_t), the measured change;
 - ``pred_lemma1``: mean of −Cov_π(log π, z' − z) (Lemma 1 with the actual logit change);
-- ``pred_jvp``: mean of −Cov_π(log π, J·Δθ), the first-order forecast from the parameter update
-  Δθ through the Jacobian at the old parameters (a Jacobian-vector product), which needs no
-  forward pass after the step;
+- ``pred_jvp``: mean of −Cov_π(log π, J·Δθ), the first-order forecast from the parameter update;
 - covariance estimators from the sampled tokens alone (each predicts ΔH ∝ −estimator):
   ``cov_mean`` (the paper's batch-centred token covariance), ``cov_group`` (Fig. 8's response
   covariance within prompt groups), ``cov_state`` ((log π(y) − E_π log π)·A, centred at each
   state: a one-sample estimate of Theorem 2's Cov_π(log π, A)) and ``cov_score`` (Lemma 1 applied
   to a score-function step on y alone: A·[π(y)(log π(y) + H) − Cov_π(log π, π)]).
+
+Both engines call ``measure_tokens`` and ``probe_record``; under several processes,
+``gather_tokens`` joins every rank's tokens so one record covers the whole step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.func import jvp
 
-from llm_bridge.token_stats import (
-    group_covariance,
-    lemma1_from_delta,
-    lemma1_prediction,
-    masked_mean,
-    token_covariance,
-    token_entropy_change,
+from llm_bridge.forward import (
+    Params,
+    backbone_fn,
+    forward_tangent,
+    head_spec,
+    head_weight,
+    jvp_ready,
+    logits_fn,
+    micro_slices,
+    response_hidden,
+    response_logits,
 )
-from softmax_theory import checks
+from llm_bridge.head import head_probe_stats
+from llm_bridge.rollout import Rollouts
+from llm_bridge.token_stats import flat_group_covariance, token_probe_stats
+from softmax_theory.stats import correlation
 
 
-def score_function_lemma1(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """π(y)(log π(y) + H) − Cov_π(log π, π) per token: Lemma 1 for Δz_a = A·(1[a = y] − π_a),
-    divided by −A. [..., V], [...] → [...]."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    p = logp.exp()
-    h = -(p * logp).sum(-1)
-    logp_y = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    cov_logp_p = (p * p * logp).sum(-1) - (p * logp).sum(-1) * (p * p).sum(-1)
-    return logp_y.exp() * (logp_y + h) - cov_logp_p
+def optimizer_update(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
+    """The parameter change Δθ that ``opt.step()`` is about to make, from the current gradients
+    and optimiser state (SGD without momentum; Adam/AdamW), computed before the step; keyed by
+    ``id(parameter)``. A test checks it against the change the step then makes."""
+    out = {}
+    for group in opt.param_groups:
+        lr = group["lr"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad.detach()
+            if isinstance(opt, torch.optim.SGD):
+                if group.get("momentum", 0) or group.get("weight_decay", 0):
+                    raise ValueError("optimizer: the forecast supports plain SGD only")
+                out[id(p)] = -lr * g
+                continue
+            if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
+                raise ValueError(f"optimizer: no update forecast for {type(opt).__name__}")
+            beta1, beta2 = group["betas"]
+            state = opt.state.get(p, {})
+            step = int(state.get("step", 0)) + 1
+            m = beta1 * state.get("exp_avg", torch.zeros_like(g)) + (1 - beta1) * g
+            v = beta2 * state.get("exp_avg_sq", torch.zeros_like(g)) + (1 - beta2) * g * g
+            denom = (v / (1 - beta2**step)).sqrt() + group["eps"]
+            delta = -lr * (m / (1 - beta1**step)) / denom
+            if group.get("weight_decay", 0):
+                if not isinstance(opt, torch.optim.AdamW):
+                    raise ValueError("optimizer: the forecast supports Adam without weight decay")
+                delta = delta - lr * group["weight_decay"] * p.detach()
+            out[id(p)] = delta
+    return out
 
 
-def correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
-    """``softmax_theory.checks.correlation`` of two tensors (None when either is constant)."""
-    return checks.correlation(
-        x.detach().double().flatten().cpu().numpy(), y.detach().double().flatten().cpu().numpy()
+def snapshot(model) -> Params:
+    """A detached copy of every parameter by name: θ_old, kept for the probe."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def parameter_delta(
+    model, params_before: Params, forecast: dict[int, torch.Tensor] | None = None
+) -> Params:
+    """Δθ by name: the optimiser's forecast (keyed by id) when given, else θ_new − θ_old."""
+    if forecast is not None:
+        named = dict(model.named_parameters())
+        delta = {n: forecast[id(p)] for n, p in named.items() if id(p) in forecast}
+        return {n: delta.get(n, torch.zeros_like(v)) for n, v in params_before.items()}
+    return {n: p.detach() - params_before[n] for n, p in model.named_parameters()}
+
+
+@dataclass(frozen=True)
+class ProbeTokens:
+    """Per-token probe values over the probed responses' valid tokens (float64, [n_tokens]),
+    the response each token belongs to, and the prompt group of each response."""
+
+    values: dict[str, torch.Tensor]
+    response: torch.Tensor  # [n_tokens] index into ``group``
+    group: torch.Tensor  # [n_responses]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.response.numel())
+
+
+@torch.no_grad()
+def _micro_stats(
+    model,
+    roll: Rollouts,
+    sl: slice,
+    temperature: float,
+    params_before: Params,
+    delta: Params | None,
+) -> dict[str, torch.Tensor]:
+    """The probe's per-token fields for rows ``sl`` of ``roll``, each [b, R]."""
+    tokens = roll.response_ids[sl]
+    b, r = tokens.shape
+    if head_spec(model) is None:  # logits path: one micro-batch of [b, R, V] at a time
+        z_new = response_logits(model, roll, temperature, sl)
+        if delta is None:
+            z_old, dz = response_logits(model, roll, temperature, sl, params_before), None
+        else:
+            with jvp_ready(model):
+                z_old, dz = forward_tangent(
+                    logits_fn(model, roll, sl, temperature), params_before, delta
+                )
+        stats = token_probe_stats(z_old, z_new, tokens, dz)
+        return {k: v.reshape(b, r) for k, v in stats.items()}
+    h_new = response_hidden(model, roll, sl)
+    dh = dw = None
+    if delta is None:
+        h_old = response_hidden(model, roll, sl, params_before)
+    else:
+        with jvp_ready(model):
+            h_old, dh = forward_tangent(backbone_fn(model, roll, sl), params_before, delta)
+        dw = head_weight(model, delta)
+        dh = dh.reshape(b * r, -1)
+    stats = head_probe_stats(
+        h_old.reshape(b * r, -1),
+        head_weight(model, params_before),
+        h_new.reshape(b * r, -1),
+        head_weight(model),
+        tokens.reshape(-1),
+        temperature,
+        dh,
+        dw,
+    )
+    return {k: v.reshape(b, r) for k, v in stats.items()}
+
+
+def measure_tokens(
+    model,
+    roll: Rollouts,
+    advantages: torch.Tensor,
+    group: torch.Tensor,
+    params_before: Params,
+    delta: Params | None = None,
+    rows: torch.Tensor | None = None,
+    micro_batch_size: int | None = None,
+    temperature: float = 1.0,
+) -> ProbeTokens:
+    """Measure the update on the responses ``rows`` (all by default), streaming micro-batches.
+
+    Args:
+      model: the policy after the update (θ_new).
+      roll: the step's rollouts; advantages [B, R] (per token); group [B] prompt index.
+      params_before: θ_old by parameter name (``snapshot`` before the update).
+      delta: Δθ by name for the JVP forecast (``parameter_delta``), or None for no forecast.
+      rows: indices of the responses to probe.
+      micro_batch_size: responses per forward pass.
+      temperature: the policy's temperature.
+    """
+    rows = torch.arange(roll.input_ids.shape[0]) if rows is None else torch.as_tensor(rows)
+    sub = roll.subset(rows)
+    adv = advantages[rows.to(advantages.device)]
+    parts, responses = [], []
+    for sl in micro_slices(len(rows), micro_batch_size):
+        stats = _micro_stats(model, sub, sl, temperature, params_before, delta)
+        mask = sub.response_mask[sl].bool()
+        stats["advantage"] = adv[sl].double()
+        parts.append({k: v[mask].cpu() for k, v in stats.items()})
+        responses.append(mask.nonzero()[:, 0].cpu() + sl.start)
+    values = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return ProbeTokens(values, torch.cat(responses), torch.as_tensor(group)[rows.cpu()].cpu())
+
+
+def gather_tokens(tokens: ProbeTokens) -> ProbeTokens:
+    """Every rank's probed tokens, on every rank (identity without torch.distributed); group
+    ids are offset per rank, so groups of different ranks stay apart."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tokens
+    mine = {
+        "values": {k: v.numpy() for k, v in tokens.values.items()},
+        "response": tokens.response.numpy(),
+        "group": tokens.group.numpy(),
+    }
+    every: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, mine)
+    values, responses, groups = {k: [] for k in mine["values"]}, [], []
+    values["rank"] = []  # which process measured each token
+    n_resp = n_group = 0
+    for rank, part in enumerate(every):
+        for k in mine["values"]:
+            values[k].append(part["values"][k])
+        values["rank"].append(np.full(part["response"].size, float(rank)))
+        responses.append(part["response"] + n_resp)
+        groups.append(part["group"] + n_group)
+        n_resp += part["group"].size
+        n_group += int(part["group"].max()) + 1 if part["group"].size else 0
+    return ProbeTokens(
+        {k: torch.from_numpy(np.concatenate(v)) for k, v in values.items()},
+        torch.from_numpy(np.concatenate(responses)),
+        torch.from_numpy(np.concatenate(groups).astype(np.int64)),
     )
 
 
-def jvp_logits(
-    logits_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-    params: dict[str, torch.Tensor],
-    delta: dict[str, torch.Tensor],
-) -> torch.Tensor:
-    """J(θ)·Δθ: the first-order change of ``logits_fn(θ)`` when θ moves by ``delta``
-    (forward-mode AD, one pass at about the cost of two forwards)."""
-    _, tangent = jvp(logits_fn, (params,), (delta,))
-    return tangent
+def _corr(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    return correlation(x.numpy(), y.numpy())
 
 
-def probe_stats(
-    logits_before: torch.Tensor,
-    logits_after: torch.Tensor,
-    logits_jvp: torch.Tensor | None,
-    tokens: torch.Tensor,
-    logprobs: torch.Tensor,
-    entropy: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    group: torch.Tensor,
-) -> tuple[dict[str, float | None], dict[str, torch.Tensor]]:
-    """The step's probe record and its per-token arrays (valid tokens only).
-
-    Args:
-      logits_before, logits_after: [B, T, V] on the step's response positions.
-      logits_jvp: [B, T, V] J·Δθ, or None.
-      tokens, logprobs, entropy, advantages, mask: [B, T].
-      group: [B] prompt index of each response.
-    """
-    valid = mask.bool()
-    d_h = token_entropy_change(logits_before, logits_after)
-    lemma = lemma1_prediction(logits_before, logits_after, dtype=torch.float64)
-    cov = token_covariance(logprobs, advantages, mask)
-    state = (logprobs.double() + entropy.double()) * advantages.double()
-    score = advantages.double() * score_function_lemma1(logits_before, tokens)
-    per_token = {
-        "delta_entropy": d_h[valid],
-        "pred_lemma1": lemma[valid],
-        "cov": cov[valid],
-        "cov_state": state[valid],
-        "cov_score": score[valid],
-        "entropy": entropy[valid],
-        "advantage": advantages[valid],
+def probe_record(tokens: ProbeTokens) -> dict[str, float | int | None]:
+    """The step's probe record from its per-token values (see the module docstring)."""
+    v = tokens.values
+    adv, logp, h = v["advantage"], v["logp"], v["entropy"]
+    n = tokens.n_tokens
+    if n == 0:
+        raise ValueError("probe: no valid token among the probed responses")
+    cov = (logp - logp.mean()) * (adv - adv.mean())  # the paper's estimator over these tokens
+    record: dict[str, float | int | None] = {
+        "entropy_after": float((h + v["delta_entropy"]).mean()),
+        "delta_entropy": float(v["delta_entropy"].mean()),
+        "pred_lemma1": float(v["pred_lemma1"].mean()),
+        "cov_mean": float(cov.mean()),
+        "cov_group": float(flat_group_covariance(logp, adv, tokens.response, tokens.group)),
+        "cov_state": float(((logp + h) * adv).mean()),
+        "cov_score": float((adv * v["score"]).mean()),
+        "token_corr/lemma1": _corr(v["delta_entropy"], v["pred_lemma1"]),
+        "probe/tokens": n,
+        "probe/responses": int(tokens.group.numel()),
     }
-    record: dict[str, float | None] = {
-        "entropy_after": float(masked_mean(entropy.double() + d_h, mask)),
-        "delta_entropy": float(d_h[valid].mean()),
-        "pred_lemma1": float(lemma[valid].mean()),
-        "cov_mean": float(cov[valid].mean()),
-        "cov_group": float(group_covariance(logprobs, advantages, mask, group)),
-        "cov_state": float(state[valid].mean()),
-        "cov_score": float(score[valid].mean()),
-        "token_corr/lemma1": correlation(d_h[valid], lemma[valid]),
-    }
-    if logits_jvp is not None:
-        jv = lemma1_from_delta(logits_before, logits_jvp, dtype=torch.float64)
-        per_token["pred_jvp"] = jv[valid]
-        record["pred_jvp"] = float(jv[valid].mean())
-        record["token_corr/jvp"] = correlation(d_h[valid], jv[valid])
-    return record, per_token
+    if "pred_jvp" in v:
+        record["pred_jvp"] = float(v["pred_jvp"].mean())
+        record["token_corr/jvp"] = _corr(v["delta_entropy"], v["pred_jvp"])
+    return record

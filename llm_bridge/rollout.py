@@ -38,6 +38,34 @@ class Rollouts:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_length :]
 
+    def subset(self, rows: torch.Tensor | list[int]) -> Rollouts:
+        """The responses at ``rows`` (indices into the batch), in that order."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        return Rollouts(
+            input_ids=self.input_ids[idx],
+            attention_mask=self.attention_mask[idx],
+            prompt_length=self.prompt_length,
+            response_mask=self.response_mask[idx],
+            texts=tuple(self.texts[i] for i in idx.tolist()) if self.texts else (),
+        )
+
+    @classmethod
+    def from_ids(
+        cls,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+    ) -> Rollouts:
+        """A batch from left-padded prompts and right-padded completions (TRL's layout)."""
+        return cls(
+            input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
+            attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),
+            prompt_length=prompt_ids.shape[1],
+            response_mask=completion_mask,
+            texts=(),
+        )
+
 
 class RolloutBackend(Protocol):
     def generate(

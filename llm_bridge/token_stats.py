@@ -92,6 +92,67 @@ def _chunk_stats(
     return entropy, logp
 
 
+def _stats_forward(
+    flat: torch.Tensor, flat_tokens: torch.Tensor, cd: torch.dtype, rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and log π(y) of the rows of flat [N, V], chunk by chunk, in dtype cd."""
+    entropy = torch.empty(flat.shape[0], dtype=cd, device=flat.device)
+    logp = torch.empty_like(entropy)
+    buf = _Buffers(max(1, min(rows, flat.shape[0])), flat.shape[-1], cd, flat.device)
+    for start in range(0, flat.shape[0], rows):
+        sl = slice(start, start + rows)
+        entropy[sl], logp[sl] = _chunk_stats(flat[sl], flat_tokens[sl], buf)
+    return entropy, logp
+
+
+def stats_grad_rows(
+    z: torch.Tensor,
+    tokens: torch.Tensor,
+    entropy: torch.Tensor,
+    g_entropy: torch.Tensor | None,
+    g_logp: torch.Tensor | None,
+) -> torch.Tensor:
+    """∂/∂z of Σ g_H·H + g_y·log π(y) for rows z [n, V] (compute dtype):
+
+    ∂ log π(y)/∂z = e_y − π;  ∂H/∂z = −π·(log π + H).
+    """
+    logp_all = torch.log_softmax(z, dim=-1)  # (n, V)
+    p = logp_all.exp()
+    grad = torch.zeros_like(z)
+    if g_entropy is not None:
+        grad -= g_entropy.unsqueeze(-1) * p * (logp_all + entropy.unsqueeze(-1))
+    if g_logp is not None:
+        grad -= g_logp.unsqueeze(-1) * p
+        grad.scatter_add_(-1, tokens.unsqueeze(-1), g_logp.unsqueeze(-1))
+    return grad
+
+
+class _EntropyAndLogprobs(torch.autograd.Function):
+    """Chunked forward and backward: no [N, V] graph is kept, only the logits themselves."""
+
+    @staticmethod
+    def forward(ctx, flat, flat_tokens, cd, rows):
+        entropy, logp = _stats_forward(flat.detach(), flat_tokens, cd, rows)
+        ctx.save_for_backward(flat, flat_tokens, entropy)
+        ctx.cd, ctx.rows = cd, rows
+        return entropy, logp
+
+    @staticmethod
+    def backward(ctx, g_entropy, g_logp):
+        flat, flat_tokens, entropy = ctx.saved_tensors
+        grad = torch.empty_like(flat)
+        for start in range(0, flat.shape[0], ctx.rows):
+            sl = slice(start, start + ctx.rows)
+            grad[sl] = stats_grad_rows(
+                flat[sl].to(ctx.cd),
+                flat_tokens[sl],
+                entropy[sl],
+                None if g_entropy is None else g_entropy[sl],
+                None if g_logp is None else g_logp[sl],
+            ).to(grad.dtype)
+        return grad, None, None, None
+
+
 def entropy_and_logprobs(
     logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -101,11 +162,13 @@ def entropy_and_logprobs(
     """Per-token entropy H(π(·|s)) in nats and log π(y|s) of the given tokens, in one pass.
 
     Naive equivalent: ``lp = log_softmax(z); H = −(lp.exp()·lp).sum(−1); lp.gather(−1, y)``.
+    Differentiable: when ``logits`` requires grad, the backward pass recomputes the softmax chunk
+    by chunk, so no full-vocabulary graph is kept (only the logits, which autograd holds anyway).
 
     Args:
       logits: z, shape [..., V].
       tokens: y, shape [...], integer ids in [0, V).
-      chunk_size: rows per chunk; by default about 4M logits per chunk.
+      chunk_size: rows per chunk; by default about 1M logits per chunk.
       dtype: compute dtype (at least fp32).
     Returns:
       (entropy, logprobs), each shape [...], in the compute dtype.
@@ -123,12 +186,10 @@ def entropy_and_logprobs(
     flat = logits.reshape(-1, n_vocab)  # (N, V)
     flat_tokens = tokens.reshape(-1).long()
     rows = _rows_per_chunk(n_vocab, chunk_size)
-    entropy = torch.empty(flat.shape[0], dtype=cd, device=logits.device)
-    logp = torch.empty_like(entropy)
-    buf = _Buffers(min(rows, flat.shape[0]), n_vocab, cd, logits.device)
-    for start in range(0, flat.shape[0], rows):
-        sl = slice(start, start + rows)
-        entropy[sl], logp[sl] = _chunk_stats(flat[sl], flat_tokens[sl], buf)
+    if logits.requires_grad and torch.is_grad_enabled():
+        entropy, logp = _EntropyAndLogprobs.apply(flat, flat_tokens, cd, rows)
+    else:
+        entropy, logp = _stats_forward(flat, flat_tokens, cd, rows)
     shape = logits.shape[:-1]
     return _finite(entropy.reshape(shape), "logits"), _finite(logp.reshape(shape), "logits")
 
@@ -300,6 +361,90 @@ def token_entropy_change(
     )
 
 
+# The per-token quantities the entropy probe measures, in this order (``token_probe_stats``).
+PROBE_FIELDS = (
+    "entropy",
+    "logp",
+    "delta_entropy",
+    "pred_lemma1",
+    "score",
+    "pred_jvp",
+)
+
+
+def _probe_rows(
+    x: torch.Tensor, xa: torch.Tensor, dz: torch.Tensor | None, tokens: torch.Tensor
+) -> torch.Tensor:
+    """The probe's per-token quantities for rows x (before), xa (after) and dz (a first-order
+    logit change, e.g. J·Δθ), all [n, V] in the compute dtype; returns [n, 6] in PROBE_FIELDS
+    order (pred_jvp is NaN when dz is None).
+
+    - entropy H(z) and log π(y);
+    - delta_entropy: H(z') − H(z), cancellation-free (``token_entropy_change``);
+    - pred_lemma1: −Cov_π(log π, z' − z) (Lemma 1); pred_jvp: −Cov_π(log π, dz);
+    - score: π(y)(log π(y) + H) − Cov_π(log π, π), Lemma 1 for the score-function step
+      Δz_a = 1[a = y] − π_a (so A·score estimates −ΔH of a one-token update).
+    """
+    logp = torch.log_softmax(x, dim=-1)
+    p = logp.exp()
+    mean_logp = torch.linalg.vecdot(p, logp)  # −H
+    g = logp - mean_logp.unsqueeze(-1)  # log π − E log π
+
+    def lemma(d: torch.Tensor) -> torch.Tensor:
+        return -(
+            torch.linalg.vecdot(p * g, d) - torch.linalg.vecdot(p, g) * torch.linalg.vecdot(p, d)
+        )
+
+    logp_y = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -mean_logp
+    cov_logp_p = torch.linalg.vecdot(p * p, logp) - mean_logp * (p * p).sum(-1)
+    score = logp_y.exp() * (logp_y + entropy) - cov_logp_p
+    jvp_pred = torch.full_like(entropy, float("nan")) if dz is None else lemma(dz)
+    cols = (entropy, logp_y, _entropy_change_rows(x, xa), lemma(xa - x), score, jvp_pred)
+    return torch.stack(cols, dim=-1)
+
+
+def token_probe_stats(
+    logits_before: torch.Tensor,
+    logits_after: torch.Tensor,
+    tokens: torch.Tensor,
+    tangent: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, torch.Tensor]:
+    """Every per-token quantity of the entropy probe in one chunked pass over the rows.
+
+    Args:
+      logits_before, logits_after: z and z', shape [..., V].
+      tokens: the sampled tokens y, shape [...].
+      tangent: a first-order logit change J·Δθ, [..., V], or None.
+      dtype: compute dtype (float64 by default: per-token changes are often below fp32's
+        resolution of H).
+    Returns:
+      ``PROBE_FIELDS`` → tensors of shape [...] (``pred_jvp`` only with a tangent).
+    """
+    _pair_check(logits_before, logits_after)
+    if tangent is not None:
+        _pair_check(logits_before, tangent, ("logits_before", "tangent"))
+    n_vocab = logits_before.shape[-1]
+    flat = [t.reshape(-1, n_vocab) for t in (logits_before, logits_after)]
+    flat_t = None if tangent is None else tangent.reshape(-1, n_vocab)
+    flat_y = tokens.reshape(-1).long()
+    out = torch.empty(flat[0].shape[0], len(PROBE_FIELDS), dtype=dtype, device=flat_y.device)
+    rows = _rows_per_chunk(n_vocab, chunk_size)
+    for start in range(0, out.shape[0], rows):
+        sl = slice(start, start + rows)
+        dz = None if flat_t is None else flat_t[sl].to(dtype)
+        out[sl] = _probe_rows(flat[0][sl].to(dtype), flat[1][sl].to(dtype), dz, flat_y[sl])
+    shape = logits_before.shape[:-1]
+    stats = {k: out[:, i].reshape(shape) for i, k in enumerate(PROBE_FIELDS)}
+    if tangent is None:
+        del stats["pred_jvp"]
+    for key, value in stats.items():
+        _finite(value, key)
+    return stats
+
+
 # ---------------------------------------------------------------------------------------------
 # Covariance estimators over sampled tokens
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +481,33 @@ def token_covariance(
     return torch.where(mask.bool(), cov, torch.zeros_like(cov))
 
 
+def flat_group_covariance(
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response: torch.Tensor,
+    group: torch.Tensor,
+) -> torch.Tensor:
+    """``group_covariance`` from per-token values of valid tokens: logprobs, advantages and the
+    response index of each token [n], and the prompt group of each response [n_responses]."""
+    n_resp = group.numel()
+    dtype = torch.promote_types(logprobs.dtype, torch.float32)
+    ones = torch.ones(response.numel(), dtype=dtype)
+    length = torch.zeros(n_resp, dtype=dtype).index_add_(0, response, ones)
+    if (length == 0).any():
+        raise ValueError("mask: a response has no valid token")
+    seq_lp = torch.zeros(n_resp, dtype=dtype).index_add_(0, response, logprobs.detach().to(dtype))
+    seq_adv = torch.zeros(n_resp, dtype=dtype).index_add_(0, response, advantages.to(dtype))
+    seq_lp, seq_adv = seq_lp / length, seq_adv / length
+    _, inverse = torch.unique(group, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    count = torch.zeros(n_groups, dtype=dtype).index_add_(0, inverse, torch.ones_like(seq_lp))
+    mean_lp = torch.zeros_like(count).index_add_(0, inverse, seq_lp) / count
+    mean_adv = torch.zeros_like(count).index_add_(0, inverse, seq_adv) / count
+    prod = (seq_lp - mean_lp[inverse]) * (seq_adv - mean_adv[inverse])
+    cov = torch.zeros_like(count).index_add_(0, inverse, prod) / count
+    return cov.mean()
+
+
 def group_covariance(
     logprobs: torch.Tensor,
     advantages: torch.Tensor,
@@ -355,19 +527,8 @@ def group_covariance(
     _check_same("mask", mask, logprobs)
     if group.shape != logprobs.shape[:1]:
         raise ValueError(f"group: shape {tuple(group.shape)} must be ({logprobs.shape[0]},)")
-    m = mask.to(logprobs.dtype)
-    length = m.sum(-1)
-    if (length == 0).any():
-        raise ValueError("mask: a response has no valid token")
-    seq_lp = (logprobs.detach() * m).sum(-1) / length  # (B,)
-    seq_adv = (advantages.detach().to(logprobs.dtype) * m).sum(-1) / length
-    _, inverse = torch.unique(group, return_inverse=True)
-    n_groups = int(inverse.max()) + 1
-    count = torch.zeros(n_groups, dtype=seq_lp.dtype).index_add_(
-        0, inverse, torch.ones_like(seq_lp)
+    valid = mask.bool()
+    response = valid.nonzero()[:, 0]
+    return flat_group_covariance(
+        logprobs.detach()[valid], advantages.detach()[valid], response, group
     )
-    mean_lp = torch.zeros_like(count).index_add_(0, inverse, seq_lp) / count
-    mean_adv = torch.zeros_like(count).index_add_(0, inverse, seq_adv) / count
-    prod = (seq_lp - mean_lp[inverse]) * (seq_adv - mean_adv[inverse])
-    cov = torch.zeros_like(count).index_add_(0, inverse, prod) / count
-    return cov.mean()

@@ -10,14 +10,16 @@ import torch
 from typer.testing import CliRunner
 
 import softmax_theory as smt
+from llm_bridge import ProbedGRPOTrainer, TrainConfig, train
 from llm_bridge.cli import app
 from llm_bridge.compare import compare_runs
-from llm_bridge.grpo import GRPOTrainer, TrainConfig, optimizer_update, train
-from llm_bridge.probe import jvp_logits, score_function_lemma1
+from llm_bridge.forward import forward_tangent
+from llm_bridge.probe import optimizer_update
 from llm_bridge.rollout import HFBackend, VLLMBackend, make_backend
 from llm_bridge.tasks import dataset_task, exact_match, math_verify_reward, synthetic_task
 from llm_bridge.tiny import build_tokenizer, load_model
-from softmax_theory.algorithms import PolicyLossConfig
+from llm_bridge.token_stats import token_probe_stats
+from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_run
 
 TIME_KEYS = ("time/rollout_s", "time/update_s", "time/probe_s")
@@ -139,7 +141,7 @@ def test_jvp_matches_finite_differences(tiny_model):
     def logits_fn(p):
         return torch.func.functional_call(model, p, (ids,)).logits
 
-    tangent = jvp_logits(logits_fn, params, delta)
+    _, tangent = forward_tangent(logits_fn, params, delta)
     with torch.no_grad():
         plus = logits_fn({n: params[n] + delta[n] for n in params})
         minus = logits_fn({n: params[n] - delta[n] for n in params})
@@ -156,7 +158,9 @@ def test_score_function_lemma1_matches_the_theory():
     p = smt.softmax(z)
     delta = lr * adv * (np.eye(7)[y] - p)  # a score-function step on y alone
     expected = smt.first_order_entropy_change(z, delta)
-    got = -lr * adv * score_function_lemma1(torch.tensor(z), torch.tensor(y))
+    zt = torch.tensor(z)[None]
+    score = token_probe_stats(zt, zt, torch.tensor([y]))["score"]
+    got = -lr * adv * score[0]
     assert float(got) == pytest.approx(float(expected), rel=1e-10)
 
 
@@ -209,7 +213,7 @@ def test_trainer_writes_the_contract(tiny_model, tmp_path):
     assert (tmp_path / "run" / "tokens" / "step_000000.npz").exists()
     assert (tmp_path / "run" / "cov_tables.jsonl").exists()
     assert (tmp_path / "run" / "final" / "config.json").exists()
-    assert run.config["loss"]["loss"] == "vanilla"
+    assert run.config["policy_loss"]["loss_mode"] == "vanilla"
 
 
 def test_lemma1_tracks_a_small_single_update(tiny_model, tmp_path):
@@ -235,12 +239,12 @@ def test_fixed_seed_repeats_and_resume_neither_loses_nor_repeats(tiny_model, tmp
         tiny_model,
         steps=4,
         checkpoint_every=2,
-        loss=PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.1),
+        policy_loss=PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.1),
     )
     train(cfg, tmp_path / "full", task=EVEN_FIRST_DIGIT)
     full = read_run(tmp_path / "full").steps
     # a run killed after logging step 2, with its last checkpoint after step 1
-    trainer = GRPOTrainer(cfg, tmp_path / "killed", task=EVEN_FIRST_DIGIT)
+    trainer = ProbedGRPOTrainer(cfg, tmp_path / "killed", task=EVEN_FIRST_DIGIT)
     for _ in range(3):
         trainer.step()
     trainer.writer.close()
@@ -264,7 +268,7 @@ def test_bad_train_config_is_named(tiny_model):
     with pytest.raises(ValueError, match="optimizer"):
         _cfg(tiny_model, optimizer="lion")
     with pytest.raises(ValueError, match="model"):
-        GRPOTrainer(TrainConfig(), "unused")
+        ProbedGRPOTrainer(TrainConfig(), "unused")
 
 
 def test_compare_reports_every_predictor(tiny_model, tmp_path):
@@ -292,7 +296,8 @@ def test_cli_pretrain_is_cached_and_train_names_errors(tiny_model, tmp_path):
 
 
 def test_progress_shares_and_smoothing_by_hand():
-    from llm_bridge.compare import progress_shares, smooth
+    from llm_bridge.compare import progress_shares
+    from softmax_theory.stats import smooth
 
     # step index round(f·10): 1, 2 (2.5 rounds to even), 5 of a straight line from 0 to 10
     assert progress_shares(np.arange(11.0)) == pytest.approx({0.1: 0.1, 0.25: 0.2, 0.5: 0.5})

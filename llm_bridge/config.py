@@ -1,0 +1,141 @@
+"""The configuration of one GRPO run on a language model, whichever engine runs it.
+
+``TrainConfig`` is the only home of the run's defaults (the loss's are in ``PolicyLossConfig``,
+shared with ``softmax_theory``). Both engines read it: ours (``llm_bridge.trainer``) honours every
+field; the TRL engine (``llm_bridge.integrations.trl``) honours or refuses each one by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from llm_bridge.rollout import BackendName
+from softmax_theory.group_advantages import AdvantageEstimator
+from softmax_theory.policy import PolicyLossConfig
+from softmax_theory.registry import parse_choice
+
+
+class OptimizerName(str, enum.Enum):
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Engine(str, enum.Enum):
+    OURS = "ours"  # llm_bridge.trainer: exact probes, one process
+    TRL = "trl"  # TRL's GRPOTrainer: accelerate, several processes, vLLM
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One GRPO run; see the module docstring."""
+
+    model: str = field(default="", metadata=_help("local Hugging Face causal-LM folder"))
+    task: str = field(
+        default="addition", metadata=_help("synthetic task (addition, multiplication)")
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata=_help("local JSONL/parquet with prompt and answer (overrides task)"),
+    )
+    dataset_reward: str = field(default="math", metadata=_help("dataset reward: math or exact"))
+    steps: int = field(default=120, metadata=_help("GRPO steps"))
+    prompts_per_step: int = field(default=64, metadata=_help("prompts P per step"))
+    group_size: int = field(default=8, metadata=_help("responses G per prompt"))
+    temperature: float = field(
+        default=1.0, metadata=_help("sampling temperature T; the policy is softmax(z/T)")
+    )
+    optimizer: OptimizerName = field(default=OptimizerName.ADAM, metadata=_help("adam or sgd"))
+    lr: float = field(default=5e-4, metadata=_help("learning rate"))
+    epochs: int = field(default=1, metadata=_help("PPO epochs over each step's batch"))
+    mini_batches: int = field(
+        default=2, metadata=_help("optimiser updates per epoch (KL-Cov acts from the 2nd)")
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "responses per forward/backward pass (TRL's per_device_train_batch_size, verl's "
+            "ppo_micro_batch_size_per_gpu); memory is set by it (default: the whole mini-batch)"
+        ),
+    )
+    advantage: AdvantageEstimator = field(
+        default=AdvantageEstimator.GRPO, metadata=_help("advantage estimator")
+    )
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    val_every: int = field(default=10, metadata=_help("steps between validations (0: never)"))
+    val_prompts: int = field(default=128, metadata=_help("held-out prompts per validation"))
+    probe: bool = field(
+        default=True, metadata=_help("measure ΔH and the predictions (default: on)")
+    )
+    probe_jvp: bool = field(
+        default=True, metadata=_help("also the JVP forecast, pred_jvp (default: on)")
+    )
+    probe_every: int = field(default=1, metadata=_help("probe every k-th step"))
+    probe_responses: int | None = field(
+        default=None,
+        metadata=_help("probe a seeded random subset of n responses (default: all)"),
+    )
+    token_steps_every: int = field(
+        default=0, metadata=_help("save per-token probe arrays every k steps (0: never)")
+    )
+    cov_table_steps: tuple[int, ...] = field(
+        default=(0,), metadata=_help("steps at which to write the covariance table")
+    )
+    checkpoint_every: int = field(default=25, metadata=_help("steps between checkpoints"))
+    seed: int = field(default=0, metadata=_help("seed of prompts, sampling and selection"))
+    device: Device = field(default=Device.AUTO, metadata=_help("auto, cpu or cuda"))
+    backend: BackendName = field(default=BackendName.HF, metadata=_help("rollout backend"))
+    engine: Engine = field(
+        default=Engine.OURS, metadata=_help("ours (exact probes) or trl (TRL's GRPOTrainer)")
+    )
+
+    def __post_init__(self) -> None:
+        for name, enum_cls in (
+            ("optimizer", OptimizerName),
+            ("advantage", AdvantageEstimator),
+            ("device", Device),
+            ("backend", BackendName),
+            ("engine", Engine),
+        ):
+            object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
+        for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "probe_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
+        for name in ("val_every", "val_prompts", "token_steps_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
+        for name in ("micro_batch_size", "probe_responses"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size: GRPO needs at least 2 responses, got {self.group_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature: must be a finite number > 0, got {self.temperature}")
+        if self.prompts_per_step % self.mini_batches:
+            raise ValueError(
+                f"mini_batches: {self.mini_batches} must divide prompts_per_step "
+                f"{self.prompts_per_step}"
+            )
+        if any(s < 0 for s in self.cov_table_steps):
+            raise ValueError(f"cov_table_steps: steps are ≥ 0, got {self.cov_table_steps}")
+
+    @property
+    def responses_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def mini_batch_responses(self) -> int:
+        return self.responses_per_step // self.mini_batches

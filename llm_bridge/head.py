@@ -1,0 +1,144 @@
+"""The LM head fused with the token statistics: per-token entropy and log π(y) from hidden states,
+without a full-vocabulary tensor larger than one chunk of rows.
+
+A causal LM's logits are z = h·Wᵀ (h the final hidden state, W the head's weight [V, d]); at a
+real vocabulary (V ≈ 152k) the logits of a long response dwarf everything else the trainer holds.
+``head_entropy_and_logprobs`` projects a chunk of rows at a time, reduces it to H and log π(y)
+(``llm_bridge.token_stats``), and recomputes each chunk in the backward pass, so the extra memory is
+O(chunk × V) whatever the batch. ``head_probe_stats`` does the same for the entropy probe, with the
+logits before and after the update and their first-order change (J·Δθ) formed chunk by chunk.
+
+Naive equivalent: ``entropy_and_logprobs((h @ W.T).float() / T, y)``; tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_bridge.token_stats import entropy_and_logprobs, stats_grad_rows, token_probe_stats
+
+# Rows per chunk are chosen so that one chunk of logits holds about this many entries (32 MiB in
+# fp32): large enough for an efficient matrix product, small beside a model's activations.
+HEAD_CHUNK_ELEMENTS = 1 << 23
+
+
+def head_rows(n_vocab: int, chunk_rows: int | None = None) -> int:
+    """Rows per chunk for a vocabulary of ``n_vocab``."""
+    if chunk_rows is not None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows: must be ≥ 1, got {chunk_rows}")
+        return chunk_rows
+    return max(1, HEAD_CHUNK_ELEMENTS // n_vocab)
+
+
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z/T = (h·Wᵀ)/T in fp32 at least: [n, d], [V, d] → [n, V]. The product runs in the model's
+    dtype, as the model's own head does; the division in fp32."""
+    z = torch.nn.functional.linear(hidden, weight)
+    return z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
+
+
+class _HeadStats(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature, rows):
+        n = hidden.shape[0]
+        cd = torch.promote_types(weight.dtype, torch.float32)
+        entropy = torch.empty(n, dtype=cd, device=hidden.device)
+        logp = torch.empty_like(entropy)
+        with torch.no_grad():
+            for start in range(0, n, rows):
+                sl = slice(start, start + rows)
+                z = head_logits(hidden[sl], weight, temperature)  # (rows, V)
+                entropy[sl], logp[sl] = entropy_and_logprobs(z, tokens[sl])
+        ctx.save_for_backward(hidden, weight, tokens, entropy)
+        ctx.temperature, ctx.rows = temperature, rows
+        return entropy, logp
+
+    @staticmethod
+    def backward(ctx, g_entropy, g_logp):
+        hidden, weight, tokens, entropy = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[:2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        # the head's gradient is accumulated in fp32 at least, then cast to the weight's dtype
+        grad_w = (
+            torch.zeros(weight.shape, dtype=entropy.dtype, device=weight.device) if need_w else None
+        )
+        for start in range(0, hidden.shape[0], ctx.rows):
+            sl = slice(start, start + ctx.rows)
+            z = head_logits(hidden[sl], weight, ctx.temperature)
+            g_z = stats_grad_rows(
+                z,
+                tokens[sl],
+                entropy[sl],
+                None if g_entropy is None else g_entropy[sl],
+                None if g_logp is None else g_logp[sl],
+            )
+            g_z = (g_z / ctx.temperature).to(weight.dtype)  # ∂/∂(h·Wᵀ)
+            if need_h:
+                grad_h[sl] = g_z @ weight  # (rows, d)
+            if need_w:
+                grad_w += (g_z.T @ hidden[sl]).to(grad_w.dtype)  # (V, d)
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
+
+
+def head_entropy_and_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """H(π(·|s)) and log π(y|s) with π = softmax(h·Wᵀ/T), chunked in both passes.
+
+    Args:
+      hidden: h, shape [N, d] (with gradient in the loss path).
+      weight: the head's W, shape [V, d].
+      tokens: y, shape [N].
+      temperature: T, the sampling temperature the policy is defined at.
+      chunk_rows: rows per chunk (default: about 8M logits per chunk).
+    Returns:
+      (entropy, logprobs), each [N], fp32 at least; differentiable w.r.t. hidden and weight.
+    """
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden: [N, d] and weight: [V, d] expected, got {tuple(hidden.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    if tokens.shape != hidden.shape[:1]:
+        raise ValueError(f"tokens: shape {tuple(tokens.shape)} must be ({hidden.shape[0]},)")
+    rows = head_rows(weight.shape[0], chunk_rows)
+    return _HeadStats.apply(hidden, weight, tokens.long(), float(temperature), rows)
+
+
+def head_probe_stats(
+    hidden_before: torch.Tensor,
+    weight_before: torch.Tensor,
+    hidden_after: torch.Tensor,
+    weight_after: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    hidden_tangent: torch.Tensor | None = None,
+    weight_tangent: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """``token_probe_stats`` with the logits formed from hidden states chunk by chunk.
+
+    z = h·Wᵀ/T before, z' = h'·W'ᵀ/T after, and the first-order change of the logits along the
+    update, J·Δθ = (dh·Wᵀ + h·dWᵀ)/T (product rule), from the tangents dh and dW.
+
+    Args: hidden states [N, d], weights [V, d], tokens [N]; the tangents, when given, [N, d] and
+    [V, d]. Returns ``token_probe_stats``'s fields, each [N], float64.
+    """
+    rows = head_rows(weight_before.shape[0], chunk_rows)
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, hidden_before.shape[0], rows):
+        sl = slice(start, start + rows)
+        z = head_logits(hidden_before[sl], weight_before, temperature)
+        z_after = head_logits(hidden_after[sl], weight_after, temperature)
+        dz = None
+        if hidden_tangent is not None:
+            dz = head_logits(hidden_tangent[sl], weight_before, temperature)
+            if weight_tangent is not None:
+                dz = dz + head_logits(hidden_before[sl], weight_tangent, temperature)
+        parts.append(token_probe_stats(z, z_after, tokens[sl], dz))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,430 @@
+"""GRPO for a causal language model on one machine, with the per-step entropy probe.
+
+Each step: sample P prompts, G responses each (the rollout backend, at temperature T), score them,
+compute advantages (the registry shared with ``softmax_theory``), take ``epochs × mini_batches``
+optimiser updates on the policy loss (``llm_bridge.losses``), then probe the step on its own
+tokens (``llm_bridge.probe``). Every pass over the batch (old log-probs and entropy, reference
+log-probs, the update, the probe) streams micro-batches of ``micro_batch_size`` responses, so
+full-vocabulary tensors exist for at most one chunk at a time. Every step appends one record to
+the run log (``steps.jsonl``, flushed); checkpoints (``save_pretrained`` + optimiser and generator
+state) let ``resume`` continue a killed run without losing or repeating a step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llm_bridge.config import Device, OptimizerName, TrainConfig
+from llm_bridge.forward import micro_slices, stream_token_stats, token_stats
+from llm_bridge.losses import COV_SELECTORS, LossInputs, agg_loss, compute_policy_loss
+from llm_bridge.probe import (
+    measure_tokens,
+    optimizer_update,
+    parameter_delta,
+    probe_record,
+    snapshot,
+)
+from llm_bridge.rollout import Rollouts, make_backend
+from llm_bridge.tasks import Task, dataset_task, score, synthetic_task
+from llm_bridge.tiny import load_model
+from llm_bridge.token_stats import token_covariance
+from softmax_theory.group_advantages import ADVANTAGES
+from softmax_theory.policy import CovScope, adaptive_entropy_coef
+from softmax_theory.runlog import STEPS_FILE, RunWriter, read_run, to_jsonable
+from softmax_theory.stats import top_covariance_means
+
+CHECKPOINT_DIR = "checkpoint"
+TOKENS_DIR = "tokens"
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for, but no CUDA device is available")
+    if device is Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.value)
+
+
+def load_task(cfg: TrainConfig) -> Task:
+    if cfg.dataset:
+        return dataset_task(cfg.dataset, seed=cfg.seed, reward=cfg.dataset_reward)
+    return synthetic_task(cfg.task, seed=cfg.seed)
+
+
+@dataclass
+class TrainState:
+    step: int
+    alpha: float  # adaptive entropy coefficient carried between steps
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """A step's rollouts and what every pass over them reads; tensors [B, R] unless noted."""
+
+    roll: Rollouts
+    rewards: np.ndarray  # [B]
+    group: np.ndarray  # [B] prompt index of each response
+    advantages: torch.Tensor  # per token (the response's advantage on its valid tokens)
+    entropy: torch.Tensor  # H(π_old(·|s_t)), nats
+    old_logp: torch.Tensor  # log π_old(y_t|s_t)
+    ref_logp: torch.Tensor | None  # log π_ref(y_t|s_t), when a KL penalty needs it
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.roll.response_mask
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    metrics: dict[str, float]
+    n_updates: int
+    forecast: dict[int, torch.Tensor] | None  # Δθ of the first update, known before it
+
+
+class ProbedGRPOTrainer:
+    """GRPO with per-step entropy probes; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: str | os.PathLike,
+        resume: bool = False,
+        log: Callable[[str], None] = lambda _: None,
+        task: Task | None = None,
+    ):
+        """``task`` overrides ``cfg.task``/``cfg.dataset`` (e.g. a task with a custom reward)."""
+        if not cfg.model:
+            raise ValueError("model: give a local Hugging Face causal-LM folder (--model)")
+        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.device = resolve_device(cfg.device)
+        # bf16 weights on CUDA; the probe's statistics are computed in fp32/fp64 regardless
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        ckpt = self.out / CHECKPOINT_DIR
+        resuming = resume and (ckpt / "trainer.pt").exists()
+        self.model, self.tokenizer = load_model(ckpt if resuming else cfg.model, self.device, dtype)
+        self.ref_model = None
+        if cfg.policy_loss.kl_loss_coef > 0:
+            self.ref_model, _ = load_model(cfg.model, self.device, dtype)
+            self.ref_model.eval().requires_grad_(False)
+        self.task = load_task(cfg) if task is None else task
+        self.backend = make_backend(cfg.backend, self.model, self.tokenizer, cfg.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = (
+            torch.optim.Adam(params, lr=cfg.lr)
+            if cfg.optimizer is OptimizerName.ADAM
+            else torch.optim.SGD(params, lr=cfg.lr)
+        )
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.state = TrainState(step=0, alpha=cfg.policy_loss.entropy_coeff)
+        self.max_new_tokens = self.task.max_answer_chars + 1  # the answer and EOS
+        config = {"trainer": "llm_bridge.trainer", **to_jsonable(cfg)}
+        if resuming:
+            self._load_checkpoint(ckpt)
+        elif resume:
+            log("no checkpoint to resume from; starting at step 0")
+        self.writer = RunWriter(self.out, config, resume=resuming)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        tmp = self.out / (CHECKPOINT_DIR + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        torch.save(
+            {
+                "optimizer": self.opt.state_dict(),
+                "generator": self.gen.get_state(),
+                "step": self.state.step,
+                "alpha": self.state.alpha,
+            },
+            tmp / "trainer.pt",
+        )
+        final = self.out / CHECKPOINT_DIR
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # the previous checkpoint is replaced only once the new one is whole
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        state = torch.load(ckpt / "trainer.pt", weights_only=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        self.state = TrainState(step=state["step"], alpha=state["alpha"])
+        # steps logged after the checkpoint are recomputed from the same state: drop them
+        steps_path = self.out / STEPS_FILE
+        kept = [s for s in read_run(self.out).steps if s["step"] < self.state.step]
+        steps_path.write_text("".join(json.dumps(s) + "\n" for s in kept))
+        self.log(f"resumed at step {self.state.step}")
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _sample_prompts(self, n: int) -> list:
+        idx = torch.randint(0, len(self.task.train), (n,), generator=self.gen).tolist()
+        return [self.task.train[i] for i in idx]
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean reward of one sample per held-out prompt. Its randomness is its own (seeded by
+        the run's seed and the step), so how often a run validates never changes its training."""
+        examples = self.task.test[: self.cfg.val_prompts]
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step + 1)
+        roll = self.backend.generate(
+            [e.prompt for e in examples], 1, self.max_new_tokens, self.cfg.temperature, gen
+        )
+        return float(score(self.task, roll.texts, [e.answer for e in examples]).mean())
+
+    def rollout(self) -> StepBatch:
+        """Sample the step's responses and compute what every later pass reads."""
+        cfg = self.cfg
+        examples = self._sample_prompts(cfg.prompts_per_step)
+        self.model.eval()
+        roll = self.backend.generate(
+            [e.prompt for e in examples],
+            cfg.group_size,
+            self.max_new_tokens,
+            cfg.temperature,
+            self.gen,
+        )
+        return self.score_rollouts(roll, [e.answer for e in examples])
+
+    def score_rollouts(self, roll: Rollouts, answers: list[str]) -> StepBatch:
+        """Rewards, advantages, and the old (and reference) log-probs and entropy of ``roll``."""
+        cfg = self.cfg
+        rewards = score(self.task, roll.texts, [a for a in answers for _ in range(cfg.group_size)])
+        group = np.repeat(np.arange(len(answers)), cfg.group_size)
+        adv_resp = ADVANTAGES[cfg.advantage](rewards, group)
+        mask = roll.response_mask
+        adv = torch.tensor(adv_resp, dtype=torch.float32, device=self.device)[:, None] * mask
+        micro, t = cfg.micro_batch_size, cfg.temperature
+        entropy, old_logp = stream_token_stats(self.model, roll, micro, t)
+        ref_logp = None
+        if self.ref_model is not None:
+            ref_logp = stream_token_stats(self.ref_model, roll, micro, t)[1]
+        return StepBatch(roll, rewards, group, adv, entropy, old_logp, ref_logp)
+
+    def step(self) -> dict[str, Any]:
+        cfg, k = self.cfg, self.state.step
+        t0 = time.perf_counter()
+        batch = self.rollout()
+        t_roll = time.perf_counter()
+        record: dict[str, Any] = {
+            "step": k,
+            "lr": cfg.lr,
+            "algo": f"grpo/{cfg.policy_loss.loss_mode.value}",
+        }
+        if cfg.val_every and k % cfg.val_every == 0:
+            record["val_reward"] = self.validate()
+        mask = batch.mask.bool()
+        h_batch = float(batch.entropy[mask].double().mean())
+        record.update(
+            entropy=h_batch,
+            reward=float(batch.rewards.mean()),
+            response_length=float(batch.mask.sum(-1).float().mean()),
+        )
+        self.state.alpha, alpha_now = adaptive_entropy_coef(
+            self.state.alpha, h_batch, cfg.policy_loss
+        )
+        probing = cfg.probe and k % cfg.probe_every == 0
+        params_before = snapshot(self.model) if probing else None
+        update = self.update(batch, alpha_now)
+        record.update(update.metrics)
+        t_update = time.perf_counter()
+        if probing:
+            record.update(self._probe(batch, params_before, update))
+        record.update(
+            {
+                "time/rollout_s": t_roll - t0,
+                "time/update_s": t_update - t_roll,
+                "time/probe_s": time.perf_counter() - t_update,
+                "actor/entropy_coeff": alpha_now,
+            }
+        )
+        if k in cfg.cov_table_steps:
+            self._write_cov_table(k, batch)
+        self.writer.write(record)
+        self.state.step += 1
+        if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+            self._save_checkpoint()
+        return record
+
+    # -- the update ----------------------------------------------------------------------------
+
+    def _loss_inputs(self, batch: StepBatch, rows: slice, grad: bool) -> LossInputs:
+        """The loss's inputs on ``rows``; with ``grad`` log π and H carry the graph."""
+        with torch.set_grad_enabled(grad):
+            entropy, logp = token_stats(self.model, batch.roll, rows, self.cfg.temperature)
+        return LossInputs(
+            log_prob=logp,
+            old_log_prob=batch.old_logp[rows],
+            advantages=batch.advantages[rows],
+            response_mask=batch.mask[rows],
+            entropy=entropy,
+            ref_log_prob=None if batch.ref_logp is None else batch.ref_logp[rows],
+        )
+
+    def _select_over(self, batch: StepBatch, rows: slice) -> torch.Tensor | None:
+        """Clip-Cov/KL-Cov tokens chosen over the whole mini-batch (cov_scope = mini)."""
+        lc = self.cfg.policy_loss
+        if lc.cov_scope is not CovScope.MINI or lc.loss_mode not in COV_SELECTORS:
+            return None
+        parts = [
+            self._loss_inputs(batch, slice(rows.start + s.start, rows.start + s.stop), False)
+            for s in micro_slices(rows.stop - rows.start, self.cfg.micro_batch_size)
+        ]
+        inp = LossInputs(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in ("log_prob", "old_log_prob")),
+            advantages=batch.advantages[rows],
+            response_mask=batch.mask[rows],
+        )
+        return COV_SELECTORS[lc.loss_mode](inp, lc, generator=self.gen)
+
+    def _mini_batch_loss(
+        self, batch: StepBatch, rows: slice, alpha: float, totals: dict[str, float]
+    ) -> float:
+        """Accumulate the gradient of one mini-batch's loss over its micro-batches.
+
+        The aggregation's normalisers are the mini-batch's, not the micro-batch's, so the sum of
+        the micro-batch losses is the mini-batch loss whatever the split. token-mean divides by
+        the step's valid tokens ÷ the number of mini-batches: TRL's ``num_items_in_batch`` rule,
+        under which every token of a step weighs the same in each of its updates.
+        """
+        cfg, lc = self.cfg, self.cfg.policy_loss
+        selected = self._select_over(batch, rows)
+        mask = batch.mask[rows]
+        norms = {
+            "batch_num_tokens": float(batch.mask.sum()) / cfg.mini_batches,
+            "global_batch_size": float((mask.sum(-1) > 0).sum()),
+            "loss_scale_factor": lc.loss_scale_factor or float(self.max_new_tokens),
+        }
+        total = 0.0
+        for sl in micro_slices(rows.stop - rows.start, cfg.micro_batch_size):
+            sub = slice(rows.start + sl.start, rows.start + sl.stop)
+            out = compute_policy_loss(
+                self._loss_inputs(batch, sub, True),
+                lc,
+                entropy_coeff=alpha,
+                generator=self.gen,
+                selected=None if selected is None else selected[sl],
+            )
+            loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
+            loss.backward()
+            total += float(loss.detach())
+            for key, val in out.metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(val)
+            totals["_count"] = totals.get("_count", 0.0) + 1
+        return total
+
+    def update(self, batch: StepBatch, alpha: float) -> UpdateResult:
+        """epochs × mini_batches optimiser updates; micro-batches accumulate gradients."""
+        cfg = self.cfg
+        self.model.train()
+        per_mini = cfg.mini_batch_responses
+        totals: dict[str, float] = {}
+        losses, forecast, n_updates = [], None, 0
+        for _ in range(cfg.epochs):
+            for mb in range(cfg.mini_batches):
+                self.opt.zero_grad(set_to_none=True)
+                rows = slice(mb * per_mini, (mb + 1) * per_mini)
+                losses.append(self._mini_batch_loss(batch, rows, alpha, totals))
+                if n_updates == 0 and cfg.probe and cfg.probe_jvp:
+                    forecast = optimizer_update(self.opt)
+                self.opt.step()
+                n_updates += 1
+        self.model.eval()
+        count = totals.pop("_count")
+        metrics = {key: val / count for key, val in totals.items()}
+        metrics["actor/pg_loss"] = float(np.mean(losses))
+        return UpdateResult(metrics, n_updates, forecast if n_updates == 1 else None)
+
+    # -- the probe -----------------------------------------------------------------------------
+
+    def _probe_rows(self, n_rows: int) -> torch.Tensor | None:
+        """A seeded random subset of the step's responses (its own generator, so probing never
+        changes training), or None for all of them."""
+        n = self.cfg.probe_responses
+        if n is None or n >= n_rows:
+            return None
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + self.state.step)
+        return torch.randperm(n_rows, generator=gen)[:n].sort().values
+
+    def _probe(
+        self, batch: StepBatch, params_before: dict[str, torch.Tensor], update: UpdateResult
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        delta = None
+        if cfg.probe_jvp:
+            # one update: Δθ was known before the step (the optimiser's forecast)
+            delta = parameter_delta(self.model, params_before, update.forecast)
+        tokens = measure_tokens(
+            self.model,
+            batch.roll,
+            batch.advantages,
+            torch.as_tensor(batch.group),
+            params_before,
+            delta,
+            rows=self._probe_rows(batch.roll.input_ids.shape[0]),
+            micro_batch_size=cfg.micro_batch_size,
+            temperature=cfg.temperature,
+        )
+        record = probe_record(tokens)
+        record["probe/updates"] = update.n_updates
+        k = self.state.step
+        if cfg.token_steps_every and k % cfg.token_steps_every == 0:
+            self._write_tokens(k, tokens.values)
+        return record
+
+    def _write_cov_table(self, step: int, batch: StepBatch) -> None:
+        mask = batch.mask
+        cov = token_covariance(batch.old_logp, batch.advantages, mask)[mask.bool()]
+        cov = cov.double().cpu().numpy()
+        table = {"step": step, "n_tokens": int(cov.size), **top_covariance_means(cov)}
+        with open(self.out / "cov_tables.jsonl", "a") as f:
+            f.write(json.dumps(table) + "\n")
+
+    def _write_tokens(self, step: int, per_token: dict[str, torch.Tensor]) -> None:
+        d = self.out / TOKENS_DIR
+        d.mkdir(exist_ok=True)
+        np.savez_compressed(
+            d / f"step_{step:06d}.npz",
+            **{k: v.detach().cpu().double().numpy() for k, v in per_token.items()},
+        )
+
+    def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        try:
+            while self.state.step < self.cfg.steps:
+                record = self.step()
+                if progress is not None:
+                    progress(record)
+            if self.cfg.checkpoint_every:
+                self._save_checkpoint()
+            self.model.save_pretrained(self.out / "final")
+            self.tokenizer.save_pretrained(self.out / "final")
+        finally:
+            self.writer.close()
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    task: Task | None = None,
+) -> Path:
+    """Run GRPO with ``cfg.engine`` and write the run directory ``out``; returns its path."""
+    if cfg.engine.value == "trl":
+        from llm_bridge.integrations.trl import train_with_trl
+
+        return train_with_trl(cfg, out, resume=resume, task=task, progress=progress)
+    trainer = ProbedGRPOTrainer(cfg, out, resume=resume, log=log, task=task)
+    trainer.train(progress)
+    return Path(out)
