@@ -6,7 +6,7 @@ RESULTS := results
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint parity clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,9 +71,25 @@ bench: $(VENV)/.installed-bench
 	$(LB) pretrain-tiny --out $(TINY)
 	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
 
+# verl 0.9.1, the peer of the losses, in a side environment of its own: torch first (the CPU
+# wheel), verl without its dependencies, then only what verl.trainer.ppo.core_algos imports.
+VERL_VENV := .venv-verl
+VERL_DEPS := numpy==2.4.6 omegaconf==2.4.0 tensordict==0.15.3 ray==2.60.0 codetiming==1.4.0 \
+	transformers==5.24.0 orjson==3.13.0
+
+$(VERL_VENV)/.installed:
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(VERL_VENV)/bin/python -m pip install -q --no-deps verl==0.9.1
+	$(VERL_VENV)/bin/python -m pip install -q $(VERL_DEPS)
+	touch $@
+
+parity: $(VENV)/.installed-test $(VERL_VENV)/.installed
+	$(PY) -m pytest tests/llm/test_verl_parity.py -q
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check softmax_theory llm_bridge tests benchmarks scripts
 	$(VENV)/bin/ruff format --check softmax_theory llm_bridge tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) $(RESULTS)
+	rm -rf $(VENV) $(VERL_VENV) $(RESULTS)

@@ -160,9 +160,8 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def render_report(reports: list[RunReport]) -> str:
-    lines = ["# Entropy dynamics against the theory", ""]
-    lines += [
+def _runs_section(reports: list[RunReport]) -> list[str]:
+    lines = [
         "## Runs",
         "",
         "| run | steps | H start → end | reward start → end | val_reward start → end |",
@@ -174,8 +173,11 @@ def render_report(reports: list[RunReport]) -> str:
             f"{_f(r.reward_start)} → {_f(r.reward_end)} | "
             f"{_f(r.val_reward_start)} → {_f(r.val_reward_end)} |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def _predictors_section(reports: list[RunReport]) -> list[str]:
+    lines = [
         "## Does the measured ΔH follow the predictions?",
         "",
         "Per step: Pearson correlation of `delta_entropy` with the prediction (with "
@@ -196,8 +198,11 @@ def render_report(reports: list[RunReport]) -> str:
                 f"| {r.name} | {p.key} | {p.n} | {_f(p.correlation)} | "
                 f"{_f(p.median_rel_error, '.2e')} | {_f(p.token_correlation)} | {wins} |"
             )
-    lines += [
-        "",
+    return lines
+
+
+def _shares_section(reports: list[RunReport]) -> list[str]:
+    lines = [
         "## Entropy consumed and reward gained (paper Fig. 2)",
         "",
         "Share of the run's total entropy change and reward change reached after each "
@@ -213,8 +218,11 @@ def render_report(reports: list[RunReport]) -> str:
             for f in SHARE_POINTS
         ]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    return lines
+
+
+def _law_section(reports: list[RunReport]) -> list[str]:
+    lines = [
         "## R = −a·exp(H) + b",
         "",
         "| run | reward key | n | a | b | ceiling b − a (95%) | R² | forecast RMSE (15%) | "
@@ -240,7 +248,18 @@ def render_report(reports: list[RunReport]) -> str:
             )
         if r.law is not None and r.law.forecast_error is not None:
             lines.append(f"\n{r.name}: no forecast — {r.law.forecast_error}.")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+REPORT_SECTIONS = (_runs_section, _predictors_section, _shares_section, _law_section)
+
+
+def render_report(reports: list[RunReport]) -> str:
+    """The comparison as markdown: one section per question."""
+    lines = ["# Entropy dynamics against the theory", ""]
+    for section in REPORT_SECTIONS:
+        lines += section(reports) + [""]
+    return "\n".join(lines)
 
 
 def compare_runs(

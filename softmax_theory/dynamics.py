@@ -10,13 +10,14 @@ update, ``entropy_after``, ``delta_entropy`` = ``delta_within`` + ``delta_shift`
 from __future__ import annotations
 
 import enum
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from softmax_theory.algorithms import AlgoConfig, TokenBatch, initial_state, step
+from softmax_theory.algorithms import AlgoConfig, StepResult, initial_state, step
 from softmax_theory.envs import ContextualBandit, TabularEnv, TokenTreeMDP
 from softmax_theory.estimators import (
     covariance,
@@ -29,6 +30,8 @@ from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import RunWriter, to_jsonable
 from softmax_theory.stats import top_covariance_means
 from softmax_theory.token_stats import token_covariance
+
+COV_TABLES_FILE = "cov_tables.json"
 
 
 def sampled_covariance(logp: np.ndarray, adv: np.ndarray) -> np.ndarray:
@@ -82,14 +85,9 @@ class SimResult:
         return np.array([r[key] for r in self.records if key in r], dtype=np.float64)
 
 
-def cov_table(
-    step_index: int,
-    env: TabularEnv,
-    logits: np.ndarray,
-    batch: TokenBatch,
-    token_logp: np.ndarray,
-    token_adv: np.ndarray,
-) -> CovTable:
+def cov_table(step_index: int, env: TabularEnv, logits: np.ndarray, result: StepResult) -> CovTable:
+    """The covariance table of the step's sampled tokens (Table 1) and Fig. 8's per-prompt view."""
+    batch, token_logp, token_adv = result.tokens, result.token_logp, result.token_adv
     cov = sampled_covariance(token_logp, token_adv)
     top = top_covariance_means(cov)
     acc, pcov, pcov_s = [], [], []
@@ -110,6 +108,35 @@ def cov_table(
     )
 
 
+def step_record(
+    env: TabularEnv, z: np.ndarray, result: StepResult, k: int, lr: float, algo: str
+) -> dict[str, Any]:
+    """The run-log record of one update from logits z (exact, but for ``cov_mean``)."""
+    z_new = result.logits
+    w = env.state_weights(z)
+    q = env.state_rewards(z)
+    change = env.entropy_change(z, z_new)
+    rec: dict[str, Any] = {
+        "step": k,
+        "entropy": env.entropy(z),
+        "reward": env.expected_reward(z),
+        "entropy_after": env.entropy(z_new),
+        "delta_entropy": change.total,
+        "delta_within": change.within,
+        "delta_shift": change.shift,
+        "pred_lemma1": float(w @ first_order_entropy_change(z, z_new - z)),
+        "pred_pg": float(w @ pg_entropy_change(z, q, lr, env.visitation(z))),
+        "pred_npg": float(w @ npg_entropy_change(z, q, lr)),
+        "lr": lr,
+        "algo": algo,
+    }
+    if result.tokens is not None:
+        rec["cov_mean"] = float(sampled_covariance(result.token_logp, result.token_adv).mean())
+        rec["sample_reward"] = float(result.tokens.reward.mean())
+    rec.update(result.metrics)
+    return rec
+
+
 def simulate(
     env: TabularEnv,
     config: SimConfig,
@@ -123,59 +150,29 @@ def simulate(
       config: steps, η, seed and the algorithm's settings.
       logits: the initial policy [S, A]; the environment's own initial logits when omitted.
       out: a run directory to write (``config.json`` + ``steps.jsonl``, flushed every step,
-        and ``cov_tables.json`` when ``config.cov_table_steps`` is set).
+        and ``cov_tables.json``, rewritten as each table is made, when ``cov_table_steps`` is
+        set).
     """
     rng = np.random.default_rng(config.seed)
     z = env.initial_logits(rng) if logits is None else np.array(logits, dtype=np.float64)
     state = initial_state(z, config.algo)
-    writer = None
-    if out is not None:
-        writer = RunWriter(out, {"env": env.name, **to_jsonable(config)})
+    writer = None if out is None else RunWriter(out, {"env": env.name, **to_jsonable(config)})
     records, tables = [], []
-    lr = config.lr
     try:
         for k in range(config.steps):
-            result = step(env, z, state, config.algo, lr, rng)
-            z_new = result.logits
-            w = env.state_weights(z)
-            q = env.state_rewards(z)
-            change = env.entropy_change(z, z_new)
-            rec: dict[str, Any] = {
-                "step": k,
-                "entropy": env.entropy(z),
-                "reward": env.expected_reward(z),
-                "entropy_after": env.entropy(z_new),
-                "delta_entropy": change.total,
-                "delta_within": change.within,
-                "delta_shift": change.shift,
-                "pred_lemma1": float(w @ first_order_entropy_change(z, z_new - z)),
-                "pred_pg": float(w @ pg_entropy_change(z, q, lr, env.visitation(z))),
-                "pred_npg": float(w @ npg_entropy_change(z, q, lr)),
-                "lr": lr,
-                "algo": config.algo.algo.value,
-            }
-            if result.tokens is not None:
-                rec["cov_mean"] = float(
-                    sampled_covariance(result.token_logp, result.token_adv).mean()
-                )
-                rec["sample_reward"] = float(result.tokens.reward.mean())
-                if k in config.cov_table_steps:
-                    tables.append(
-                        cov_table(k, env, z, result.tokens, result.token_logp, result.token_adv)
-                    )
-            rec.update(result.metrics)
-            records.append(rec)
+            result = step(env, z, state, config.algo, config.lr, rng)
+            records.append(step_record(env, z, result, k, config.lr, config.algo.algo.value))
             if writer is not None:
-                writer.write(rec)
-            z, state = z_new, result.state
+                writer.write(records[-1])
+            if result.tokens is not None and k in config.cov_table_steps:
+                tables.append(cov_table(k, env, z, result))
+                if out is not None:
+                    with open(os.path.join(out, COV_TABLES_FILE), "w") as f:
+                        json.dump(to_jsonable(tables), f, indent=2)
+            z, state = result.logits, result.state
     finally:
         if writer is not None:
             writer.close()
-    if out is not None and tables:
-        import json
-
-        with open(os.path.join(out, "cov_tables.json"), "w") as f:
-            json.dump(to_jsonable(tables), f, indent=2)
     return SimResult(
         config=config,
         env_name=env.name,
