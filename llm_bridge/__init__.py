@@ -42,8 +42,29 @@ from llm_bridge.token_stats import (
 from llm_bridge.trainer import ProbedGRPOTrainer, train
 from softmax_theory.policy import AggMode, PolicyLoss, PolicyLossConfig
 
+# Names from modules with optional extras (TRL) or a second thought (importers), loaded on first
+# use so that `import llm_bridge` needs neither.
+_LAZY = {
+    "CovGRPOTrainer": "llm_bridge.integrations.trl",
+    "train_with_trl": "llm_bridge.integrations.trl",
+    "import_trl": "llm_bridge.integrations.importers",
+    "import_verl": "llm_bridge.integrations.importers",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'llm_bridge' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "AggMode",
+    "CovGRPOTrainer",
     "Device",
     "Engine",
     "LossInputs",
@@ -66,6 +87,8 @@ __all__ = [
     "get_policy_loss",
     "group_covariance",
     "head_entropy_and_logprobs",
+    "import_trl",
+    "import_verl",
     "kl_penalty",
     "lemma1_prediction",
     "load_model",
@@ -80,4 +103,5 @@ __all__ = [
     "token_logprobs",
     "token_probe_stats",
     "train",
+    "train_with_trl",
 ]
