@@ -16,12 +16,12 @@ because a covariance near zero is ill-conditioned for every float64 formula alik
 from __future__ import annotations
 
 import argparse
-import re
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from report import write_section  # noqa: E402  (benchmarks/report.py)
 
 from softmax_theory import entropy, entropy_and_first_order_change, first_order_entropy_change
 from softmax_theory.reference import naive_entropy, naive_first_order_entropy_change
@@ -127,18 +127,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out is not None:
-        _write_section(args.out, table)
-
-
-def _write_section(path: Path, table: str) -> None:
-    """Put ``table`` (which starts with its ``<!-- name -->`` marker line) into ``path``,
-    replacing the section with the same marker; sections run from a marker to the next."""
-    marker = table.splitlines()[0]
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head, *sections = re.split(r"(?m)^(?=<!-- )", text)
-    sections = [s for s in sections if s.splitlines()[0] != marker] + [table]
-    sections.sort(key=lambda s: s.splitlines()[0])
-    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections))
+        write_section(args.out, table)
 
 
 if __name__ == "__main__":

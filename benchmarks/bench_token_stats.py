@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_estimators import _write_section  # noqa: E402
+from report import write_section  # noqa: E402
 
 GOAL_VS_TRL = 0.5
 GOAL_PEAK_MIB = 256
@@ -145,7 +145,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out is not None:
-        _write_section(args.out, table)
+        write_section(args.out, table)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_estimators import _write_section  # noqa: E402
+from report import write_section  # noqa: E402
 
 GOAL = 0.8
 MARKER = "<!-- bench_trl_step -->"
@@ -31,7 +31,7 @@ MARKER = "<!-- bench_trl_step -->"
 def _ours(
     model: str, prompts: int, group: int, steps: int, work: Path, probe: bool = True
 ) -> list[float]:
-    from llm_bridge.grpo import GRPOTrainer, TrainConfig
+    from llm_bridge import ProbedGRPOTrainer, TrainConfig
 
     cfg = TrainConfig(
         model=model,
@@ -44,7 +44,7 @@ def _ours(
         probe=probe,
     )
     out = work / f"ours_{time.perf_counter_ns()}"
-    trainer = GRPOTrainer(cfg, out)
+    trainer = ProbedGRPOTrainer(cfg, out)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -58,13 +58,12 @@ def _trl(model_path: str, prompts: int, group: int, steps: int, work: Path) -> l
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from llm_bridge.integrations.trl import trl_dataset
-    from llm_bridge.tasks import synthetic_task
-    from llm_bridge.tiny import load_model
+    from llm_bridge import load_model, synthetic_task
+    from llm_bridge.integrations.trl import trl_dataset, trl_reward
 
     task = synthetic_task("addition")
     model, tok = load_model(model_path)
-    data, reward = trl_dataset(task, tok)
+    data, reward = trl_dataset(task.train, tok), trl_reward(task)
 
     times: list[float] = []
 
@@ -136,7 +135,7 @@ def main() -> None:
                 "",
                 "| trainer | median step (s) | × TRL | goal |",
                 "|---|---:|---:|---|",
-                f"| ours: llm_bridge.grpo with probe + JVP | {mo:.3f} | {mo / mt:.2f} | "
+                f"| ours: llm_bridge.trainer with probe + JVP | {mo:.3f} | {mo / mt:.2f} | "
                 + ("met" if mo / mt <= GOAL else "**missed**")
                 + " |",
                 f"| ours without the probe (--no-probe) | {mb:.3f} | {mb / mt:.2f} | "
@@ -149,7 +148,7 @@ def main() -> None:
     )
     print(table)
     if args.out is not None:
-        _write_section(args.out, table)
+        write_section(args.out, table)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_bridge import PolicyLossConfig, TinyConfig, TrainConfig, pretrain_tiny, train
 from llm_bridge.compare import compare_run
-from llm_bridge.grpo import TrainConfig, train
-from llm_bridge.tiny import TinyConfig, pretrain_tiny
-from softmax_theory.algorithms import PolicyLossConfig
-from softmax_theory.runlog import read_run, to_jsonable
+from softmax_theory import read_run
+from softmax_theory.runlog import to_jsonable
 
 
 def _run(cfg: TrainConfig, out: Path):
@@ -129,12 +128,12 @@ def controls(model: str, out: Path) -> None:
     print("|---|---:|---|---:|---|---:|")
     variants = {
         "vanilla": PolicyLossConfig(),
-        "clip_cov, ratio 2e-4 (paper)": PolicyLossConfig(loss="clip_cov"),
-        "clip_cov, ratio 0.01": PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.01),
-        "clip_cov, ratio 0.05": PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.05),
-        "kl_cov, ratio 2e-3 (paper)": PolicyLossConfig(loss="kl_cov"),
-        "kl_cov, ratio 0.01": PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.01),
-        "kl_cov, ratio 0.05": PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.05),
+        "clip_cov, ratio 2e-4 (paper)": PolicyLossConfig(loss_mode="clip_cov"),
+        "clip_cov, ratio 0.01": PolicyLossConfig(loss_mode="clip_cov", clip_cov_ratio=0.01),
+        "clip_cov, ratio 0.05": PolicyLossConfig(loss_mode="clip_cov", clip_cov_ratio=0.05),
+        "kl_cov, ratio 2e-3 (paper)": PolicyLossConfig(loss_mode="kl_cov"),
+        "kl_cov, ratio 0.01": PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.01),
+        "kl_cov, ratio 0.05": PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.05),
     }
     base = TrainConfig(model=model, checkpoint_every=0)
     for name, loss in variants.items():
@@ -143,7 +142,7 @@ def controls(model: str, out: Path) -> None:
             + "_"
             + (name.split("ratio ")[-1].split(" ")[0] if "ratio" in name else "")
         )
-        run = _run(replace(base, loss=loss), out / f"ctl_{slug}")
+        run = _run(replace(base, policy_loss=loss), out / f"ctl_{slug}")
         h = [s["entropy"] for s in run.steps]
         r = [s["reward"] for s in run.steps]
         v = [s["val_reward"] for s in run.steps if "val_reward" in s]
@@ -168,14 +167,14 @@ def controls_seeds(model: str, out: Path, seeds: int = 3) -> None:
     print("|---|---:|---:|---:|---:|")
     variants = {
         "vanilla": PolicyLossConfig(),
-        "clip_cov, ratio 0.01": PolicyLossConfig(loss="clip_cov", clip_cov_ratio=0.01),
-        "kl_cov, ratio 0.01": PolicyLossConfig(loss="kl_cov", kl_cov_ratio=0.01),
+        "clip_cov, ratio 0.01": PolicyLossConfig(loss_mode="clip_cov", clip_cov_ratio=0.01),
+        "kl_cov, ratio 0.01": PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.01),
     }
     for name, loss in variants.items():
         slug = name.split(",")[0] + "_" + (name.split("ratio ")[-1] if "ratio" in name else "")
         h_end, h_chg, r_end, v_end = [], [], [], []
         for seed in range(seeds):
-            cfg = TrainConfig(model=model, checkpoint_every=0, loss=loss, seed=seed)
+            cfg = TrainConfig(model=model, checkpoint_every=0, policy_loss=loss, seed=seed)
             suffix = "" if seed == 0 else f"_s{seed}"
             run = _run(cfg, out / f"ctl_{slug}{suffix}")
             h = [s["entropy"] for s in run.steps]
