@@ -82,6 +82,8 @@ def _chunk_stats(
     # torch.exp dominates the cost; numpy's faster SIMD exp in a second thread was tried and
     # lost, since torch's OpenMP workers keep spinning on the cores after each op.
     e = torch.exp(shifted, out=buf.exp[:n])  # (n, V) e^{z − m}
+    # a masked (−inf) logit has e = 0; a finite shifted value keeps e·shifted at 0, not NaN
+    shifted.clamp_(min=torch.finfo(shifted.dtype).min)
     total = e.sum(dim=-1)
     log_total = total.log()
     entropy = log_total - _rowwise_dot(e, shifted) / total

@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +43,31 @@ from llm_bridge.tiny import load_model
 from llm_bridge.token_stats import token_covariance
 from softmax_theory.group_advantages import ADVANTAGES
 from softmax_theory.policy import CovScope, adaptive_entropy_coef
-from softmax_theory.runlog import STEPS_FILE, RunWriter, read_run, to_jsonable
+from softmax_theory.runlog import RunWriter, check_resumable, to_jsonable, truncate_steps
 from softmax_theory.stats import top_covariance_means
 
 CHECKPOINT_DIR = "checkpoint"
+# Written last into a checkpoint folder: a folder without it is not whole.
+CHECKPOINT_COMPLETE = "COMPLETE"
 TOKENS_DIR = "tokens"
+COV_TABLES_FILE = "cov_tables.jsonl"
+# Settings a resumed run may change: none of them changes what training computes (the
+# micro-batch size changes only the fp32 reduction order).
+RESUME_FREE = frozenset(
+    {
+        "steps",
+        "checkpoint_every",
+        "val_every",
+        "val_prompts",
+        "probe",
+        "probe_jvp",
+        "probe_every",
+        "probe_responses",
+        "token_steps_every",
+        "cov_table_steps",
+        "micro_batch_size",
+    }
+)
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -53,6 +76,16 @@ def resolve_device(device: Device) -> torch.device:
     if device is Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device.value)
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    """The newest whole checkpoint in ``out``: ``checkpoint.tmp`` when a run was killed after
+    writing it whole but before moving it into place (it is then moved), else ``checkpoint``."""
+    final, tmp = out / CHECKPOINT_DIR, out / (CHECKPOINT_DIR + ".tmp")
+    if (tmp / CHECKPOINT_COMPLETE).exists():
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final if (final / CHECKPOINT_COMPLETE).exists() else None
 
 
 def load_task(cfg: TrainConfig) -> Task:
@@ -107,11 +140,14 @@ class ProbedGRPOTrainer:
             raise ValueError("model: give a local Hugging Face causal-LM folder (--model)")
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.device = resolve_device(cfg.device)
+        self.run_config = {"trainer": "llm_bridge.trainer", **to_jsonable(cfg)}
+        if resume:  # refuse before anything is loaded or written
+            for line in check_resumable(self.out, self.run_config, RESUME_FREE):
+                log(f"resume: changed a setting that does not change results: {line}")
         # bf16 weights on CUDA; the probe's statistics are computed in fp32/fp64 regardless
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        ckpt = self.out / CHECKPOINT_DIR
-        resuming = resume and (ckpt / "trainer.pt").exists()
-        self.model, self.tokenizer = load_model(ckpt if resuming else cfg.model, self.device, dtype)
+        ckpt = find_checkpoint(self.out) if resume else None
+        self.model, self.tokenizer = load_model(ckpt or cfg.model, self.device, dtype)
         self.ref_model = None
         if cfg.policy_loss.kl_loss_coef > 0:
             self.ref_model, _ = load_model(cfg.model, self.device, dtype)
@@ -127,12 +163,13 @@ class ProbedGRPOTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState(step=0, alpha=cfg.policy_loss.entropy_coeff)
         self.max_new_tokens = self.task.max_answer_chars + 1  # the answer and EOS
-        config = {"trainer": "llm_bridge.trainer", **to_jsonable(cfg)}
-        if resuming:
+        if ckpt is not None:
             self._load_checkpoint(ckpt)
         elif resume:
-            log("no checkpoint to resume from; starting at step 0")
-        self.writer = RunWriter(self.out, config, resume=resuming)
+            log("resume: no checkpoint yet; starting again at step 0")
+        if resume:
+            self._drop_records_from(self.state.step)
+        self.writer = RunWriter(self.out, self.run_config, resume=resume)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -150,20 +187,31 @@ class ProbedGRPOTrainer:
             },
             tmp / "trainer.pt",
         )
+        (tmp / CHECKPOINT_COMPLETE).write_text(f"{self.state.step}\n")
         final = self.out / CHECKPOINT_DIR
+        # the previous checkpoint is replaced only once the new one is whole; a kill between
+        # the two lines leaves a whole checkpoint.tmp, which find_checkpoint moves into place
         shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # the previous checkpoint is replaced only once the new one is whole
+        tmp.rename(final)
 
     def _load_checkpoint(self, ckpt: Path) -> None:
         state = torch.load(ckpt / "trainer.pt", weights_only=False)
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         self.state = TrainState(step=state["step"], alpha=state["alpha"])
-        # steps logged after the checkpoint are recomputed from the same state: drop them
-        steps_path = self.out / STEPS_FILE
-        kept = [s for s in read_run(self.out).steps if s["step"] < self.state.step]
-        steps_path.write_text("".join(json.dumps(s) + "\n" for s in kept))
-        self.log(f"resumed at step {self.state.step}")
+        self.log(f"resume: continuing at step {self.state.step}")
+
+    def _drop_records_from(self, step: int) -> None:
+        """Steps logged after the checkpoint are recomputed from the same state: drop their
+        records, covariance tables and token files."""
+        truncate_steps(self.out, step)
+        tables = self.out / COV_TABLES_FILE
+        if tables.exists():
+            kept = [t for t in tables.read_text().splitlines() if json.loads(t)["step"] < step]
+            tables.write_text("".join(t + "\n" for t in kept))
+        for path in (self.out / TOKENS_DIR).glob("step_*.npz"):
+            if int(path.stem.split("_")[1]) >= step:
+                path.unlink()
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -387,7 +435,7 @@ class ProbedGRPOTrainer:
         cov = token_covariance(batch.old_logp, batch.advantages, mask)[mask.bool()]
         cov = cov.double().cpu().numpy()
         table = {"step": step, "n_tokens": int(cov.size), **top_covariance_means(cov)}
-        with open(self.out / "cov_tables.jsonl", "a") as f:
+        with open(self.out / COV_TABLES_FILE, "a") as f:
             f.write(json.dumps(table) + "\n")
 
     def _write_tokens(self, step: int, per_token: dict[str, torch.Tensor]) -> None:
@@ -399,17 +447,49 @@ class ProbedGRPOTrainer:
         )
 
     def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-        try:
-            while self.state.step < self.cfg.steps:
-                record = self.step()
-                if progress is not None:
-                    progress(record)
-            if self.cfg.checkpoint_every:
-                self._save_checkpoint()
-            self.model.save_pretrained(self.out / "final")
-            self.tokenizer.save_pretrained(self.out / "final")
-        finally:
-            self.writer.close()
+        """Run the remaining steps. An interrupt (Ctrl-C, SIGTERM) lets the current step finish,
+        writes a checkpoint and raises KeyboardInterrupt; a second one stops at once."""
+        with _deferred_interrupts(self.log) as interrupted:
+            try:
+                while self.state.step < self.cfg.steps:
+                    record = self.step()
+                    if progress is not None:
+                        progress(record)
+                    if interrupted():
+                        self._save_checkpoint()
+                        raise KeyboardInterrupt(
+                            f"interrupted: checkpoint written after step {self.state.step - 1}; "
+                            "continue with --resume"
+                        )
+                if self.cfg.checkpoint_every:
+                    self._save_checkpoint()
+                self.model.save_pretrained(self.out / "final")
+                self.tokenizer.save_pretrained(self.out / "final")
+            finally:
+                self.writer.close()
+
+
+@contextmanager
+def _deferred_interrupts(log: Callable[[str], None]):
+    """Within: the first SIGINT/SIGTERM only raises a flag (the caller checks it between steps);
+    a second one interrupts at once. Outside the main thread, nothing is deferred."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def on_signal(signum, frame):
+        if flag["set"]:
+            raise KeyboardInterrupt("interrupted twice: stopped without a checkpoint")
+        flag["set"] = True
+        log("interrupt: finishing this step, then writing a checkpoint (again to stop at once)")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: flag["set"]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def train(
@@ -424,7 +504,7 @@ def train(
     if cfg.engine.value == "trl":
         from llm_bridge.integrations.trl import train_with_trl
 
-        return train_with_trl(cfg, out, resume=resume, task=task, progress=progress)
+        return train_with_trl(cfg, out, resume=resume, task=task, progress=progress, log=log)
     trainer = ProbedGRPOTrainer(cfg, out, resume=resume, log=log, task=task)
     trainer.train(progress)
     return Path(out)

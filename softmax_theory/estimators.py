@@ -15,11 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from softmax_theory.inputs import check_finite, check_lr
+from softmax_theory.inputs import check_finite, check_logits, check_lr
 
 # Rows of a [rows, A] block are processed together so that the block's temporaries
 # (about four float64 copies) stay in cache: 2 MiB of logits per block.
 ROW_BLOCK_BYTES = 1 << 21
+# The most negative float64: where the shifted logits reach −inf (masked actions, or spans beyond
+# the float range) they are clamped here, where e^g is 0 and e^g·g is 0 rather than NaN.
+FLOAT_MIN = np.finfo(np.float64).min
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,6 +31,9 @@ ROW_BLOCK_BYTES = 1 << 21
 
 
 def _as_logits(logits: np.ndarray, name: str = "logits") -> np.ndarray:
+    """Logits as float64 [..., A]; −inf marks a masked action (probability 0)."""
+    if isinstance(logits, str) or np.asarray(logits).dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected numbers, got {np.asarray(logits).dtype}")
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim == 0:
         raise ValueError(f"{name}: expected at least one axis (actions), got a scalar")
@@ -68,14 +74,14 @@ def _state_weights(state_weights: np.ndarray | None, z: np.ndarray) -> np.ndarra
 def _finite_result(result: np.ndarray, **inputs: np.ndarray) -> np.ndarray:
     """Return ``result`` if finite; else name the input that made it so.
 
-    The fast paths scan their inputs only when the output is not finite: a NaN or ±inf input
-    always propagates to the output (exp(−inf)·(−inf) is NaN), so this check is complete and
-    costs no extra pass over the inputs on the normal path.
+    The fast paths scan their inputs only when the output is not finite: a NaN or +inf input
+    always propagates to the output, so this check is complete and costs no extra pass over the
+    inputs on the normal path (−inf logits, masked actions, are handled and give finite results).
     """
     if np.isfinite(result).all():
         return result
     for name, x in inputs.items():
-        check_finite(name, x)
+        (check_logits if name == "logits" else check_finite)(name, x)
     raise FloatingPointError("non-finite result from finite inputs; please report this input")
 
 
@@ -85,9 +91,9 @@ def _finite_result(result: np.ndarray, **inputs: np.ndarray) -> np.ndarray:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log π = z − logsumexp(z), shape [..., A]."""
+    """log π = z − logsumexp(z), shape [..., A]; −inf where the logit is −inf (masked)."""
     z = _as_logits(logits)
-    check_finite("logits", z)
+    check_logits("logits", z)
     shifted = z - z.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -98,8 +104,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _mean(p: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """E_π[x] over the last axis."""
-    return np.einsum("...a,...a->...", p, x)
+    """E_π[x] over the last axis. Actions with π = 0 (masked) contribute nothing, whatever x
+    holds there (log π is −inf at a masked action)."""
+    return np.einsum("...a,...a->...", p, _on_support(p, x))
+
+
+def _on_support(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x where the weight p is non-zero, and 0 where it is zero (a masked action), so that
+    products with p stay finite."""
+    with np.errstate(invalid="ignore"):
+        return np.where(p != 0, x, 0.0)
 
 
 def covariance(logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -112,11 +126,12 @@ def covariance(logits: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
       shape [...].
     """
     z = _as_logits(logits)
-    x = _like_logits(x, z, "x")
-    y = _like_logits(y, z, "y")
+    p = softmax(z)
+    # values at masked actions (π = 0) do not enter: log π is −inf there
+    x = _on_support(p, _like_logits(x, z, "x"))
+    y = _on_support(p, _like_logits(y, z, "y"))
     check_finite("x", x)
     check_finite("y", y)
-    p = softmax(z)
     xc = x - _mean(p, x)[..., None]
     yc = y - _mean(p, y)[..., None]
     return _mean(p, xc * yc)
@@ -144,6 +159,8 @@ def _kernel_rows(
         r = rows.stop - rows.start
         g = np.subtract(z2[rows], z2[rows].max(axis=1, keepdims=True), out=g_buf[:r])  # z − max
         e = np.exp(g, out=e_buf[:r])  # e^{z − max}; π = e / Σe, left unnormalised
+        # a masked (−inf) or underflowed action has e = 0; a finite g keeps e·g at 0, not NaN
+        np.maximum(g, FLOAT_MIN, out=g)
         total = e.sum(axis=1)
         mean_g = np.einsum("ij,ij->i", e, g) / total  # E_π[z − max]
         # H = log Σ e^{z−m} − E_π[z − m]: both terms O(1) even for logits of ±1e4.
@@ -224,10 +241,11 @@ def entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """
     z = _as_logits(logits)
     d = _like_logits(delta, z, "delta")
-    check_finite("logits", z)
+    check_logits("logits", z)
     check_finite("delta", d)
     logp = log_softmax(z)
     p = np.exp(logp)
+    logp = _on_support(p, logp)  # masked actions carry no weight; keep their terms finite
     dc = d - _mean(p, d)[..., None]
     small = np.abs(dc).max(axis=-1) <= STABLE_CHANGE_MAX_STEP
     em1 = np.expm1(np.where(small[..., None], dc, 0.0))
@@ -284,6 +302,7 @@ def second_order_entropy_change(logits: np.ndarray, delta: np.ndarray) -> np.nda
     check_finite("delta", d)
     logp = log_softmax(z)
     p = np.exp(logp)
+    logp = _on_support(p, logp)
     u = d - _mean(p, d)[..., None]  # δ − E_π δ
     g = logp - _mean(p, logp)[..., None]  # log π − E_π log π
     first = -_mean(p, g * u)

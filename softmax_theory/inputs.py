@@ -14,6 +14,16 @@ def check_finite(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name}: {bad} entries are NaN or infinite; all must be finite")
 
 
+def check_logits(name: str, z: np.ndarray) -> None:
+    """Logits may be −inf (a masked action, probability 0) but not NaN or +inf, and every row
+    needs at least one finite entry."""
+    if np.isnan(z).any() or np.isposinf(z).any():
+        bad = int(np.isnan(z).sum() + np.isposinf(z).sum())
+        raise ValueError(f"{name}: {bad} entries are NaN or +inf; logits must be finite or -inf")
+    if z.size and not np.isfinite(z).any(axis=-1).all():
+        raise ValueError(f"{name}: a row has no finite entry (every action masked with -inf)")
+
+
 def check_lr(lr: float) -> float:
     """η as a float: a real number (not a string), finite and > 0."""
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):

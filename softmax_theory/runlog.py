@@ -85,6 +85,18 @@ class RunWriter:
         self.close()
 
 
+def truncate_steps(directory: str | os.PathLike, first_step: int) -> int:
+    """Keep only the records of steps before ``first_step`` (a run resumed from a checkpoint
+    recomputes the later ones); returns how many records were dropped."""
+    path = Path(directory) / STEPS_FILE
+    if not path.exists():
+        return 0
+    steps = read_run(directory).steps
+    kept = [s for s in steps if s["step"] < first_step]
+    path.write_text("".join(json.dumps(s) + "\n" for s in kept))
+    return len(steps) - len(kept)
+
+
 @dataclass(frozen=True)
 class RunLog:
     """A run read back: its config and its steps in order."""
@@ -103,14 +115,68 @@ class RunLog:
         return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file, or a ValueError naming the file and the line of the fault."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's ``config.json`` ({} when it has none)."""
+    path = Path(directory) / CONFIG_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def settings_diff(
+    old: dict[str, Any], new: dict[str, Any], free: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
+    """The settings that differ between two configs, as 'name old → new' lines, split into
+    those that change results and those named in ``free`` (by their last dotted part), which
+    do not (the number of steps, the checkpoint interval, …)."""
+    a, b = _flatten(to_jsonable(old)), _flatten(to_jsonable(new))
+    blocking, harmless = [], []
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            line = f"{key} {a.get(key, '<unset>')} → {b.get(key, '<unset>')}"
+            (harmless if key.rsplit(".", 1)[-1] in free else blocking).append(line)
+    return blocking, harmless
+
+
+def check_resumable(
+    directory: str | os.PathLike, config: dict[str, Any], free: frozenset[str]
+) -> list[str]:
+    """Refuse to resume the run in ``directory`` with settings that change results, naming each
+    (and touching nothing); return the harmless differences, for the caller to report."""
+    blocking, harmless = settings_diff(read_config(directory), config, free)
+    if blocking:
+        raise ValueError(
+            f"resume: {directory} was run with other settings ("
+            + "; ".join(blocking)
+            + "); resume it with its own settings, or choose a new directory"
+        )
+    return harmless
+
+
 def read_run(directory: str | os.PathLike) -> RunLog:
     """Read a run directory. A torn last line (a run killed mid-write) is skipped."""
     path = Path(directory)
     steps_path = path / STEPS_FILE
+    if not path.is_dir():
+        raise FileNotFoundError(f"run: {path} is not a run directory")
     if not steps_path.exists():
         raise FileNotFoundError(f"run: {path} has no {STEPS_FILE}")
-    config_path = path / CONFIG_FILE
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = read_config(path)
     lines = steps_path.read_text(encoding="utf-8").splitlines()
     steps = []
     for i, line in enumerate(lines):

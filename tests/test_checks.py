@@ -43,6 +43,36 @@ def test_a_wrong_prediction_fails_the_check(monkeypatch):
     assert all(r.slope < 1.2 for r in report.rows if r.claim == "theorem2")
 
 
+def test_small_logit_scales_pass_as_the_theory_says():
+    """Near a uniform policy the first-order term vanishes and relative errors grow; the check
+    judges those instances by the absolute bound from the second-order term (the README tour)."""
+    report = run_checks(CheckConfig(logit_scales=(0.5, 1.0, 2.0, 4.0)))
+    assert report.passed
+    row = next(
+        r for r in report.rows if (r.claim, r.env, r.lr) == ("theorem2", "bandit-1024", 0.01)
+    )
+    assert row.judged_relative < 32  # some instances left to the absolute bound
+    assert row.abs_bound_share == 1.0
+
+
+def test_an_error_of_second_order_size_but_wrong_factor_fails_the_absolute_bound(monkeypatch):
+    """An error three times the second-order term still has slope 2: the slope alone would pass
+    it, the absolute bound does not."""
+
+    def three_s2(z, env, lr, u):
+        z_new, pred = checks._lemma1(z, env, lr, u)
+        d = z_new - z
+        s2 = checks.second_order_entropy_change(z, d) - checks.first_order_entropy_change(z, d)
+        return z_new, pred - 3 * s2
+
+    monkeypatch.setitem(checks.CLAIMS, Claim.LEMMA1, three_s2)
+    report = run_checks(SMALL)
+    failed = [r for r in report.rows if not r.passed]
+    assert failed and {r.claim for r in failed} == {"lemma1"}
+    assert all(1.8 <= r.slope <= 2.2 for r in failed)
+    assert all(r.abs_bound_share < 0.9 for r in failed)
+
+
 def test_slope_of_a_pure_power_law():
     lrs = np.array([1e-3, 1e-2, 1e-1])
     np.testing.assert_allclose(checks._slope(lrs, np.array([3.0 * lrs**2, 0.5 * lrs**3])), [2, 3])
@@ -79,8 +109,10 @@ def test_cli_check_exits_nonzero_when_a_check_fails(monkeypatch):
 
 
 def test_correlation_is_undefined_for_constants():
-    assert checks.correlation([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) > 0.9
-    assert checks.correlation([1.0, 2.0], [5.0, 5.0]) is None
+    from softmax_theory import correlation
+
+    assert correlation([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) > 0.9
+    assert correlation([1.0, 2.0], [5.0, 5.0]) is None
 
 
 def test_cli_rejects_bad_lists():

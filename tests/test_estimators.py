@@ -156,7 +156,7 @@ def test_extreme_logits_stay_finite():
     assert st_.entropy(z)[1] == pytest.approx(naive_entropy(np.array([0, 0, 0, 1.0])))
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_logits_are_named(bad):
     z = np.array([0.0, bad, 1.0])
     for call in (
@@ -167,6 +167,53 @@ def test_non_finite_logits_are_named(bad):
     ):
         with pytest.raises(ValueError, match="logits"):
             call()
+
+
+MASKED = np.array([[1.0, 2.0, -np.inf, 0.5, -np.inf], [0.3, -np.inf, -1.0, 2.0, 0.0]])
+
+
+def _support(row: np.ndarray) -> np.ndarray:
+    return np.isfinite(row)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda z, d, r: st_.entropy(z),
+        lambda z, d, r: st_.first_order_entropy_change(z, d),
+        lambda z, d, r: st_.second_order_entropy_change(z, d),
+        lambda z, d, r: st_.entropy_change(z, d),
+        lambda z, d, r: st_.npg_entropy_change(z, r, 0.1),
+        lambda z, d, r: st_.pg_entropy_change(z, r, 0.1),
+        lambda z, d, r: st_.covariance(z, st_.log_softmax(z), r),
+    ],
+)
+def test_masked_logits_give_the_quantity_on_the_unmasked_support(fn):
+    """A −inf logit is an action with probability 0: every quantity equals the one computed on
+    the remaining actions alone."""
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal(MASKED.shape)
+    r = rng.random(MASKED.shape)
+    got = np.atleast_1d(fn(MASKED, d, r))
+    for i, row in enumerate(MASKED):
+        keep = _support(row)
+        expected = fn(row[keep], d[i][keep], r[i][keep])
+        assert got[i] == pytest.approx(float(expected), rel=1e-12, abs=1e-15)
+    with pytest.raises(ValueError, match="every action masked"):
+        st_.entropy(np.array([-np.inf, -np.inf]))
+
+
+def test_logits_spanning_the_float_range_stay_finite():
+    # z − max z overflows to −inf for the second entry: its probability is 0, H is 0
+    assert st_.entropy(np.array([1e308, -1e308])) == 0.0
+    assert st_.first_order_entropy_change(np.array([1e308, -1e308]), np.ones(2)) == 0.0
+
+
+def test_a_string_step_size_is_refused():
+    with pytest.raises(ValueError, match="lr: the step size must be a number"):
+        st_.npg_update(np.zeros(3), np.ones(3), "0.1")
+    with pytest.raises(ValueError, match="logits: expected numbers"):
+        st_.entropy(np.array(["a", "b"]))
 
 
 def test_non_finite_delta_and_rewards_are_named():

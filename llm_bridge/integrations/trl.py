@@ -47,7 +47,14 @@ from llm_bridge.rollout import Rollouts
 from softmax_theory.group_advantages import ADVANTAGES, AdvantageEstimator
 from softmax_theory.policy import CovScope, PolicyLossConfig
 from softmax_theory.registry import parse_choice
-from softmax_theory.runlog import STEPS_FILE, RunWriter, read_run, to_jsonable
+from softmax_theory.runlog import (
+    CONFIG_FILE,
+    STEPS_FILE,
+    RunWriter,
+    check_resumable,
+    to_jsonable,
+    truncate_steps,
+)
 from softmax_theory.stats import top_covariance_means
 
 PROBE_DIR = "entropy_probe"
@@ -326,25 +333,13 @@ class EntropyProbeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not self.is_main:
             return
-        config = {
-            **self.run_config,
-            "engine": "trl",
-            "trl": {
-                "per_device_train_batch_size": args.per_device_train_batch_size,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "steps_per_generation": args.steps_per_generation,
-                "num_iterations": args.num_iterations,
-                "num_processes": self.trainer.accelerator.num_processes,
-                "max_steps": args.max_steps,
-            },
-            "policy_loss": to_jsonable(self.trainer.policy_loss),
-            "advantage": self.trainer.advantage.value,
-        }
+        t = self.trainer
+        config = run_dir_config(
+            self.run_config, args, t.accelerator.num_processes, t.policy_loss, t.advantage
+        )
         resuming = self.resume_step is not None and (self.out / STEPS_FILE).exists()
         if resuming:  # drop records of steps after the checkpoint TRL resumes from
-            first = self.resume_step // self.trainer.updates_per_step
-            kept = [s for s in read_run(self.out).steps if s["step"] < first]
-            (self.out / STEPS_FILE).write_text("".join(json.dumps(s) + "\n" for s in kept))
+            truncate_steps(self.out, self.resume_step // self.trainer.updates_per_step)
         self.writer = RunWriter(self.out, config, resume=resuming)
 
     def on_generation(self, out: dict[str, Any], rewards: np.ndarray, group: np.ndarray) -> None:
@@ -451,6 +446,30 @@ class EntropyProbeCallback(TrainerCallback):
             self.writer.close()
 
 
+def run_dir_config(
+    run_config: dict[str, Any],
+    args: GRPOConfig,
+    num_processes: int,
+    policy_loss: PolicyLossConfig,
+    advantage: AdvantageEstimator,
+) -> dict[str, Any]:
+    """What the run directory's config.json records for a TRL-engine run."""
+    return {
+        **run_config,
+        "engine": "trl",
+        "trl": {
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "steps_per_generation": args.steps_per_generation,
+            "num_iterations": args.num_iterations,
+            "num_processes": num_processes,
+            "max_steps": args.max_steps,
+        },
+        "policy_loss": to_jsonable(policy_loss),
+        "advantage": AdvantageEstimator(advantage).value,
+    }
+
+
 def trl_dataset(examples, tokenizer):
     """Examples as TRL wants them: ``prompt`` (BOS + prompt text, the way our rollouts encode
     it) and ``answer``."""
@@ -538,6 +557,7 @@ def train_with_trl(
     resume: bool = False,
     task=None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Path:
     """``llm-bridge train --engine trl``: the same run through TRL's GRPOTrainer.
 
@@ -552,7 +572,7 @@ def train_with_trl(
     clipping. The probe's ``step`` counts GRPO steps (generation batches), as ours.
     """
     from llm_bridge.tiny import load_model
-    from llm_bridge.trainer import load_task
+    from llm_bridge.trainer import RESUME_FREE, load_task
 
     task = task or load_task(cfg)
     out = Path(out)
@@ -562,6 +582,10 @@ def train_with_trl(
     n_proc = int(os.environ.get("WORLD_SIZE", "1"))
     args, val_prompts = grpo_config(cfg, out, task, n_proc)
     checkpoint, resume_step = None, None
+    if resume and (out / CONFIG_FILE).exists():
+        config = run_dir_config(to_jsonable(cfg), args, n_proc, cfg.policy_loss, cfg.advantage)
+        for line in check_resumable(out, config, RESUME_FREE | {"max_steps"}):
+            log(f"resume: changed a setting that does not change results: {line}")
     if resume:
         ckpts = sorted((out / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         if ckpts:

@@ -100,3 +100,26 @@ def test_trl_engine_runs_our_losses_and_writes_the_probe(tiny_model, tmp_path, l
     # the TRL log imports as a run too
     imported = read_run(import_trl(out / "trl", tmp_path / "imported"))
     assert len(imported.steps) >= 4
+
+
+def test_trl_engine_resumes_from_its_checkpoint_and_refuses_other_settings(tiny_model, tmp_path):
+    pytest.importorskip("trl")
+    from llm_bridge import TrainConfig
+    from llm_bridge.integrations.trl import train_with_trl
+
+    base = dict(
+        model=str(tiny_model),
+        prompts_per_step=2,
+        group_size=4,
+        checkpoint_every=1,
+        val_every=0,
+        engine="trl",
+    )
+    out = tmp_path / "run"
+    train_with_trl(TrainConfig(steps=2, **base), out)
+    with pytest.raises(ValueError, match="resume:.*lr 0.0005 → 0.01"):
+        train_with_trl(TrainConfig(steps=3, lr=0.01, **base), out, resume=True)
+    messages = []
+    train_with_trl(TrainConfig(steps=3, **base), out, resume=True, log=messages.append)
+    assert any("steps 2 → 3" in m for m in messages)
+    assert [s["step"] for s in read_run(out).steps] == [0, 1, 2]

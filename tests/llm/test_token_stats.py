@@ -141,3 +141,15 @@ def test_softmax_theory_imports_without_torch():
     code = "import sys, softmax_theory, softmax_theory.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_masked_logits_match_the_unmasked_support():
+    """−inf logits (masked tokens) have probability 0, as in softmax_theory."""
+    import softmax_theory as smt
+
+    z = torch.tensor([[1.0, 2.0, float("-inf"), 0.5], [0.3, float("-inf"), -1.0, 2.0]])
+    h, lp = entropy_and_logprobs(z, torch.tensor([1, 3]))
+    for i in range(2):
+        keep = torch.isfinite(z[i])
+        assert float(h[i]) == pytest.approx(float(smt.entropy(z[i][keep].numpy())), rel=1e-6)
+    assert torch.isfinite(lp).all()
