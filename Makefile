@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[llm,trl,test]'
+	$(PY) -m pip install -q -e '.[llm,trl,math,test]'
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict
@@ -15,17 +14,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llm_bridge.config import Engine, TrainConfig
 from llm_bridge.tiny import TinyConfig
-from softmax_theory.cli_options import build_config, config_options
+from softmax_theory.cli_options import build_config, check_out_dir, config_options, run_cli
 from softmax_theory.policy import PolicyLossConfig
+from softmax_theory.runlog import read_json
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 console = Console(width=140)
 
 TRAIN_RENAME = {"PolicyLossConfig.loss_mode": "loss"}
 
 
 @app.callback()
-def main() -> None:
+def main_callback() -> None:
     """The entropy mechanism on language-model tokens (Cui et al. 2025)."""
 
 
@@ -40,9 +40,10 @@ def pretrain_tiny(
     from llm_bridge.tiny import pretrain_tiny as run_pretrain
 
     cfg = build_config(TinyConfig, options)
+    check_out_dir(out, "--out")  # before minutes of training, not after
     summary_path = out / "pretrain.json"
     if not force and summary_path.exists():
-        if json.loads(summary_path.read_text()).get("config") == asdict(cfg):
+        if read_json(summary_path).get("config") == asdict(cfg):
             console.print(f"{out} already holds this pre-trained model (use --force to redo)")
             return
     summary = run_pretrain(cfg, out, log=console.print)
@@ -79,10 +80,7 @@ def train(
                 stats += f"  val {rec['val_reward']:.3f}"
             progress.update(task, completed=rec["step"] + 1, stats=stats)
 
-        try:
-            run_train(cfg, out, resume=resume, progress=on_step, log=console.print)
-        except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-            raise typer.BadParameter(str(err)) from None
+        run_train(cfg, out, resume=resume, progress=on_step, log=console.print)
     console.print(f"wrote {out}")
     if cfg.engine is Engine.TRL:
         # Everything is written and TRL's trainer has ended its trackers and process group. At
@@ -104,16 +102,17 @@ def compare(
     """Hold each run's measured entropy change against the predictions; fit the law."""
     from llm_bridge.compare import compare_runs, render_report
 
-    try:
-        reports = compare_runs(runs, out, fit_fraction=fit_fraction, n_boot=n_boot)
-    except (ValueError, FileNotFoundError) as err:
-        raise typer.BadParameter(str(err)) from None
+    if out is not None:
+        check_out_dir(out, "--out")
+    reports = compare_runs(runs, out, fit_fraction=fit_fraction, n_boot=n_boot)
     console.print(render_report(reports))
     if out is not None:
         console.print(f"wrote {out}/report.md and figures")
 
 
-import_app = typer.Typer(no_args_is_help=True, help="Import another trainer's logs as a run.")
+import_app = typer.Typer(
+    no_args_is_help=True, help="Import another trainer's logs as a run.", rich_markup_mode=None
+)
 app.add_typer(import_app, name="import")
 
 
@@ -125,10 +124,7 @@ def import_trl_cmd(
     """TRL's log_history (entropy, reward, eval_reward, learning_rate) → a run directory."""
     from llm_bridge.integrations.importers import import_trl
 
-    try:
-        import_trl(trainer_state, out)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        raise typer.BadParameter(str(err)) from None
+    import_trl(trainer_state, out)
     console.print(f"wrote {out}")
 
 
@@ -150,12 +146,14 @@ def import_verl_cmd(
 
     given = {"step": step_key, "entropy": entropy_key, "reward": reward_key, "val": val_key}
     keys = replace(VERL_KEYS, **{k: v for k, v in given.items() if v is not None})
-    try:
-        import_verl(metrics, out, keys)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        raise typer.BadParameter(str(err)) from None
+    import_verl(metrics, out, keys)
     console.print(f"wrote {out}")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``llm-bridge`` entry point."""
+    run_cli(app, argv)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -75,12 +75,8 @@ class TrainConfig:
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     val_every: int = field(default=10, metadata=_help("steps between validations (0: never)"))
     val_prompts: int = field(default=128, metadata=_help("held-out prompts per validation"))
-    probe: bool = field(
-        default=True, metadata=_help("measure ΔH and the predictions (default: on)")
-    )
-    probe_jvp: bool = field(
-        default=True, metadata=_help("also the JVP forecast, pred_jvp (default: on)")
-    )
+    probe: bool = field(default=True, metadata=_help("measure ΔH and the predictions"))
+    probe_jvp: bool = field(default=True, metadata=_help("also the JVP forecast, pred_jvp"))
     probe_every: int = field(default=1, metadata=_help("probe every k-th step"))
     probe_responses: int | None = field(
         default=None,

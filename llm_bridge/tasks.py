@@ -8,7 +8,6 @@ match of the zero-padded answer. A local dataset (JSONL or parquet with ``prompt
 from __future__ import annotations
 
 import enum
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from softmax_theory.registry import parse_choice
+from softmax_theory.runlog import parse_json_line
 
 
 class TaskName(str, enum.Enum):
@@ -98,7 +98,11 @@ def math_verify_reward(response: str, answer: str) -> float:
 def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return [
+                parse_json_line(line, f"dataset: {path} line {i}")
+                for i, line in enumerate(f, start=1)
+                if line.strip()
+            ]
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -124,8 +128,11 @@ def dataset_task(
     if not path.exists():
         raise FileNotFoundError(f"dataset: {path} does not exist")
     rows = _read_rows(path)
-    if not rows or not all("prompt" in r and "answer" in r for r in rows):
-        raise ValueError(f"dataset: every row of {path} needs 'prompt' and 'answer'")
+    if not rows:
+        raise ValueError(f"dataset: {path} holds no rows")
+    for i, r in enumerate(rows, start=1):
+        if "prompt" not in r or "answer" not in r:
+            raise ValueError(f"dataset: row {i} of {path} needs 'prompt' and 'answer'")
     if reward not in ("math", "exact"):
         raise ValueError(f"reward: 'math' or 'exact', got {reward!r}")
     examples = [Example(str(r["prompt"]), str(r["answer"])) for r in rows]
@@ -138,6 +145,26 @@ def dataset_task(
         max_answer_chars=max_answer_chars,
         reward=math_verify_reward if reward == "math" else exact_match,
     )
+
+
+def check_encodable(task: Task, tokenizer) -> None:
+    """Refuse a task whose prompts or answers hold characters the model's tokenizer cannot
+    encode (they become its unknown token): the model could never read the prompt or write the
+    answer, and training would run at reward 0. Names the first such example."""
+    unk = tokenizer.unk_token_id
+    if unk is None:  # byte-level tokenizers encode every string
+        return
+    for split, examples in (("train", task.train), ("test", task.test)):
+        for i, e in enumerate(examples):
+            for field, text in (("prompt", e.prompt), ("answer", e.answer)):
+                if unk in tokenizer.encode(text, add_special_tokens=False):
+                    bad = sorted(
+                        {c for c in text if unk in tokenizer.encode(c, add_special_tokens=False)}
+                    )
+                    raise ValueError(
+                        f"dataset: the {field} of {split} example {i} ({text[:60]!r}) has "
+                        f"characters the model's tokenizer cannot encode: {''.join(bad)!r}"
+                    )
 
 
 def score(task: Task, responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:

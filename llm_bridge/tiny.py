@@ -140,7 +140,9 @@ def pretrain_tiny(cfg: TinyConfig, out: str | os.PathLike, log=print) -> dict:
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
     """A local Hugging Face causal LM and its tokenizer (left padding for generation)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a weights bar per load clutters every command's output
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model: {path} is not a saved Hugging Face model folder")

@@ -38,7 +38,7 @@ from llm_bridge.probe import (
     snapshot,
 )
 from llm_bridge.rollout import Rollouts, make_backend
-from llm_bridge.tasks import Task, dataset_task, score, synthetic_task
+from llm_bridge.tasks import Task, check_encodable, dataset_task, score, synthetic_task
 from llm_bridge.tiny import load_model
 from llm_bridge.token_stats import token_covariance
 from softmax_theory.group_advantages import ADVANTAGES
@@ -144,6 +144,7 @@ class ProbedGRPOTrainer:
         if resume:  # refuse before anything is loaded or written
             for line in check_resumable(self.out, self.run_config, RESUME_FREE):
                 log(f"resume: changed a setting that does not change results: {line}")
+        self.task = load_task(cfg) if task is None else task  # a bad dataset fails first
         # bf16 weights on CUDA; the probe's statistics are computed in fp32/fp64 regardless
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         ckpt = find_checkpoint(self.out) if resume else None
@@ -152,7 +153,7 @@ class ProbedGRPOTrainer:
         if cfg.policy_loss.kl_loss_coef > 0:
             self.ref_model, _ = load_model(cfg.model, self.device, dtype)
             self.ref_model.eval().requires_grad_(False)
-        self.task = load_task(cfg) if task is None else task
+        check_encodable(self.task, self.tokenizer)
         self.backend = make_backend(cfg.backend, self.model, self.tokenizer, cfg.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = (

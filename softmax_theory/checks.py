@@ -32,7 +32,7 @@ from softmax_theory.estimators import (
     pg_entropy_change,
     second_order_entropy_change,
 )
-from softmax_theory.stats import correlation
+from softmax_theory.stats import correlation, resolution
 
 
 class Claim(str, enum.Enum):
@@ -63,8 +63,6 @@ FIRST_ORDER = (Claim.LEMMA1, Claim.THEOREM1, Claim.THEOREM2)
 ABS_BOUND_FACTOR = 2.0
 ABS_BOUND_SHARE = 0.9
 ABS_BOUND_MAX_LR = 0.03
-# The float64 resolution of an entropy change: this many ulps of (1 + H).
-RESOLUTION_ULPS = 64
 
 
 @dataclass(frozen=True)
@@ -213,7 +211,7 @@ class _Measured:
 
 def _measure(claim: Claim, env: TabularEnv, instances: list, lrs: np.ndarray) -> _Measured:
     shape = (len(instances), lrs.size)
-    exact, predicted, shift, curvature, resolution = (np.empty(shape) for _ in range(5))
+    exact, predicted, shift, curvature, floor = (np.empty(shape) for _ in range(5))
     for i, (z, u) in enumerate(instances):
         w = env.state_weights(z)
         for j, lr in enumerate(lrs):
@@ -223,8 +221,8 @@ def _measure(claim: Claim, env: TabularEnv, instances: list, lrs: np.ndarray) ->
             s2 = second_order_entropy_change(z, delta) - first_order_entropy_change(z, delta)
             exact[i, j], predicted[i, j], shift[i, j] = change.within, w @ pred, change.shift
             curvature[i, j] = w @ s2
-            resolution[i, j] = RESOLUTION_ULPS * np.finfo(float).eps * (1 + env.entropy(z))
-    return _Measured(exact, predicted, shift, curvature, resolution)
+            floor[i, j] = resolution(env.entropy(z))
+    return _Measured(exact, predicted, shift, curvature, floor)
 
 
 def _rows(claim: Claim, env: TabularEnv, m: _Measured, lrs: np.ndarray) -> list[CheckRow]:

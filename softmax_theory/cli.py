@@ -1,6 +1,7 @@
 """`softmax-theory`: the command line.
 
-Each command builds a config from its options and calls one library function.
+Each command builds a config from its options and calls one library function. A user's
+mistake ends with one line, ``error: <argument>: <problem>``, and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from softmax_theory.algorithms import AlgoConfig
 from softmax_theory.checks import CheckConfig, CheckReport, run_checks
-from softmax_theory.cli_options import build_config, config_options, parse_list
+from softmax_theory.cli_options import (
+    build_config,
+    check_out_dir,
+    check_out_file,
+    config_options,
+    parse_list,
+    run_cli,
+)
 from softmax_theory.dynamics import EnvConfig, SimConfig
 from softmax_theory.law import (
     N_BOOT,
@@ -27,58 +36,47 @@ from softmax_theory.law import (
     series_from_run,
 )
 from softmax_theory.policy import PolicyLossConfig
-from softmax_theory.registry import parse_choice
-from softmax_theory.runlog import read_run
+from softmax_theory.runlog import STEPS_FILE, read_run
 from softmax_theory.stats import correlation
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 # Wide enough for the tables even when the output is a pipe or a log file (rich assumes 80).
 console = Console(width=140)
 
 
 @app.callback()
-def main() -> None:
+def main_callback() -> None:
     """Exact entropy dynamics of tabular softmax policies (Cui et al. 2025)."""
 
 
-def _help(config_cls: type, name: str) -> str:
-    return {f.name: f for f in dataclasses.fields(config_cls)}[name].metadata.get("help", "")
+def _fmt(x: float | None, spec: str = ".2e") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
-def _floats(text: str, name: str) -> tuple[float, ...]:
-    return parse_list(text, float, name)
+# ---------------------------------------------------------------------------------------------
+# check
+# ---------------------------------------------------------------------------------------------
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    return parse_list(text, int, name)
-
-
-def _config(config_cls: type, **given: Any) -> Any:
-    """Build a config from the options the user gave; the dataclass holds every default."""
-    try:
-        return config_cls(**{k: v for k, v in given.items() if v is not None})
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2e}"
+CHECK_COLUMNS = (
+    "env",
+    "lr",
+    "median rel err",
+    "p90 rel err",
+    "judged rel.",
+    "|err| ≤ 2|S₂|",
+    "corr",
+    "slope",
+    "bounds",
+    "shift share",
+    "ok",
+)
 
 
 def print_check_report(report: CheckReport) -> None:
     for claim in dict.fromkeys(row.claim for row in report.rows):
-        table = Table(title=f"{claim}: predicted vs exact ΔH", show_lines=False)
-        for col in (
-            "env",
-            "lr",
-            "median rel err",
-            "p90 rel err",
-            "corr",
-            "slope",
-            "bounds",
-            "shift share",
-            "ok",
-        ):
+        table = Table(title=f"{claim}: predicted vs exact ΔH")
+        for col in CHECK_COLUMNS:
             table.add_column(col, justify="right")
         for row in (r for r in report.rows if r.claim == claim):
             lo, hi = row.slope_bounds
@@ -90,41 +88,37 @@ def print_check_report(report: CheckReport) -> None:
                 f"{row.lr:g}",
                 _fmt(row.median_rel_error),
                 _fmt(row.p90_rel_error),
-                "n/a" if row.correlation is None else f"{row.correlation:.5f}",
+                "—" if row.judged_relative is None else str(row.judged_relative),
+                _fmt(row.abs_bound_share, ".0%"),
+                _fmt(row.correlation, ".5f"),
                 f"{row.slope:.3f}",
                 bound,
                 f"{row.shift_share:.3f}",
                 "[green]yes[/]" if row.passed else "[red]NO[/]",
             )
         console.print(table)
+    console.print(
+        "judged rel.: instances where the first-order term dominates the second-order term S₂ "
+        "enough for the relative bound to apply; |err| ≤ 2|S₂|: share of instances within the "
+        "absolute bound the theory gives (docs/theory.md §5)."
+    )
 
 
 @app.command()
+@config_options(CheckConfig)
 def check(
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the table as JSON")] = None,
-    lrs: Annotated[str | None, typer.Option(help=_help(CheckConfig, "lrs"))] = None,
-    instances: Annotated[int | None, typer.Option(help=_help(CheckConfig, "instances"))] = None,
-    logit_scales: Annotated[
-        str | None, typer.Option(help=_help(CheckConfig, "logit_scales"))
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the table as JSON to this file")
     ] = None,
-    bandit_actions: Annotated[
-        str | None, typer.Option(help=_help(CheckConfig, "bandit_actions"))
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help=_help(CheckConfig, "seed"))] = None,
+    **options: Any,
 ) -> None:
     """Check Lemma 1, Theorems 1–2 and the second-order term; exit 1 if a tolerance is missed."""
-    config = _config(
-        CheckConfig,
-        lrs=None if lrs is None else _floats(lrs, "lrs"),
-        instances=instances,
-        logit_scales=None if logit_scales is None else _floats(logit_scales, "logit-scales"),
-        bandit_actions=None if bandit_actions is None else _ints(bandit_actions, "bandit-actions"),
-        seed=seed,
-    )
+    config = build_config(CheckConfig, options)
+    if json_out is not None:
+        check_out_file(json_out, "--json")
     report = run_checks(config)
     print_check_report(report)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
         console.print(f"wrote {json_out}")
     failed = [r for r in report.rows if not r.passed]
@@ -134,31 +128,41 @@ def check(
     console.print(f"[green]all {len(report.rows)} checks within the tolerance the theory gives[/]")
 
 
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+
+
 def _interval(lo_hi: tuple[float, float]) -> str:
     return f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]"
 
 
+LAW_COLUMNS = (
+    "run",
+    "reward key",
+    "n",
+    "a",
+    "a 95%",
+    "b",
+    "b 95%",
+    "ceiling b−a",
+    "ceiling 95%",
+    "R²",
+    "RMSE",
+    "forecast RMSE",
+    "final error",
+)
+
+
 def print_law_reports(reports: list[LawReport], fit_fraction: float) -> None:
-    table = Table(title="R = −a·exp(H) + b")
-    for col in (
-        "run",
-        "n",
-        "a",
-        "a 95%",
-        "b",
-        "b 95%",
-        "ceiling b−a",
-        "ceiling 95%",
-        "R²",
-        "RMSE",
-        f"forecast RMSE (fit {fit_fraction:g})",
-        "final error",
-    ):
+    table = Table(title=f"R = −a·exp(H) + b (forecast: fit on the first {fit_fraction:g})")
+    for col in LAW_COLUMNS:
         table.add_column(col, justify="right")
     for rep in reports:
         f, ci, fc = rep.fit, rep.interval, rep.forecast
         table.add_row(
             rep.series.name,
+            rep.series.reward_key,
             str(f.n),
             f"{f.a:.4g}",
             _interval(ci.a),
@@ -166,59 +170,26 @@ def print_law_reports(reports: list[LawReport], fit_fraction: float) -> None:
             _interval(ci.b),
             f"{f.ceiling:.4g}",
             _interval(ci.ceiling),
-            "n/a" if f.r2 is None else f"{f.r2:.3f}",
+            _fmt(f.r2, ".3f"),
             f"{f.rmse:.3g}",
             "n/a" if fc is None else f"{fc.rmse:.3g}",
             "n/a" if fc is None else f"{fc.final_error:+.3g}",
         )
     console.print(table)
     for rep in reports:
+        name = rep.series.name
+        console.print(f"{name}: reward key {rep.series.reward_key} ({rep.fit.n} points)")
+        if rep.series.note:
+            console.print(f"[yellow]{name}: {rep.series.note}[/]")
         if not rep.fit.holds:
             console.print(
-                f"[yellow]{rep.series.name}: the best fit has a = 0 — reward does not rise as "
-                "entropy falls, so the law does not hold for this run[/]"
+                f"[yellow]{name}: the best fit has a = 0 — reward does not rise as entropy "
+                "falls, so the law does not hold for this run[/]"
             )
         if rep.forecast_error is not None:
-            console.print(f"[yellow]{rep.series.name}: no forecast: {rep.forecast_error}[/]")
-
-
-@app.command()
-def fit(
-    runs: Annotated[list[Path], typer.Argument(help="run directories, or CSV files")],
-    fit_fraction: Annotated[
-        float, typer.Option(help="share of points (in step order) the forecast is fitted on")
-    ] = PAPER_FIT_FRACTION,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the intervals")] = N_BOOT,
-    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
-    entropy_col: Annotated[str, typer.Option(help="CSV: the entropy column")] = "entropy",
-    reward_col: Annotated[str, typer.Option(help="CSV: the reward column")] = "reward",
-    step_col: Annotated[str, typer.Option(help="CSV: the step column, if any")] = "step",
-    out: Annotated[Path | None, typer.Option(help="directory for law.png and law.json")] = None,
-) -> None:
-    """Fit the entropy–performance law to runs; print a, b, the ceiling and the forecast error."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    reports = []
-    for path in runs:
-        try:
-            series = (
-                series_from_csv(path, entropy_col, reward_col, step_col)
-                if path.suffix.lower() == ".csv"
-                else series_from_run(read_run(path))
-            )
-            reports.append(law_report(series, fit_fraction, n_boot, rng))
-        except (ValueError, FileNotFoundError) as err:
-            raise typer.BadParameter(f"{path}: {err}", param_hint="RUNS") from None
-    print_law_reports(reports, fit_fraction)
-    if out is not None:
-        from softmax_theory.plots import plot_law
-
-        out.mkdir(parents=True, exist_ok=True)
-        fig, _ = plot_law(reports)
-        fig.savefig(out / "law.png", dpi=120)
-        (out / "law.json").write_text(json.dumps([_law_dict(r) for r in reports], indent=2))
-        console.print(f"wrote {out / 'law.png'} and {out / 'law.json'}")
+            console.print(f"[yellow]{name}: no forecast: {rep.forecast_error}[/]")
+        for warning in rep.warnings:
+            console.print(f"[yellow]{name}: {warning}[/]")
 
 
 def _law_dict(rep: LawReport) -> dict[str, Any]:
@@ -238,7 +209,56 @@ def _law_dict(rep: LawReport) -> dict[str, Any]:
         if fc is None
         else {"n_fit": fc.n_fit, "rmse": fc.rmse, "final_error": fc.final_error},
         "forecast_error": rep.forecast_error,
+        "note": rep.series.note,
+        "warnings": list(rep.warnings),
     }
+
+
+@app.command()
+def fit(
+    runs: Annotated[list[Path], typer.Argument(help="run directories, or CSV files")],
+    fit_fraction: Annotated[
+        float, typer.Option(help="share of points (in step order) the forecast is fitted on")
+    ] = PAPER_FIT_FRACTION,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the intervals")] = N_BOOT,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    entropy_col: Annotated[str, typer.Option(help="CSV: the entropy column")] = "entropy",
+    reward_col: Annotated[
+        str | None,
+        typer.Option(
+            help="CSV column or run-log key of the reward (default: CSV 'reward'; run "
+            "directories: val_reward where there are at least 3 points, else reward)"
+        ),
+    ] = None,
+    step_col: Annotated[str, typer.Option(help="CSV: the step column, if any")] = "step",
+    out: Annotated[Path | None, typer.Option(help="directory for law.png and law.json")] = None,
+) -> None:
+    """Fit the entropy–performance law to runs; print a, b, the ceiling and the forecast error."""
+    if out is not None:
+        check_out_dir(out, "--out")
+    rng = np.random.default_rng(seed)
+    reports = []
+    for path in runs:
+        try:
+            series = (
+                series_from_csv(path, entropy_col, reward_col or "reward", step_col)
+                if path.suffix.lower() == ".csv"
+                else series_from_run(read_run(path), reward_col)
+            )
+            reports.append(law_report(series, fit_fraction, n_boot, rng))
+        except (ValueError, FileNotFoundError) as err:
+            message = str(err)
+            raise ValueError(
+                f"RUNS: {message if str(path) in message else f'{path}: {message}'}"
+            ) from None
+    print_law_reports(reports, fit_fraction)
+    if out is not None:
+        from softmax_theory.plots import plot_law
+
+        fig, _ = plot_law(reports)
+        fig.savefig(out / "law.png", dpi=120)
+        (out / "law.json").write_text(json.dumps([_law_dict(r) for r in reports], indent=2))
+        console.print(f"wrote {out / 'law.png'} and {out / 'law.json'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +273,9 @@ SIM_RENAME = {
     "PolicyLossConfig.loss_mode": "loss",
     "SimConfig.cov_table_steps": "cov_table",
 }
+# Settings that mean nothing in the tabular world: a GRPO step there is one batch, so every
+# selection scope is the same.
+SIM_EXCLUDE = frozenset({"cov_scope"})
 
 
 def _sim_configs(options: dict[str, Any]) -> tuple[EnvConfig, SimConfig]:
@@ -263,10 +286,25 @@ def _sim_configs(options: dict[str, Any]) -> tuple[EnvConfig, SimConfig]:
     return env_cfg, sim_cfg
 
 
+SUMMARY_COLUMNS = (
+    "steps",
+    "H start → end",
+    "J start → end",
+    "median rel err (Lemma 1)",
+    "median |err|",
+    "corr ΔH vs Lemma 1",
+    "corr within vs Lemma 1",
+)
+
+
 @app.command()
-@config_options(EnvConfig, SimConfig, AlgoConfig, PolicyLossConfig, rename=SIM_RENAME)
+@config_options(
+    EnvConfig, SimConfig, AlgoConfig, PolicyLossConfig, rename=SIM_RENAME, exclude=SIM_EXCLUDE
+)
 def simulate(
-    out: Annotated[Path | None, typer.Option(help="run directory to write")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory to write (a new one: no resume)")
+    ] = None,
     **options: Any,
 ) -> None:
     """Run one algorithm on one environment; print the run's summary and write its run log."""
@@ -275,36 +313,34 @@ def simulate(
     from softmax_theory.sweep import summarise
 
     env_cfg, sim_cfg = _sim_configs(options)
+    if out is not None:
+        check_out_dir(out, "--out")
+        if (out / STEPS_FILE).exists():
+            raise FileExistsError(
+                f"out: {out} already holds a run, and simulate has no resume (a tabular run "
+                "takes seconds): choose a new directory"
+            )
     env = make_env(env_cfg)
     result = run_simulation(env, sim_cfg, out=out)
-    row = summarise(result, sim_cfg.seed)
+    cell = (sim_cfg.algo.algo.value, sim_cfg.lr, sim_cfg.seed)
+    row = summarise(result.records, cell)
     table = Table(title=f"{sim_cfg.algo.algo.value} on {env.name}, η = {sim_cfg.lr:g}")
-    for col in (
-        "steps",
-        "H start → end",
-        "J start → end",
-        "median rel err (Lemma 1)",
-        "corr ΔH vs Lemma 1",
-        "corr within vs Lemma 1",
-    ):
+    for col in SUMMARY_COLUMNS:
         table.add_column(col, justify="right")
     table.add_row(
         str(sim_cfg.steps),
         f"{row.initial_entropy:.4f} → {row.final_entropy:.4f}",
         f"{row.initial_reward:.4f} → {row.final_reward:.4f}",
-        "n/a" if row.median_rel_error is None else f"{row.median_rel_error:.2e}",
-        _corr(row.correlation),
-        _corr(row.correlation_within),
+        _fmt(row.median_rel_error),
+        _fmt(row.median_abs_error),
+        _fmt(row.correlation, ".4f"),
+        _fmt(row.correlation_within, ".4f"),
     )
     console.print(table)
     for t in result.cov_tables:
         print_cov_table(t)
     if out is not None:
         console.print(f"wrote {out}")
-
-
-def _corr(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 def print_cov_table(t: Any) -> None:
@@ -314,94 +350,119 @@ def print_cov_table(t: Any) -> None:
     table.add_row(*(f"{v:.4g}" for v in t.top_means.values()))
     console.print(table)
     if t.prompt_accuracy:
-        import numpy as np
-
         acc, cov = np.array(t.prompt_accuracy), np.array(t.prompt_cov)
         console.print(
             f"per prompt (paper Fig. 8): corr(accuracy, exact Cov(log π, A)) = "
-            f"{_corr(correlation(acc, cov))} over {acc.size} prompts"
+            f"{_fmt(correlation(acc, cov), '.4f')} over {acc.size} prompts"
         )
 
 
-@app.command()
-@config_options(EnvConfig, SimConfig, AlgoConfig, PolicyLossConfig, rename=SIM_RENAME)
-def sweep(
-    algos: Annotated[
-        str, typer.Option("--algos", help="comma-separated algorithms")
-    ] = "pg,npg,grpo",
-    lrs: Annotated[str, typer.Option("--lrs", help="comma-separated step sizes")] = "0.01,0.1,1",
-    seeds: Annotated[int, typer.Option(help="seeds per (algo, lr)")] = 1,
-    out: Annotated[Path | None, typer.Option(help="directory for sweep.csv and figures")] = None,
-    **options: Any,
-) -> None:
-    """Run the grid algo × lr × seed; print a table per (algo, lr); write sweep.csv and figures."""
-    import csv
-
-    import numpy as np
-    from rich.progress import Progress
-
-    from softmax_theory.algorithms import Algo
-    from softmax_theory.sweep import run_sweep
-
-    options.pop("algo", None)
-    options.pop("lr", None)
-    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
-    try:
-        algo_list = [parse_choice(Algo, a, "algos").value for a in algo_list]
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    lr_list = _floats(lrs, "lrs")
-    env_cfg, base = _sim_configs(options)
-    total = len(algo_list) * len(lr_list) * seeds
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("simulating", total=total)
-        rows, results = run_sweep(
-            env_cfg, algo_list, lr_list, seeds, base, on_run=lambda: progress.advance(task)
-        )
-    table = Table(title=f"sweep on {env_cfg.name.value}, {base.steps} steps, {seeds} seed(s)")
+def _sweep_table(rows: list, env_name: str, steps: int, seeds: int) -> Table:
+    table = Table(title=f"sweep on {env_name}, {steps} steps, {seeds} seed(s)")
     for col in (
         "algo",
         "lr",
+        "runs",
         "median rel err (Lemma 1)",
-        "corr ΔH vs Lemma 1",
+        "median |err|",
         "final H",
         "final J",
     ):
         table.add_column(col, justify="right")
+    for key in dict.fromkeys((r.algo, r.lr) for r in rows):
+        sel = [r for r in rows if (r.algo, r.lr) == key]
 
-    def med(values: list) -> float:
-        values = [v for v in values if v is not None]
-        return float(np.median(values)) if values else float("nan")
+        def med(field: str, sel=sel) -> float | None:
+            vals = [getattr(r, field) for r in sel if getattr(r, field) is not None]
+            return float(np.median(vals)) if vals else None
 
-    for a in algo_list:
-        for lr in lr_list:
-            sel = [r for r in rows if r.algo == a and r.lr == lr]
-            err, corr = med([r.median_rel_error for r in sel]), med([r.correlation for r in sel])
-            table.add_row(
-                a,
-                f"{lr:g}",
-                "n/a" if np.isnan(err) else f"{err:.2e}",
-                "n/a" if np.isnan(corr) else f"{corr:.4f}",
-                f"{med([r.final_entropy for r in sel]):.4f}",
-                f"{med([r.final_reward for r in sel]):.4f}",
-            )
-    console.print(table)
+        table.add_row(
+            key[0],
+            f"{key[1]:g}",
+            str(len(sel)),
+            _fmt(med("median_rel_error")),
+            _fmt(med("median_abs_error")),
+            _fmt(med("final_entropy"), ".4f"),
+            _fmt(med("final_reward"), ".4f"),
+        )
+    return table
+
+
+@app.command()
+@config_options(
+    EnvConfig,
+    SimConfig,
+    AlgoConfig,
+    PolicyLossConfig,
+    rename=SIM_RENAME,
+    exclude=SIM_EXCLUDE | {"algo", "lr"},
+)
+def sweep(
+    algo: Annotated[
+        str, typer.Option("--algo", "--algos", help="comma-separated algorithms")
+    ] = "pg,npg,grpo",
+    lr: Annotated[
+        str, typer.Option("--lr", "--lrs", help="comma-separated step sizes η")
+    ] = "0.01,0.1,1",
+    seeds: Annotated[
+        int,
+        typer.Option(help="sampling seeds per cell, from --seed on (pg and npg are exact: one)"),
+    ] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="directory for config.json, sweep.csv, runs/ and the figures"),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue the sweep in --out, running only missing cells")
+    ] = False,
+    **options: Any,
+) -> None:
+    """Run the grid algo × η × seed; each finished cell is written at once (a run directory and
+    a row of sweep.csv), so an interrupted sweep keeps its work and --resume finishes it."""
+    from rich.progress import Progress
+
+    from softmax_theory.sweep import run_sweep
+
+    algos = list(parse_list(algo, str, "--algo"))
+    lrs = list(parse_list(lr, float, "--lr"))
+    env_cfg, base = _sim_configs(options)
+    for x in lrs:  # every cell is valid before anything is written
+        dataclasses.replace(base, lr=x)
+    if resume and out is None:
+        raise ValueError("resume: give the sweep's directory with --out")
+    if out is not None:
+        check_out_dir(out, "--out")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating")
+        rows, curves = run_sweep(
+            env_cfg,
+            algos,
+            lrs,
+            seeds,
+            base,
+            out=out,
+            resume=resume,
+            on_run=lambda cell, old: progress.advance(task),
+        )
+    console.print(_sweep_table(rows, env_cfg.name.value, base.steps, seeds))
+    if any(a in ("pg", "npg") for a in algos) and seeds > 1:
+        console.print("pg and npg are exact (they sample nothing): one run per η")
     if out is not None:
         from softmax_theory.plots import plot_delta_scatter, plot_error_vs_lr, plot_sweep_curves
 
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "sweep.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(rows[0])])
-            writer.writeheader()
-            writer.writerows(dataclasses.asdict(r) for r in rows)
         for name, (fig, _) in {
-            "curves.png": plot_sweep_curves(results),
-            "delta_scatter.png": plot_delta_scatter(results),
+            "curves.png": plot_sweep_curves(curves),
+            "delta_scatter.png": plot_delta_scatter(curves),
             "error_vs_lr.png": plot_error_vs_lr(rows),
         }.items():
             fig.savefig(out / name, dpi=110)
-        console.print(f"wrote {out}/sweep.csv and figures")
+        console.print(f"wrote {out}/sweep.csv, {out}/runs and figures")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``softmax-theory`` entry point."""
+    run_cli(app, argv)
 
 
 if __name__ == "__main__":
-    app()
+    main()

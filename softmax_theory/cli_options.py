@@ -1,8 +1,9 @@
-"""Typer options generated from frozen config dataclasses.
+"""What both command lines share: options generated from the config dataclasses, one-line
+user errors, and checks of output paths made before any work starts.
 
 A command declares which config classes it builds; every scalar field becomes a ``--flag`` with
-the field's help string and no default of its own (an absent flag leaves the dataclass default
-in force), so each default and each help text has exactly one home: the dataclass.
+the field's help string and its default (an absent flag leaves the dataclass default in force),
+so each default and each help text has exactly one home: the dataclass.
 """
 
 from __future__ import annotations
@@ -11,12 +12,91 @@ import dataclasses
 import enum
 import functools
 import inspect
+import json
+import os
+import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+# Exceptions that mean a user's mistake (each names the argument): one line and exit code 2.
+# Anything else is our bug and keeps its traceback. ENTROPY_MECHANISM_DEBUG=1 shows tracebacks
+# for these too.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    json.JSONDecodeError,
+)
+USAGE_EXIT = 2
+INTERRUPT_EXIT = 130
+
+
+def run_cli(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run a command line: a user's mistake ends with ``error: <argument>: <problem>`` on one
+    line and exit code 2; an interrupt with its message and exit code 130."""
+    debug = os.environ.get("ENTROPY_MECHANISM_DEBUG") == "1"
+    try:
+        # outside standalone mode a command's typer.Exit(code) comes back as the return value
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, typer.Abort) as err:
+        print(str(err) or "interrupted", file=sys.stderr)
+        sys.exit(INTERRUPT_EXIT)
+    except typer.TyperException as err:  # typer's own parsing: unknown option, bad number, …
+        if debug:
+            raise
+        flag = _flag(err)
+        message = err.message if isinstance(err, typer.BadParameter) else err.format_message()
+        print(f"error: {flag}: {message}" if flag else f"error: {message}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+
+
+def _flag(err: typer.TyperException) -> str | None:
+    """The option a parsing error is about, as the user typed it."""
+    hint = getattr(err, "param_hint", None)
+    if hint:
+        return "/".join(hint) if isinstance(hint, list | tuple) else str(hint)
+    param = getattr(err, "param", None)
+    return None if param is None else "/".join(param.opts) or param.name
+
+
+def check_out_dir(path: Path, flag: str) -> Path:
+    """A directory the command will write into: created if missing; refused when it is a file
+    or cannot be written. Checked before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag}: {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"{flag}: cannot create {path} ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag}: {path} is not writable")
+    return path
+
+
+def check_out_file(path: Path, flag: str) -> Path:
+    """A file the command will write: not a directory, in a writable (created) directory."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag}: {path} is a directory; give a file name")
+    check_out_dir(path.parent if str(path.parent) else Path("."), flag)
+    return path
+
 
 # A flag given this word sets an optional field whose default is not None to None (e.g.
 # ``--clip-ratio-c none`` switches dual-clip off).
@@ -49,7 +129,7 @@ def parse_list(text: str, item: type, flag: str) -> tuple:
     try:
         return tuple(item(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(
+        raise ValueError(
             f"{flag}: expected comma-separated {item.__name__} values, got {text!r}"
         ) from None
 
@@ -67,9 +147,7 @@ def _parse(value: Any, tp: Any, flag: str) -> Any:
         try:
             return tp(value)
         except ValueError:
-            raise typer.BadParameter(
-                f"{flag}: expected a {tp.__name__} or 'none', got {value!r}"
-            ) from None
+            raise ValueError(f"{flag}: expected a {tp.__name__} or 'none', got {value!r}") from None
     return value
 
 
@@ -83,12 +161,34 @@ def scalar_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     ]
 
 
-def config_options(*classes: type, rename: dict[str, str] | None = None) -> Callable:
+def _with_default(help_text: str, default: Any) -> str:
+    """The help text with its default, unless the text already says it."""
+    if "default" in help_text:
+        return help_text
+    if isinstance(default, enum.Enum):
+        default = default.value
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, tuple):
+        shown = ",".join(map(str, default)) if default else "none"
+    elif default in (None, ""):
+        return help_text
+    else:
+        shown = default
+    return f"{help_text} (default: {shown})"
+
+
+def config_options(
+    *classes: type,
+    rename: dict[str, str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> Callable:
     """Add one option per scalar field of ``classes`` to a typer command.
 
     ``rename`` maps ``Class.field`` (or ``field``) to the parameter name used on the command
-    line, for fields whose names collide or read badly (``EnvConfig.name`` → ``env``). The
-    command receives them in ``**options`` and builds its configs with ``build_config``.
+    line, for fields whose names collide or read badly (``EnvConfig.name`` → ``env``);
+    ``exclude`` names parameters the command declares itself or does not offer. The command
+    receives them in ``**options`` and builds its configs with ``build_config``.
     """
     rename = rename or {}
 
@@ -105,17 +205,14 @@ def config_options(*classes: type, rename: dict[str, str] | None = None) -> Call
         for cls in classes:
             for f, tp in scalar_fields(cls):
                 name = rename.get(f"{cls.__name__}.{f.name}", rename.get(f.name, f.name))
+                if name in exclude:
+                    continue
                 if name in taken:
                     raise TypeError(f"config_options: option {name!r} defined twice; rename it")
                 taken.add(name)
                 default = f.default if f.default is not dataclasses.MISSING else None
                 base = _base_type(tp, default)
-                help_text = f.metadata.get("help", "")
-                if isinstance(default, enum.Enum):
-                    default = default.value
-                if default not in (None, ()) and not isinstance(default, bool):
-                    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-                    help_text += f" (default: {shown})"
+                help_text = _with_default(f.metadata.get("help", ""), default)
                 params.append(
                     inspect.Parameter(
                         name,
@@ -150,7 +247,4 @@ def build_config(
         value = options.get(name)
         if value is not None:
             given[f.name] = _parse(value, tp, "--" + name.replace("_", "-"))
-    try:
-        return cls(**given, **nested)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+    return cls(**given, **nested)

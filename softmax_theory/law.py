@@ -240,28 +240,48 @@ def fit_coefficient_scaling(model_sizes: np.ndarray, values: np.ndarray) -> Scal
 
 @dataclass(frozen=True)
 class LawSeries:
-    """(step, entropy, reward) points in step order, and which reward key they use."""
+    """(step, entropy, reward) points in step order, which reward key they use, and why."""
 
     name: str
     steps: np.ndarray
     entropy: np.ndarray
     reward: np.ndarray
     reward_key: str
+    note: str | None = None  # why this key, when it is not the one asked for or the usual one
+    reward_max: float | None = None  # the task's largest possible reward, when the run says
 
 
-def series_from_run(run: RunLog) -> LawSeries:
-    """Entropy and reward from a run log: ``val_reward`` where measured, else ``reward``."""
-    key = "val_reward" if any("val_reward" in s for s in run.steps) else "reward"
-    rows = [s for s in run.steps if key in s and "entropy" in s]
+def series_from_run(run: RunLog, reward_key: str | None = None) -> LawSeries:
+    """Entropy and reward from a run log.
+
+    With ``reward_key`` that key; otherwise ``val_reward`` where the run has at least
+    ``MIN_POINTS`` of them (the paper fits validation reward), else ``reward`` with a note.
+    """
+    note = None
+    if reward_key is None:
+        n_val = sum(1 for s in run.steps if "val_reward" in s and "entropy" in s)
+        reward_key = "val_reward" if n_val >= MIN_POINTS else "reward"
+        if 0 < n_val < MIN_POINTS:
+            note = (
+                f"{n_val} validation point(s) are too few to fit; using the training reward "
+                "(--reward-col val_reward to insist)"
+            )
+    rows = [s for s in run.steps if reward_key in s and "entropy" in s]
     if not rows:
-        raise ValueError(f"run: {run.path} has no step with both 'entropy' and '{key}'")
+        keys = sorted({k for s in run.steps for k in s})
+        raise ValueError(
+            f"reward-col: {run.path} has no step with both 'entropy' and '{reward_key}' "
+            f"(keys: {', '.join(keys)})"
+        )
     rows.sort(key=lambda s: s["step"])
     return LawSeries(
         name=run.name,
         steps=np.array([s["step"] for s in rows]),
         entropy=np.array([s["entropy"] for s in rows], dtype=np.float64),
-        reward=np.array([s[key] for s in rows], dtype=np.float64),
-        reward_key=key,
+        reward=np.array([s[reward_key] for s in rows], dtype=np.float64),
+        reward_key=reward_key,
+        note=note,
+        reward_max=run.config.get("reward_max"),
     )
 
 
@@ -301,6 +321,37 @@ class LawReport:
     interval: LawInterval
     forecast: LawForecast | None
     forecast_error: str | None  # why there is no forecast, when there is none
+    warnings: tuple[str, ...] = ()  # what a reader must know before trusting the numbers
+
+
+# Fewer points than this: the fit is reported with a warning.
+FEW_POINTS = 10
+
+
+def law_warnings(series: LawSeries, fit: LawFit, forecast: LawForecast | None) -> list[str]:
+    """What makes a fit untrustworthy, in words: too few points, a ceiling beyond any reward
+    seen or possible, a forecast that leaves the range of rewards seen."""
+    out = []
+    if fit.n < FEW_POINTS:
+        out.append(f"only {fit.n} points: the fit and its intervals are rough")
+    lo, hi = float(series.reward.min()), float(series.reward.max())
+    if fit.holds and fit.ceiling > hi:
+        out.append(
+            f"the ceiling b − a = {fit.ceiling:.4g} exceeds the largest reward seen ({hi:.4g})"
+        )
+    if fit.holds and series.reward_max is not None and fit.ceiling > series.reward_max:
+        out.append(
+            f"the ceiling b − a = {fit.ceiling:.4g} exceeds the task's maximum reward "
+            f"({series.reward_max:g}): it is not reachable"
+        )
+    if forecast is not None:
+        outside = (forecast.predicted < lo) | (forecast.predicted > hi)
+        if outside.any():
+            out.append(
+                f"the forecast leaves the range of rewards seen [{lo:.4g}, {hi:.4g}] at "
+                f"{int(outside.sum())} of {outside.size} points"
+            )
+    return out
 
 
 def law_report(
@@ -317,5 +368,10 @@ def law_report(
     except ValueError as err:
         forecast, reason = None, str(err)
     return LawReport(
-        series=series, fit=fit, interval=interval, forecast=forecast, forecast_error=reason
+        series=series,
+        fit=fit,
+        interval=interval,
+        forecast=forecast,
+        forecast_error=reason,
+        warnings=tuple(law_warnings(series, fit, forecast)),
     )

@@ -123,6 +123,17 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
 
 
+def parse_json_line(line: str, where: str) -> dict[str, Any]:
+    """One JSON object of a JSON-lines file; ``where`` names the file and line for errors."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """A run directory's ``config.json`` ({} when it has none)."""
     path = Path(directory) / CONFIG_FILE

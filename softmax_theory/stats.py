@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The float64 resolution of an entropy change: this many ulps of (1 + H). Below it, a measured
+# or predicted ΔH is a numerical zero, and a ratio of two such zeros means nothing.
+RESOLUTION_ULPS = 64
+
 # The paper's Table 1 groups: mean covariance over the top q of tokens.
 COV_TABLE_QUANTILES = (0.0002, 0.002, 0.02, 0.2, 0.5, 1.0)
 
@@ -14,6 +18,27 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def resolution(entropy: np.ndarray, eps: float = float(np.finfo(np.float64).eps)) -> np.ndarray:
+    """The smallest entropy change distinguishable from rounding at entropy H: 64·eps·(1 + H)."""
+    return RESOLUTION_ULPS * eps * (1.0 + np.abs(np.asarray(entropy, dtype=np.float64)))
+
+
+def relative_errors(
+    measured: np.ndarray,
+    predicted: np.ndarray,
+    entropy: np.ndarray,
+    eps: float = float(np.finfo(np.float64).eps),
+) -> np.ndarray:
+    """|predicted − measured| / |measured| where either exceeds the resolution of the entropies
+    involved (``resolution``); NaN where both are numerical zeros (report the absolute error
+    there). A measured change below the resolution counts as the resolution."""
+    m = np.asarray(measured, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    floor = resolution(entropy, eps)
+    rel = np.abs(p - m) / np.maximum(np.abs(m), floor)
+    return np.where(np.maximum(np.abs(m), np.abs(p)) > floor, rel, np.nan)
 
 
 def top_covariance_means(cov: np.ndarray) -> dict[str, float]:

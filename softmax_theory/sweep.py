@@ -1,15 +1,40 @@
-"""A grid of simulations (algorithm × step size × seed) and its per-run summary."""
+"""A grid of simulations (algorithm × step size × seed), written as it goes.
+
+With an output directory, each finished cell is a run directory of its own (``runs/<cell>``,
+the run-log contract) and a row appended to ``sweep.csv``, so an interrupted sweep keeps every
+finished cell and ``resume`` runs only the missing ones. PG and NPG are exact (they sample
+nothing), so they run once per step size whatever the number of seeds.
+"""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import json
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from softmax_theory.algorithms import Algo
-from softmax_theory.dynamics import EnvConfig, SimConfig, SimResult, make_env, simulate
-from softmax_theory.stats import correlation
+from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
+from softmax_theory.runlog import CONFIG_FILE, check_resumable, read_json, read_run, to_jsonable
+from softmax_theory.stats import correlation, relative_errors
+
+SWEEP_FILE = "sweep.csv"
+RUNS_DIR = "runs"
+# Algorithms whose step is exact: their runs do not depend on the seed.
+EXACT_ALGOS = frozenset({Algo.PG, Algo.NPG})
+# The grid may grow on resume (more algorithms, step sizes or seeds): finished cells keep.
+SWEEP_FREE = frozenset({"algos", "lrs", "seeds"})
+CURVE_KEYS = ("entropy", "reward", "delta_within", "pred_lemma1")
+
+Curves = dict[str, np.ndarray]
+Cell = tuple[str, float, int]  # (algo, η, seed)
 
 
 @dataclass(frozen=True)
@@ -20,6 +45,8 @@ class SweepRow:
     lr: float
     seed: int
     median_rel_error: float | None  # of pred_lemma1 against the within-state ΔH, over steps
+    median_abs_error: float  # … absolute, over every step
+    rel_error_steps: int  # steps where ΔH or the prediction exceeds the float resolution
     correlation: float | None  # of pred_lemma1 against the measured total ΔH, over steps
     correlation_within: float | None  # … against the within-state part
     initial_entropy: float
@@ -28,49 +55,168 @@ class SweepRow:
     final_reward: float
 
 
-def summarise(result: SimResult, seed: int) -> SweepRow:
-    pred = result.series("pred_lemma1")
-    within = result.series("delta_within")
-    total = result.series("delta_entropy")
-    moved = np.abs(within) > 0  # steps whose update changed nothing have no relative error
-    rel = np.abs(pred[moved] - within[moved]) / np.abs(within[moved])
-    h, r = result.series("entropy"), result.series("reward")
+def cell_name(algo: str, lr: float, seed: int) -> str:
+    return f"{algo}_lr{lr:g}_seed{seed}"
+
+
+def summarise(records: Sequence[dict[str, Any]], cell: Cell) -> SweepRow:
+    """A run's row from its records: errors of Lemma 1 against the within-state ΔH (relative
+    only where either side exceeds the float64 resolution of the entropies involved)."""
+    pred = np.array([r["pred_lemma1"] for r in records])
+    within = np.array([r["delta_within"] for r in records])
+    total = np.array([r["delta_entropy"] for r in records])
+    h = np.array([r["entropy"] for r in records] + [records[-1]["entropy_after"]])
+    rel = relative_errors(within, pred, h[:-1])
+    algo, lr, seed = cell
     return SweepRow(
-        algo=result.config.algo.algo.value,
-        lr=result.config.lr,
+        algo=algo,
+        lr=lr,
         seed=seed,
-        median_rel_error=float(np.median(rel)) if rel.size else None,
+        median_rel_error=float(np.nanmedian(rel)) if np.isfinite(rel).any() else None,
+        median_abs_error=float(np.median(np.abs(pred - within))),
+        rel_error_steps=int(np.isfinite(rel).sum()),
         correlation=correlation(total, pred),
         correlation_within=correlation(within, pred),
         initial_entropy=float(h[0]),
-        final_entropy=result.final_entropy,
-        initial_reward=float(r[0]),
-        final_reward=result.final_reward,
+        final_entropy=float(h[-1]),
+        initial_reward=float(records[0]["reward"]),
+        final_reward=float(records[-1]["reward"]),
     )
+
+
+def sweep_cells(algos: Sequence[str], lrs: Sequence[float], seeds: Sequence[int]) -> list[Cell]:
+    """The grid; exact algorithms get the first seed only."""
+    if not algos:
+        raise ValueError("algo: give at least one algorithm")
+    if not lrs:
+        raise ValueError("lr: give at least one step size")
+    if not seeds:
+        raise ValueError("seeds: need at least 1")
+    cells = []
+    for a in algos:
+        algo = Algo(a)
+        for lr in lrs:
+            for seed in seeds[:1] if algo in EXACT_ALGOS else seeds:
+                cells.append((algo.value, float(lr), int(seed)))
+    return cells
+
+
+def _read_rows(path: Path) -> dict[Cell, SweepRow]:
+    """The finished rows of a sweep.csv (by cell)."""
+    if not path.exists():
+        return {}
+    kinds = {f.name: f.type for f in dataclasses.fields(SweepRow)}
+    rows = {}
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            values = {}
+            for name, text in raw.items():
+                kind = kinds[name]
+                if text == "":
+                    values[name] = None
+                elif "int" in kind:
+                    values[name] = int(text)
+                elif "float" in kind:
+                    values[name] = float(text)
+                else:
+                    values[name] = text
+            row = SweepRow(**values)
+            rows[(row.algo, row.lr, row.seed)] = row
+    return rows
+
+
+def _append_row(path: Path, row: SweepRow) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(SweepRow)])
+        if new:
+            writer.writeheader()
+        writer.writerow(dataclasses.asdict(row))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _curves(records: Sequence[dict[str, Any]]) -> Curves:
+    return {k: np.array([r[k] for r in records if k in r], dtype=np.float64) for k in CURVE_KEYS}
+
+
+def sweep_config(
+    env_config: EnvConfig, algos: Sequence[str], lrs: Sequence[float], seeds: int, base: SimConfig
+) -> dict[str, Any]:
+    """What a sweep directory's config.json records."""
+    return {
+        "env": to_jsonable(env_config),
+        "base": to_jsonable(base),
+        "algos": list(algos),
+        "lrs": [float(x) for x in lrs],
+        "seeds": seeds,
+    }
 
 
 def run_sweep(
     env_config: EnvConfig,
-    algos: Sequence[Algo | str],
+    algos: Sequence[str],
     lrs: Sequence[float],
     seeds: int,
     base: SimConfig,
-    on_run: Callable[[], None] | None = None,
-) -> tuple[list[SweepRow], dict[tuple[str, float, int], SimResult]]:
-    """Every (algo, lr, seed) on the same environment; ``on_run`` is called after each run."""
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_run: Callable[[Cell, bool], None] | None = None,
+) -> tuple[list[SweepRow], dict[Cell, Curves]]:
+    """Every cell of the grid on one environment; with ``out``, each is written when it ends.
+
+    Args:
+      seeds: seeds per cell (``base.seed`` … ``base.seed + seeds − 1``: the sampling seed).
+      resume: continue the sweep in ``out``: its finished cells are read back, not rerun; the
+        environment and the base settings must be the ones it was started with.
+      on_run: called with each cell and whether it was read back (True) or run.
+    Returns:
+      rows and curves (entropy, reward, ΔH within states, Lemma 1) by cell, in grid order.
+    """
     if seeds < 1:
         raise ValueError(f"seeds: need at least 1, got {seeds}")
+    cells = sweep_cells(algos, lrs, range(base.seed, base.seed + seeds))
+    configs = {
+        c: replace(base, lr=c[1], seed=c[2], algo=replace(base.algo, algo=c[0])) for c in cells
+    }
+    done: dict[Cell, SweepRow] = {}
+    out_dir = None if out is None else Path(out)
+    if out_dir is not None:
+        done = _open_sweep(out_dir, sweep_config(env_config, algos, lrs, seeds, base), resume)
     env = make_env(env_config)
-    rows, results = [], {}
-    for algo in algos:
-        for lr in lrs:
-            for seed in range(seeds):
-                cfg = replace(
-                    base, lr=lr, seed=base.seed + seed, algo=replace(base.algo, algo=Algo(algo))
-                )
-                res = simulate(env, cfg)
-                rows.append(summarise(res, seed))
-                results[(Algo(algo).value, float(lr), seed)] = res
-                if on_run is not None:
-                    on_run()
-    return rows, results
+    rows, curves = [], {}
+    for cell in cells:
+        run_dir = None if out_dir is None else out_dir / RUNS_DIR / cell_name(*cell)
+        if cell in done:
+            rows.append(done[cell])
+            curves[cell] = _curves(read_run(run_dir).steps)
+        else:
+            if run_dir is not None and run_dir.exists():  # a cell interrupted mid-run
+                shutil.rmtree(run_dir)
+            result = simulate(env, configs[cell], out=run_dir)
+            rows.append(summarise(result.records, cell))
+            curves[cell] = _curves(result.records)
+            if out_dir is not None:
+                _append_row(out_dir / SWEEP_FILE, rows[-1])
+        if on_run is not None:
+            on_run(cell, cell in done)
+    return rows, curves
+
+
+def _open_sweep(out: Path, config: dict[str, Any], resume: bool) -> dict[Cell, SweepRow]:
+    """Prepare ``out`` for a sweep; return its finished rows when resuming."""
+    table = out / SWEEP_FILE
+    if resume and (out / CONFIG_FILE).exists():
+        check_resumable(out, config, SWEEP_FREE)
+        finished = _read_rows(table)
+    elif table.exists() and table.stat().st_size > 0:
+        raise FileExistsError(
+            f"out: {out} already holds a sweep; choose a new directory or --resume"
+        )
+    else:
+        finished = {}
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / CONFIG_FILE).exists():
+        config = {**read_json(out / CONFIG_FILE), **{k: config[k] for k in SWEEP_FREE}}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return finished

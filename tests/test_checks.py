@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from softmax_theory import checks
 from softmax_theory.checks import CheckConfig, Claim, run_checks
-from softmax_theory.cli import app
+from softmax_theory.cli import main
 
 SMALL = CheckConfig(instances=6, lrs=(1e-3, 1e-2, 1e-1), bandit_actions=(4, 64))
 
@@ -85,11 +84,9 @@ def test_bad_config_is_named():
         CheckConfig(instances=1)
 
 
-def test_cli_check_writes_json_and_exits_zero(tmp_path):
+def test_cli_check_writes_json_and_exits_zero(tmp_path, cli):
     out = tmp_path / "check.json"
-    result = CliRunner().invoke(
-        app, ["check", "--instances", "6", "--lrs", "0.001,0.01,0.1", "--json", str(out)]
-    )
+    result = cli(main, ["check", "--instances", "6", "--lrs", "0.001,0.01,0.1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["passed"] is True
@@ -97,13 +94,13 @@ def test_cli_check_writes_json_and_exits_zero(tmp_path):
     assert "theorem2" in result.output
 
 
-def test_cli_check_exits_nonzero_when_a_check_fails(monkeypatch):
+def test_cli_check_exits_nonzero_when_a_check_fails(monkeypatch, cli):
     monkeypatch.setitem(
         checks.CLAIMS,
         Claim.LEMMA1,
         lambda z, env, lr, u: (z + lr * u, np.zeros(z.shape[0])),
     )
-    result = CliRunner().invoke(app, ["check", "--instances", "3", "--lrs", "0.01,0.1"])
+    result = cli(main, ["check", "--instances", "3", "--lrs", "0.01,0.1"])
     assert result.exit_code == 1
     assert "n/a" in result.output  # constant predictions have no correlation
 
@@ -115,7 +112,7 @@ def test_correlation_is_undefined_for_constants():
     assert correlation([1.0, 2.0], [5.0, 5.0]) is None
 
 
-def test_cli_rejects_bad_lists():
-    result = CliRunner().invoke(app, ["check", "--lrs", "0.1,abc"])
+def test_cli_rejects_bad_lists(cli):
+    result = cli(main, ["check", "--lrs", "0.1,abc"])
     assert result.exit_code != 0
     assert "lrs" in result.output

@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from softmax_theory.algorithms import AlgoConfig
-from softmax_theory.cli import app
+from softmax_theory.cli import main
 from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_run
@@ -107,10 +106,9 @@ def test_cov_table_and_fig8_view():
     assert len(t.prompt_accuracy) == len(t.prompt_cov) == 32
 
 
-def test_cli_simulate_and_sweep(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(
-        app,
+def test_cli_simulate_and_sweep(tmp_path, cli):
+    result = cli(
+        main,
         [
             "simulate",
             "--env",
@@ -135,8 +133,8 @@ def test_cli_simulate_and_sweep(tmp_path):
     assert (tmp_path / "run" / "cov_tables.json").exists()
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["algo"]["policy_loss"]["kl_cov_ratio"] == 0.1
-    result = runner.invoke(
-        app,
+    result = cli(
+        main,
         [
             "sweep",
             "--env",
@@ -159,16 +157,19 @@ def test_cli_simulate_and_sweep(tmp_path):
     )
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 2 * 2
+    # pg is exact (it samples nothing): one run per η; grpo: one per η and seed
+    assert len(lines) == 1 + 2 + 2 * 2
+    assert {line.split(",")[2] for line in lines[1:]} == {"0", "1"}  # the real seeds
+    assert (tmp_path / "sweep" / "config.json").exists()
+    assert len(list((tmp_path / "sweep" / "runs").iterdir())) == 6
     for fig in ("curves.png", "delta_scatter.png", "error_vs_lr.png"):
         assert (tmp_path / "sweep" / fig).stat().st_size > 1000
 
 
-def test_cli_names_bad_options():
-    runner = CliRunner()
-    result = runner.invoke(app, ["simulate", "--lr", "-1"])
+def test_cli_names_bad_options(cli):
+    result = cli(main, ["simulate", "--lr", "-1"])
     assert result.exit_code != 0 and "lr" in result.output
-    result = runner.invoke(app, ["sweep", "--algos", "pg,ppo"])
+    result = cli(main, ["sweep", "--algos", "pg,ppo"])
     assert result.exit_code != 0 and "ppo" in result.output
 
 

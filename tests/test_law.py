@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 from scipy.optimize import lsq_linear
-from typer.testing import CliRunner
 
-from softmax_theory.cli import app
+from softmax_theory.cli import main
 from softmax_theory.law import (
     _fit_many,
     bootstrap_entropy_law,
@@ -166,13 +165,11 @@ def test_csv_series(tmp_path):
         series_from_csv(path, entropy_col="H", reward_col="acc")
 
 
-def test_cli_fit(tmp_path):
+def test_cli_fit(tmp_path, cli):
     h, r = _curve(0.2, 1.0, n=60, sigma=0.01)
     _write_run(tmp_path / "run", h, r)
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app, ["fit", str(tmp_path / "run"), "--n-boot", "100", "--out", str(out)]
-    )
+    result = cli(main, ["fit", str(tmp_path / "run"), "--n-boot", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "law.json").read_text())[0]
     assert data["a"] == pytest.approx(0.2, abs=0.05)
@@ -180,7 +177,8 @@ def test_cli_fit(tmp_path):
     assert (out / "law.png").stat().st_size > 1000
 
 
-def test_cli_fit_reports_bad_runs(tmp_path):
-    result = CliRunner().invoke(app, ["fit", str(tmp_path / "missing")])
+def test_cli_fit_reports_bad_runs(tmp_path, cli):
+    result = cli(main, ["fit", str(tmp_path / "missing")])
     assert result.exit_code != 0
-    assert "steps.jsonl" in result.output
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "is not a run directory" in result.stderr

@@ -7,11 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import softmax_theory as smt
 from llm_bridge import ProbedGRPOTrainer, TrainConfig, train
-from llm_bridge.cli import app
+from llm_bridge.cli import main
 from llm_bridge.compare import compare_runs
 from llm_bridge.forward import forward_tangent
 from llm_bridge.probe import optimizer_update
@@ -282,15 +281,14 @@ def test_compare_reports_every_predictor(tiny_model, tmp_path):
         assert (tmp_path / "cmp" / fig).stat().st_size > 1000
 
 
-def test_cli_pretrain_is_cached_and_train_names_errors(tiny_model, tmp_path):
-    runner = CliRunner()
+def test_cli_pretrain_is_cached_and_train_names_errors(tiny_model, tmp_path, cli):
     out = tmp_path / "m"
     args = ["pretrain-tiny", "--out", str(out), "--steps", "3", "--warmup", "1"]
-    assert runner.invoke(app, args).exit_code == 0
-    second = runner.invoke(app, args)
+    assert cli(main, args).exit_code == 0
+    second = cli(main, args)
     assert second.exit_code == 0 and "already holds" in second.output
-    bad = runner.invoke(
-        app, ["train", "--model", str(tiny_model), "--out", str(tmp_path / "r"), "--lr", "-1"]
+    bad = cli(
+        main, ["train", "--model", str(tiny_model), "--out", str(tmp_path / "r"), "--lr", "-1"]
     )
     assert bad.exit_code != 0 and "lr" in bad.output
 
