@@ -7,14 +7,14 @@ TRL or verl) and uses only the keys the run measured.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from softmax_theory.law import LawReport, law_report, series_from_run
-from softmax_theory.runlog import RunLog, read_run
-from softmax_theory.stats import correlation, smooth
+from softmax_theory.runlog import RunLog, distinct_labels, read_run
+from softmax_theory.stats import correlation, relative_errors, smooth
 
 # Predictions in the units of ΔH (nats per step): compared by correlation and relative error.
 DIRECT_PREDICTORS = ("pred_lemma1", "pred_jvp")
@@ -25,6 +25,14 @@ WINDOWS = (1, 5, 10, 20)
 # A window correlation needs at least this many windows to mean anything.
 MIN_WINDOWS = 5
 SHARE_POINTS = (0.1, 0.25, 0.5)
+FP32_EPS = float(np.finfo(np.float32).eps)
+
+# The thresholds the report's conclusions use.
+EXACT_TOKEN_CORR = 0.99  # per-token correlation at which first order is "near-exact"
+APPROX_TOKEN_CORR = 0.9  # … "approximate"
+TRACKS_CORR = 0.5  # per-step correlation at which an estimator "tracks" ΔH
+LAW_MIN_POINTS = 10  # a law fit on fewer points is not trusted
+LAW_MIN_R2 = 0.8
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class PredictorStats:
 
 @dataclass(frozen=True)
 class RunReport:
-    name: str
+    name: str  # distinct among the runs compared
     steps: int
     entropy_start: float | None
     entropy_end: float | None
@@ -74,8 +82,10 @@ def predictor_stats(run: RunLog, key: str) -> PredictorStats | None:
     pred = sign * pred
     rel = None
     if key in DIRECT_PREDICTORS:
-        moved = np.abs(measured) > 0
-        rel = float(np.median(np.abs(pred[moved] - measured[moved]) / np.abs(measured[moved])))
+        # the probe measures from fp32 logits: below its resolution a change is a zero
+        entropy = np.array([s["entropy"] for s in run.steps if key in s and "delta_entropy" in s])
+        errors = relative_errors(measured, pred, entropy, eps=FP32_EPS)
+        rel = float(np.nanmedian(errors)) if np.isfinite(errors).any() else None
     token_key = {"pred_lemma1": "token_corr/lemma1", "pred_jvp": "token_corr/jvp"}.get(key)
     token = None
     if token_key is not None:
@@ -160,9 +170,33 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.0%}"
+
+
+def _runs_conclusion(r: RunReport) -> str:
+    parts = [f"**{r.name}**:"]
+    if r.entropy_start and r.entropy_end is not None:
+        parts.append(
+            f"entropy went from {r.entropy_start:.3f} to {r.entropy_end:.3f} "
+            f"({_pct(r.entropy_end / r.entropy_start - 1)})"
+        )
+    if r.reward_start is not None and r.reward_end is not None:
+        parts.append(f"training reward from {r.reward_start:.3f} to {r.reward_end:.3f}")
+    if r.val_reward_start is not None and r.val_reward_end is not None:
+        parts.append(f"validation reward from {r.val_reward_start:.3f} to {r.val_reward_end:.3f}")
+    return " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + "."
+
+
 def _runs_section(reports: list[RunReport]) -> list[str]:
     lines = [
         "## Runs",
+        "",
+        "What this shows: "
+        + " ".join(_runs_conclusion(r) for r in reports)
+        + " (first and last recorded step; `curves.png` draws every step).",
+        "",
+        "![entropy and reward against step](curves.png)",
         "",
         "| run | steps | H start → end | reward start → end | val_reward start → end |",
         "|---|---:|---|---|---|",
@@ -176,9 +210,66 @@ def _runs_section(reports: list[RunReport]) -> list[str]:
     return lines
 
 
+def _lemma1_conclusion(r: RunReport) -> str | None:
+    stats = {p.key: p for p in r.predictors}
+    lemma = stats.get("pred_lemma1")
+    if lemma is None or lemma.token_correlation is None:
+        return None
+    c = lemma.token_correlation
+    if c >= EXACT_TOKEN_CORR:
+        verdict = (
+            f"Lemma 1 held at this step size: per-token correlation {c:.4f} ≥ "
+            f"{EXACT_TOKEN_CORR} (first order is near-exact for small steps)"
+        )
+    elif c >= APPROX_TOKEN_CORR:
+        verdict = (
+            f"Lemma 1 held approximately: per-token correlation {c:.3f} (between "
+            f"{APPROX_TOKEN_CORR} and {EXACT_TOKEN_CORR}); the steps are near the edge of "
+            "first order"
+        )
+    else:
+        verdict = (
+            f"Lemma 1 did not hold at this step size: per-token correlation {c:.3f} < "
+            f"{APPROX_TOKEN_CORR}; the updates are too large for a first-order prediction, which "
+            "is exact only for small steps (docs/llm_findings.md §1)"
+        )
+    jvp = stats.get("pred_jvp")
+    if jvp is not None and jvp.token_correlation is not None:
+        verdict += f"; the JVP forecast, made before the step, reached {jvp.token_correlation:.3f}"
+    return f"**{r.name}**: {verdict}."
+
+
+def _estimators_conclusion(r: RunReport) -> str | None:
+    covs = [p for p in r.predictors if p.key in COV_ESTIMATORS and p.correlation is not None]
+    if not covs:
+        return None
+    tracking = [p.key for p in covs if p.correlation >= TRACKS_CORR]
+    best = max(covs, key=lambda p: p.correlation)
+    if tracking:
+        return (
+            f"**{r.name}**: the sampled covariance estimators {', '.join(tracking)} tracked the "
+            f"step's ΔH (per-step correlation ≥ {TRACKS_CORR}; best {best.key} "
+            f"{best.correlation:.2f})."
+        )
+    return (
+        f"**{r.name}**: no sampled covariance estimator tracked the step's ΔH (best "
+        f"{best.key}: per-step correlation {best.correlation:.2f} < {TRACKS_CORR})."
+    )
+
+
 def _predictors_section(reports: list[RunReport]) -> list[str]:
+    verdicts = [
+        v
+        for r in reports
+        for v in (_lemma1_conclusion(r), _estimators_conclusion(r))
+        if v is not None
+    ]
     lines = [
         "## Does the measured ΔH follow the predictions?",
+        "",
+        "What this shows: " + (" ".join(verdicts) if verdicts else "no run was probed."),
+        "",
+        "![measured against predicted ΔH](predictions.png)",
         "",
         "Per step: Pearson correlation of `delta_entropy` with the prediction (with "
         "−estimator for the sampled covariances, since ΔH ≈ −η·Cov) and the median "
@@ -201,9 +292,29 @@ def _predictors_section(reports: list[RunReport]) -> list[str]:
     return lines
 
 
+def _shares_conclusion(r: RunReport) -> str | None:
+    h, rew = r.shares.get(0.25, (None, None))
+    if h is None or rew is None:
+        return None
+    return (
+        f"**{r.name}**: by a quarter of the steps, {h:.0%} of the run's entropy change and "
+        f"{rew:.0%} of its reward change had happened."
+    )
+
+
 def _shares_section(reports: list[RunReport]) -> list[str]:
+    verdicts = [v for r in reports if (v := _shares_conclusion(r)) is not None]
     lines = [
         "## Entropy consumed and reward gained (paper Fig. 2)",
+        "",
+        "What this shows: "
+        + (
+            " ".join(verdicts)
+            + " The paper reports that most of both happen early; shares near the step share "
+            "(25%) mean steady progress instead."
+            if verdicts
+            else "the runs are too short or too flat for shares."
+        ),
         "",
         "Share of the run's total entropy change and reward change reached after each "
         "fraction of the steps (per-step values smoothed over a tenth of the run; shares "
@@ -221,9 +332,39 @@ def _shares_section(reports: list[RunReport]) -> list[str]:
     return lines
 
 
+def _law_conclusion(r: RunReport) -> str:
+    if r.law is None:
+        return f"**{r.name}**: no fit ({r.law_error})."
+    f = r.law.fit
+    if not f.holds:
+        return f"**{r.name}**: the law does not hold (the fit sits on a = 0)."
+    trusted = f.n >= LAW_MIN_POINTS and f.r2 is not None and f.r2 >= LAW_MIN_R2
+    text = (
+        f"**{r.name}**: the law fits with R² {_f(f.r2)} on {f.n} points of "
+        f"{r.law.series.reward_key}; "
+    )
+    if trusted and r.law.forecast is not None:
+        text += (
+            f"its forecast from the first points misses the rest by RMSE {r.law.forecast.rmse:.3g}"
+        )
+    elif trusted:
+        text += "no forecast could be made"
+    else:
+        text += (
+            f"too few points or too poor a fit to trust (need n ≥ {LAW_MIN_POINTS} and "
+            f"R² ≥ {LAW_MIN_R2})"
+        )
+    warnings = "; ".join(r.law.warnings)
+    return text + (f" ({warnings})." if warnings else ".")
+
+
 def _law_section(reports: list[RunReport]) -> list[str]:
     lines = [
         "## R = −a·exp(H) + b",
+        "",
+        "What this shows: " + " ".join(_law_conclusion(r) for r in reports),
+        "",
+        "![the law: reward against entropy, and the forecast](law.png)",
         "",
         "| run | reward key | n | a | b | ceiling b − a (95%) | R² | forecast RMSE (15%) | "
         "final error |",
@@ -271,7 +412,8 @@ def compare_runs(
 ) -> list[RunReport]:
     """Compare runs; with ``out``, write ``report.md`` and figures there."""
     rng = np.random.default_rng(seed)
-    logs = [read_run(r) for r in runs]
+    labels = distinct_labels(runs)
+    logs = [replace(read_run(r), label=label) for r, label in zip(runs, labels, strict=True)]
     reports = [compare_run(log, fit_fraction, n_boot, rng) for log in logs]
     if out is not None:
         from llm_bridge.plots import plot_predictions, plot_runs

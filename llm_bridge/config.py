@@ -58,6 +58,13 @@ class TrainConfig:
     )
     optimizer: OptimizerName = field(default=OptimizerName.ADAM, metadata=_help("adam or sgd"))
     lr: float = field(default=5e-4, metadata=_help("learning rate"))
+    warmup_steps: int = field(
+        default=10,
+        metadata=_help(
+            "GRPO steps of linear learning-rate warm-up (Adam's first updates move every "
+            "weight by about lr, whatever its gradient)"
+        ),
+    )
     epochs: int = field(default=1, metadata=_help("PPO epochs over each step's batch"))
     mini_batches: int = field(
         default=2, metadata=_help("optimiser updates per epoch (KL-Cov acts from the 2nd)")
@@ -108,7 +115,13 @@ class TrainConfig:
         for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "probe_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
-        for name in ("val_every", "val_prompts", "token_steps_every", "checkpoint_every"):
+        for name in (
+            "val_every",
+            "val_prompts",
+            "token_steps_every",
+            "checkpoint_every",
+            "warmup_steps",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
         for name in ("micro_batch_size", "probe_responses"):
@@ -135,3 +148,13 @@ class TrainConfig:
     @property
     def mini_batch_responses(self) -> int:
         return self.responses_per_step // self.mini_batches
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.epochs * self.mini_batches
+
+
+def warmup_factor(update: int, warmup_updates: int) -> float:
+    """The learning rate's factor at optimiser update ``update`` (0-based): linear from
+    1/W to 1 over the first W updates, then 1. Both engines use it."""
+    return 1.0 if update >= warmup_updates else (update + 1) / warmup_updates

@@ -43,14 +43,20 @@ def plot_runs(runs: Sequence[RunLog]):
     return fig, axes
 
 
+# Axes of the prediction scatter span these quantiles of the points, so one outlier step does not
+# squeeze the rest into a corner; the title says how many points fall outside.
+ROBUST_QUANTILES = (0.01, 0.99)
+
+
 def plot_predictions(runs: Sequence[RunLog]):
-    """Measured ΔH per step against Lemma 1 (left) and the JVP forecast (right)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    """Measured ΔH per step against Lemma 1 (left) and the JVP forecast (right), on axes that
+    span the 1st–99th percentiles of the points (the title counts the points outside)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
     for ax, key, title in (
         (axes[0], "pred_lemma1", "Lemma 1 with the actual Δz"),
         (axes[1], "pred_jvp", "JVP forecast from Δθ"),
     ):
-        lo, hi = np.inf, -np.inf
+        xs, ys = [], []
         for i, run in enumerate(runs):
             rows = [s for s in run.steps if key in s and "delta_entropy" in s]
             if not rows:
@@ -58,10 +64,21 @@ def plot_predictions(runs: Sequence[RunLog]):
             x = np.array([s[key] for s in rows])
             y = np.array([s["delta_entropy"] for s in rows])
             ax.scatter(x, y, s=8, alpha=0.6, color=f"C{i % 10}", label=run.name)
-            lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
-        if np.isfinite(lo):
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set(xlabel=f"predicted ΔH ({key})", ylabel="measured ΔH", title=title)
+            xs.append(x)
+            ys.append(y)
+        outside = 0
+        if xs:
+            both = np.concatenate(xs + ys)
+            lo, hi = np.quantile(both, ROBUST_QUANTILES)
+            pad = 0.05 * (hi - lo) if hi > lo else 1e-12
+            lo, hi = lo - pad, hi + pad
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            outside = int(((x < lo) | (x > hi) | (y < lo) | (y > hi)).sum())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+            ax.set(xlim=(lo, hi), ylim=(lo, hi))
+        note = f" ({outside} outside the axes)" if outside else ""
+        ax.set(xlabel=f"predicted ΔH ({key})", ylabel="measured ΔH")
+        ax.set_title(title + note, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import torch
 
+from softmax_theory.inputs import MissingExtra
 from softmax_theory.registry import parse_choice
 
 
@@ -167,8 +168,8 @@ class VLLMBackend:
             try:
                 from vllm import LLM, SamplingParams
             except ImportError:
-                raise ImportError(
-                    "the vllm backend needs vLLM: pip install 'entropy-mechanism[vllm]' "
+                raise MissingExtra(
+                    "backend: vllm needs vLLM: pip install 'entropy-mechanism[vllm]' "
                     "(CUDA only); or use --backend hf"
                 ) from None
             engine = engine or LLM(model=model_path)

@@ -8,6 +8,7 @@ match of the zero-padded answer. A local dataset (JSONL or parquet with ``prompt
 from __future__ import annotations
 
 import enum
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from softmax_theory.inputs import MissingExtra
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import parse_json_line
 
@@ -83,14 +85,18 @@ def synthetic_task(
     )
 
 
+MATH_EXTRA = (
+    "dataset_reward: math needs math-verify: pip install 'entropy-mechanism[math]' "
+    "(make test installs it), or use --dataset-reward exact"
+)
+
+
 def math_verify_reward(response: str, answer: str) -> float:
     """1 if math-verify judges the response equal to the answer (optional extra ``math``)."""
     try:
         from math_verify import parse, verify
     except ImportError:
-        raise ImportError(
-            "math-verify is not installed; install it with: pip install 'entropy-mechanism[math]'"
-        ) from None
+        raise MissingExtra(MATH_EXTRA) from None
     gold, pred = parse(answer), parse(response)
     return float(bool(gold) and bool(pred) and verify(gold, pred))
 
@@ -107,7 +113,9 @@ def _read_rows(path: Path) -> list[dict]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from None
+            raise MissingExtra(
+                "dataset: reading parquet needs pyarrow: pip install pyarrow"
+            ) from None
         return pq.read_table(path).to_pylist()
     raise ValueError(f"dataset: {path} must be .jsonl or .parquet")
 
@@ -134,7 +142,9 @@ def dataset_task(
         if "prompt" not in r or "answer" not in r:
             raise ValueError(f"dataset: row {i} of {path} needs 'prompt' and 'answer'")
     if reward not in ("math", "exact"):
-        raise ValueError(f"reward: 'math' or 'exact', got {reward!r}")
+        raise ValueError(f"dataset_reward: 'math' or 'exact', got {reward!r}")
+    if reward == "math" and importlib.util.find_spec("math_verify") is None:
+        raise MissingExtra(MATH_EXTRA)  # now, not at the first reward
     examples = [Example(str(r["prompt"]), str(r["answer"])) for r in rows]
     order = np.random.default_rng(seed).permutation(len(examples))
     n_test = max(1, int(test_fraction * len(examples)))

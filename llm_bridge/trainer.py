@@ -27,9 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_bridge.config import Device, OptimizerName, TrainConfig
-from llm_bridge.forward import micro_slices, stream_token_stats, token_stats
+from llm_bridge.config import Device, OptimizerName, TrainConfig, warmup_factor
+from llm_bridge.forward import head_spec, micro_slices, stream_token_stats, token_stats
 from llm_bridge.losses import COV_SELECTORS, LossInputs, agg_loss, compute_policy_loss
+from llm_bridge.memory import (
+    ModelShape,
+    StepMemory,
+    available_memory,
+    check_step_fits,
+    estimate_step_memory,
+)
 from llm_bridge.probe import (
     measure_tokens,
     optimizer_update,
@@ -161,9 +168,14 @@ class ProbedGRPOTrainer:
             if cfg.optimizer is OptimizerName.ADAM
             else torch.optim.SGD(params, lr=cfg.lr)
         )
+        warmup = cfg.warmup_steps * cfg.updates_per_step
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda u: warmup_factor(u, warmup)
+        )
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState(step=0, alpha=cfg.policy_loss.entropy_coeff)
         self.max_new_tokens = self.task.max_answer_chars + 1  # the answer and EOS
+        self._check_memory()
         if ckpt is not None:
             self._load_checkpoint(ckpt)
         elif resume:
@@ -171,6 +183,31 @@ class ProbedGRPOTrainer:
         if resume:
             self._drop_records_from(self.state.step)
         self.writer = RunWriter(self.out, self.run_config, resume=resume)
+
+    def step_memory(self) -> StepMemory:
+        """The estimated peak memory of one step with these settings (``llm_bridge.memory``)."""
+        cfg = self.cfg
+        prompts = self.task.train[:2000] + self.task.test[: cfg.val_prompts]
+        prompt_length = 1 + max(
+            len(self.tokenizer.encode(e.prompt, add_special_tokens=False)) for e in prompts
+        )
+        return estimate_step_memory(
+            ModelShape.of(self.model),
+            responses=cfg.responses_per_step,
+            micro_batch=cfg.micro_batch_size or cfg.mini_batch_responses,
+            prompt_length=prompt_length,
+            response_length=self.max_new_tokens,
+            adam=cfg.optimizer is OptimizerName.ADAM,
+            probe=cfg.probe,
+            reference=self.ref_model is not None,
+            fused_head=head_spec(self.model) is not None,
+            eager_attention=self.model.config._attn_implementation == "eager",
+        )
+
+    def _check_memory(self) -> None:
+        """Refuse, before the first step, a step that cannot fit in the memory there is."""
+        need = self.step_memory()
+        check_step_fits(need, available_memory(self.device), self.cfg.micro_batch_size is not None)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -182,6 +219,7 @@ class ProbedGRPOTrainer:
         torch.save(
             {
                 "optimizer": self.opt.state_dict(),
+                "schedule": self.schedule.state_dict(),
                 "generator": self.gen.get_state(),
                 "step": self.state.step,
                 "alpha": self.state.alpha,
@@ -198,6 +236,7 @@ class ProbedGRPOTrainer:
     def _load_checkpoint(self, ckpt: Path) -> None:
         state = torch.load(ckpt / "trainer.pt", weights_only=False)
         self.opt.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
         self.gen.set_state(state["generator"])
         self.state = TrainState(step=state["step"], alpha=state["alpha"])
         self.log(f"resume: continuing at step {self.state.step}")
@@ -267,7 +306,7 @@ class ProbedGRPOTrainer:
         t_roll = time.perf_counter()
         record: dict[str, Any] = {
             "step": k,
-            "lr": cfg.lr,
+            "lr": self.opt.param_groups[0]["lr"],  # of the step's first update
             "algo": f"grpo/{cfg.policy_loss.loss_mode.value}",
         }
         if cfg.val_every and k % cfg.val_every == 0:
@@ -387,6 +426,7 @@ class ProbedGRPOTrainer:
                 if n_updates == 0 and cfg.probe and cfg.probe_jvp:
                     forecast = optimizer_update(self.opt)
                 self.opt.step()
+                self.schedule.step()
                 n_updates += 1
         self.model.eval()
         count = totals.pop("_count")

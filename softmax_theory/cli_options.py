@@ -23,10 +23,13 @@ from typing import Annotated, Any
 
 import typer
 
+from softmax_theory.inputs import MissingExtra
+
 # Exceptions that mean a user's mistake (each names the argument): one line and exit code 2.
 # Anything else is our bug and keeps its traceback. ENTROPY_MECHANISM_DEBUG=1 shows tracebacks
 # for these too.
 USER_ERRORS = (
+    MissingExtra,
     ValueError,
     FileNotFoundError,
     FileExistsError,

@@ -7,6 +7,11 @@ import numbers
 import numpy as np
 
 
+class MissingExtra(ImportError):
+    """A feature the user asked for needs an optional extra that is not installed; the message
+    names the setting and the install command (a user's matter, not our bug)."""
+
+
 def check_finite(name: str, x: np.ndarray) -> None:
     """Raise naming ``name`` when any entry of ``x`` is NaN or infinite."""
     if not np.isfinite(x).all():

@@ -104,10 +104,11 @@ class RunLog:
     path: Path
     config: dict[str, Any]
     steps: tuple[dict[str, Any], ...]
+    label: str | None = None  # how reports name the run (default: its folder's name)
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of every step that measured ``key``."""
@@ -177,6 +178,24 @@ def check_resumable(
             + "); resume it with its own settings, or choose a new directory"
         )
     return harmless
+
+
+def distinct_labels(paths: list[str | os.PathLike]) -> list[str]:
+    """Names for runs that tell them apart: the folder name, or as many trailing path parts as
+    it takes when two folders share a name (a path given twice gets #2, #3, …)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    labels = [str(Path(p)) for p in paths]
+    for k in range(1, max((len(x) for x in parts), default=1) + 1):
+        candidate = ["/".join(x[-k:]) for x in parts]
+        if len(set(candidate)) == len(candidate):
+            return candidate
+        labels = candidate
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
 
 
 def read_run(directory: str | os.PathLike) -> RunLog:

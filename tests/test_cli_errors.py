@@ -87,9 +87,7 @@ def test_a_broken_config_json_is_one_line(run_dir, cli):
 def test_unwritable_outputs_are_named_before_any_work(a_file, cli):
     """A directory that cannot be created (its parent is a file: even root cannot) is refused
     before the work starts, not after minutes of pre-training."""
-    _expect_one_line(
-        cli(st_main, ["check", "--json", a_file / "c.json"]), "--json", "is a file"
-    )
+    _expect_one_line(cli(st_main, ["check", "--json", a_file / "c.json"]), "--json", "is a file")
     result = cli(llm_main, ["pretrain-tiny", "--out", a_file / "m", "--steps", "100000"])
     _expect_one_line(result, "--out", "cannot create")
 

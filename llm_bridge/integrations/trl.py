@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from softmax_theory.inputs import MissingExtra
+
 try:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError("the TRL engine needs TRL: pip install 'entropy-mechanism[trl]'") from err
+    raise MissingExtra("engine: trl needs TRL: pip install 'entropy-mechanism[trl]'") from err
 
 from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss
 from llm_bridge.probe import (
@@ -174,6 +176,18 @@ class CovGRPOTrainer(GRPOTrainer):
                 progress,
             )
             self.add_callback(self.probe_callback)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Our warm-up (``warmup_factor``: linear from 1/W, as our trainer; TRL's own starts at
+        0) over ``args.warmup_steps`` optimiser updates, then constant."""
+        from llm_bridge.config import warmup_factor
+
+        if self.lr_scheduler is None:
+            warmup = self.args.warmup_steps
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer, lambda u: warmup_factor(u, warmup)
+            )
+        return self.lr_scheduler
 
     def _refuse_unhonoured_scope(self) -> None:
         lc = self.policy_loss
@@ -345,8 +359,10 @@ class EntropyProbeCallback(TrainerCallback):
     def on_generation(self, out: dict[str, Any], rewards: np.ndarray, group: np.ndarray) -> None:
         """Called by the trainer with each training generation batch, before its updates."""
         k = self.step_index()
+        # the learning rate of the step's first update, as our trainer records it
+        head = {"step": k, "reward": float(rewards.mean()), "lr": self._lr()}
         if k % self.options.every:
-            self.trainer.probe_pending = {"step": k, "reward": float(rewards.mean())}
+            self.trainer.probe_pending = head
             return
         if out.get("pixel_values") is not None:
             raise ValueError(
@@ -358,8 +374,7 @@ class EntropyProbeCallback(TrainerCallback):
         if "tool_mask" in out:
             mask = mask * out["tool_mask"]
         self.trainer.probe_pending = {
-            "step": k,
-            "reward": float(rewards.mean()),
+            **head,
             "roll": Rollouts.from_ids(
                 out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask
             ),
@@ -367,6 +382,12 @@ class EntropyProbeCallback(TrainerCallback):
             "group": torch.as_tensor(group),
             "params_before": snapshot(model),
         }
+
+    def _lr(self) -> float:
+        opt = self.trainer.optimizer
+        return (
+            float(opt.param_groups[0]["lr"]) if opt is not None else self.trainer.args.learning_rate
+        )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_reward" in metrics:
@@ -379,7 +400,7 @@ class EntropyProbeCallback(TrainerCallback):
         self.trainer.probe_pending = None
         record: dict[str, Any] = {
             "step": pending["step"],
-            "lr": float(self.trainer.optimizer.param_groups[0]["lr"]),
+            "lr": pending["lr"],
             "algo": f"trl-grpo/{self.trainer.policy_loss.loss_mode.value}",
             "reward": pending["reward"],
         }
@@ -529,8 +550,7 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[GRPOConfig, i
         temperature=cfg.temperature,
         top_k=0,
         learning_rate=cfg.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        warmup_steps=cfg.warmup_steps * updates,  # our schedule: CovGRPOTrainer.create_scheduler
         optim="sgd" if cfg.optimizer is OptimizerName.SGD else "adamw_torch",
         weight_decay=0.0,
         max_grad_norm=0.0,  # no clipping, as our trainer

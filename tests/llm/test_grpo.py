@@ -46,15 +46,27 @@ def test_dataset_task_and_math_reward(tmp_path):
     task = dataset_task(path, reward="exact")
     assert len(task.train) + len(task.test) == 20
     assert task.reward("5", "5") == 1.0
-    try:
-        import math_verify  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="entropy-mechanism\\[math\\]"):
-            math_verify_reward("1/2", "0.5")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}))
     with pytest.raises(ValueError, match="prompt"):
         dataset_task(bad)
+
+
+def test_math_reward_through_a_training_step(tiny_model, tmp_path):
+    """--dataset with the default math reward (math-verify, installed by make test)."""
+    pytest.importorskip("math_verify")
+    assert math_verify_reward("1/2", "0.5") == 1.0
+    assert math_verify_reward("0.25", "0.5") == 0.0
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"prompt": f"{i:03d}+001=", "answer": str(i + 1)}) for i in range(40))
+    )
+    train(_cfg(tiny_model, dataset=str(path), steps=1, val_every=0), tmp_path / "run")
+    (rec,) = read_run(tmp_path / "run").steps
+    assert (
+        0.0 <= rec["reward"] <= 1.0
+        and read_run(tmp_path / "run").config["dataset_reward"] == "math"
+    )
 
 
 def test_tokenizer_round_trip():
@@ -180,6 +192,7 @@ def _cfg(tiny_model, **kw):
         val_prompts=16,
         checkpoint_every=0,
         lr=1e-3,
+        warmup_steps=0,
     )
     base.update(kw)
     return TrainConfig(**base)

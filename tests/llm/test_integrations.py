@@ -123,3 +123,25 @@ def test_trl_engine_resumes_from_its_checkpoint_and_refuses_other_settings(tiny_
     train_with_trl(TrainConfig(steps=3, **base), out, resume=True, log=messages.append)
     assert any("steps 2 → 3" in m for m in messages)
     assert [s["step"] for s in read_run(out).steps] == [0, 1, 2]
+
+
+def test_warmup_is_one_schedule_in_both_engines(tiny_model, tmp_path):
+    """warmup_steps = 2 with two updates per step: the steps' first updates run at 1/4, 3/4
+    and 1 of the learning rate in our trainer and in the TRL engine alike."""
+    pytest.importorskip("trl")
+    from llm_bridge import TrainConfig, train
+
+    base = dict(
+        model=str(tiny_model),
+        steps=3,
+        prompts_per_step=2,
+        group_size=4,
+        warmup_steps=2,
+        lr=1e-3,
+        checkpoint_every=0,
+        val_every=0,
+        probe_jvp=False,
+    )
+    for engine in ("ours", "trl"):
+        out = train(TrainConfig(engine=engine, **base), tmp_path / engine)
+        assert [s["lr"] for s in read_run(out).steps] == pytest.approx([2.5e-4, 7.5e-4, 1e-3])

@@ -27,6 +27,7 @@ def _cfg(model, **kw):
         val_every=0,
         checkpoint_every=2,
         lr=1e-3,
+        warmup_steps=0,
         probe_jvp=False,
     )
     return TrainConfig(**{**base, **kw})

@@ -1,0 +1,174 @@
+"""The memory a GRPO step needs, estimated before the first step, and the guard that refuses a
+step that cannot fit.
+
+Peak = weights + gradients + optimiser state + the θ_old copy (the probe) + a reference model
+(a KL penalty) + the larger of (generation of the whole batch) and (one micro-batch's
+activations and logits) + the per-token arrays of the batch + O(chunk). ``docs/memory.md``
+states the model with its numbers next to measured peaks (``benchmarks/bench_scale.py``).
+
+The activation term counts, per token and layer, the tensors a Llama-style block keeps for
+backward: about 12·d (attention inputs, projections, norms, residuals) + 4·I (the MLP's gate, up,
+activation and product) + the attention weights of the eager kernel (heads × sequence length);
+fused attention (SDPA) keeps none of the latter. It is an estimate, within a factor of about 1.5
+of measured peaks (docs/memory.md), which is what a guard against a 100× oversized batch needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+GIB = 1024**3
+# bytes of one element per dtype
+BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.float64: 8}
+# the allocator's slack and Python's own footprint: the guard leaves this share of the free memory
+HEADROOM = 0.9
+# per-token floats the trainer keeps for the whole batch (entropy, log-probs, advantages, masks…)
+PER_TOKEN_FLOATS = 12
+# fp32 buffers of one head chunk at a time (logits, softmax, gradient, work buffers)
+CHUNK_BUFFERS = 6
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs of a causal LM."""
+
+    parameters: int
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, model) -> ModelShape:
+        c = (
+            model.config.get_text_config()
+            if hasattr(model.config, "get_text_config")
+            else model.config
+        )
+        heads = c.num_attention_heads
+        return cls(
+            parameters=sum(p.numel() for p in model.parameters()),
+            layers=c.num_hidden_layers,
+            hidden=c.hidden_size,
+            intermediate=getattr(c, "intermediate_size", 4 * c.hidden_size),
+            heads=heads,
+            kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+            vocab=c.vocab_size,
+            dtype=next(model.parameters()).dtype,
+        )
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Bytes of each part of a step's peak; ``total`` is the estimate."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    theta_old: int
+    reference: int
+    generation: int
+    micro_batch: int
+    batch_arrays: int
+    chunk: int
+
+    @property
+    def total(self) -> int:
+        transient = max(self.generation, self.micro_batch)  # generation is done before training
+        fixed = self.weights + self.gradients + self.optimizer + self.theta_old + self.reference
+        return fixed + transient + self.batch_arrays + self.chunk
+
+    def describe(self) -> str:
+        parts = {
+            "weights": self.weights,
+            "gradients": self.gradients,
+            "optimiser": self.optimizer,
+            "θ_old": self.theta_old,
+            "reference": self.reference,
+            "generation": self.generation,
+            "one micro-batch": self.micro_batch,
+        }
+        shown = [f"{k} {v / GIB:.2f}" for k, v in parts.items() if v >= 0.005 * GIB]
+        return ", ".join(shown) + " GiB"
+
+
+def estimate_step_memory(
+    shape: ModelShape,
+    responses: int,
+    micro_batch: int,
+    prompt_length: int,
+    response_length: int,
+    adam: bool = True,
+    probe: bool = True,
+    reference: bool = False,
+    fused_head: bool = True,
+    eager_attention: bool = False,
+) -> StepMemory:
+    """The peak memory of one step: ``responses`` in the batch (prompts × group size),
+    ``micro_batch`` per forward/backward pass, sequences of prompt + response tokens."""
+    b = BYTES.get(shape.dtype, 4)
+    p = shape.parameters
+    seq = prompt_length + response_length
+    kv = 2 * shape.layers * shape.hidden * shape.kv_heads // shape.heads  # K and V per token
+    # generation: the whole batch's KV cache, and a few fp32 copies of one position's logits
+    generation = responses * seq * kv * b + 4 * responses * shape.vocab * 4
+    per_token_layer = 12 * shape.hidden + 4 * shape.intermediate
+    if eager_attention:
+        per_token_layer += shape.heads * seq
+    activations = micro_batch * seq * shape.layers * per_token_layer * b
+    # the logits path holds a micro-batch of [b, R, V] (the logits, an fp32 copy, its gradient);
+    # the fused head only a chunk of rows at a time
+    logits = 0 if fused_head else 3 * micro_batch * response_length * shape.vocab * 4
+    chunk = CHUNK_BUFFERS * (1 << 23) * 4 if fused_head else 0
+    return StepMemory(
+        weights=p * b,
+        gradients=p * b,
+        optimizer=2 * p * b if adam else 0,
+        theta_old=p * b if probe else 0,
+        reference=p * b if reference else 0,
+        generation=generation,
+        micro_batch=activations + logits,
+        batch_arrays=PER_TOKEN_FLOATS * responses * response_length * 4,
+        chunk=chunk,
+    )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process can still use: free GPU memory plus what it holds already, or the
+    machine's available memory (Linux ``MemAvailable``); None when unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_step_fits(need: StepMemory, available: int | None, micro_batch_set: bool) -> None:
+    """Refuse a step whose estimate exceeds the memory there is, naming the flag to change."""
+    if available is None or need.total <= HEADROOM * available:
+        return
+    if need.generation >= need.micro_batch or micro_batch_set:
+        hint = "lower --prompts-per-step or --group-size"
+        if need.micro_batch > need.generation:
+            hint = "lower --micro-batch-size"
+    else:
+        hint = "set --micro-batch-size (responses per forward/backward pass)"
+    raise ValueError(
+        f"prompts_per_step: a step needs about {need.total / GIB:.1f} GiB "
+        f"({need.describe()}), but {available / GIB:.1f} GiB are available; {hint}"
+    )
