@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from llm_bridge.rollout import BackendName
+from llm_bridge.tasks import DEFAULT_TERMS, TaskName
 from softmax_theory.group_advantages import AdvantageEstimator
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.registry import parse_choice
@@ -43,7 +44,12 @@ class TrainConfig:
 
     model: str = field(default="", metadata=_help("local Hugging Face causal-LM folder"))
     task: str = field(
-        default="addition", metadata=_help("synthetic task (addition, multiplication)")
+        default="addition",
+        metadata=_help("synthetic task: addition, multiplication, running-sum (long responses)"),
+    )
+    terms: int = field(
+        default=DEFAULT_TERMS,
+        metadata=_help("running-sum: terms per prompt (responses of 5·terms tokens)"),
     )
     dataset: str | None = field(
         default=None,
@@ -138,6 +144,8 @@ class TrainConfig:
                 f"mini_batches: {self.mini_batches} must divide prompts_per_step "
                 f"{self.prompts_per_step}"
             )
+        if self.task != TaskName.RUNNING_SUM.value and self.terms != DEFAULT_TERMS:
+            raise ValueError(f"terms: has no effect with task {self.task} (running-sum reads it)")
         if any(s < 0 for s in self.cov_table_steps):
             raise ValueError(f"cov_table_steps: steps are ≥ 0, got {self.cov_table_steps}")
 

@@ -1,8 +1,10 @@
 """Verifiable tasks: prompts, reference answers and rewards.
 
-Synthetic tasks are generated from a seed, need nothing from outside, and are checked by exact
-match of the zero-padded answer. A local dataset (JSONL or parquet with ``prompt`` and
-``answer``) is checked with math-verify (optional extra ``math``) when its answers are math.
+Synthetic tasks are generated from a seed and need nothing from outside: ``addition`` and
+``multiplication`` (short answers, exact match) and ``running-sum`` (K terms, every partial sum
+written: long responses, 5K tokens; the reward is the share of partial sums right). A local
+dataset (JSONL or parquet with ``prompt`` and ``answer``) is checked with math-verify (optional
+extra ``math``) when its answers are math.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from softmax_theory.runlog import parse_json_line
 class TaskName(str, enum.Enum):
     ADDITION = "addition"  # a+b=, three-digit operands, four-digit answer
     MULTIPLICATION = "multiplication"  # a*b=, three-digit × two-digit, five-digit answer
+    RUNNING_SUM = "running-sum"  # a+b+…= (K two-digit terms) → every partial sum, 4 digits each
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Task:
     test: tuple[Example, ...]
     max_answer_chars: int
     reward: Callable[[str, str], float]  # (response text, reference answer) → reward
+    max_reward: float | None = 1.0  # the largest reward possible (None: unknown)
 
 
 def exact_match(response: str, answer: str) -> float:
@@ -48,30 +52,72 @@ def exact_match(response: str, answer: str) -> float:
     return float(response.strip() == answer.strip())
 
 
-def _arith(name: TaskName, rng: np.random.Generator, n: int) -> list[Example]:
+def partial_sums_right(response: str, answer: str) -> float:
+    """The share of the reference's comma-separated partial sums that the response writes in
+    the same place (a verifiable partial credit: each sum is checked exactly)."""
+    want = answer.strip().split(",")
+    got = response.strip().split(",")
+    return sum(g == w for g, w in zip(got, want, strict=False)) / len(want)
+
+
+# Digits of each partial sum of running-sum (K ≤ 100 two-digit terms stay below 10,000).
+SUM_WIDTH = 4
+DEFAULT_TERMS = 16
+MAX_TERMS = 100
+
+
+def _arith(name: TaskName, rng: np.random.Generator, n: int, terms: int) -> list[Example]:
     out = []
     for _ in range(n):
         if name is TaskName.ADDITION:
             a, b = rng.integers(0, 1000, size=2)
             out.append(Example(f"{a:03d}+{b:03d}=", f"{a + b:04d}"))
-        else:
+        elif name is TaskName.MULTIPLICATION:
             a, b = int(rng.integers(0, 1000)), int(rng.integers(0, 100))
             out.append(Example(f"{a:03d}*{b:02d}=", f"{a * b:05d}"))
+        else:
+            xs = rng.integers(0, 100, size=terms)
+            sums = np.cumsum(xs)
+            prompt = "+".join(f"{x:02d}" for x in xs) + "="
+            out.append(Example(prompt, ",".join(f"{s:0{SUM_WIDTH}d}" for s in sums)))
     return out
 
 
-ANSWER_CHARS = {TaskName.ADDITION: 4, TaskName.MULTIPLICATION: 5}
-# Characters the synthetic tasks use (the tiny model's vocabulary).
+def answer_chars(name: TaskName, terms: int) -> int:
+    """The longest answer of a synthetic task, in characters."""
+    if name is TaskName.RUNNING_SUM:
+        return terms * (SUM_WIDTH + 1) - 1
+    return {TaskName.ADDITION: 4, TaskName.MULTIPLICATION: 5}[name]
+
+
+# Characters each synthetic task uses (the tiny model's vocabulary; addition and multiplication
+# share one, so the demo's model is unchanged by tasks added later).
 TASK_ALPHABET = "0123456789+*="
+ALPHABETS = {
+    TaskName.ADDITION: TASK_ALPHABET,
+    TaskName.MULTIPLICATION: TASK_ALPHABET,
+    TaskName.RUNNING_SUM: "0123456789+=,",
+}
+
+
+def task_alphabet(name: str | TaskName) -> str:
+    return ALPHABETS[parse_choice(TaskName, name, "task")]
 
 
 def synthetic_task(
-    name: str | TaskName, seed: int = 0, n_train: int = 20_000, n_test: int = 512
+    name: str | TaskName,
+    seed: int = 0,
+    n_train: int = 20_000,
+    n_test: int = 512,
+    terms: int = DEFAULT_TERMS,
 ) -> Task:
-    """A seeded synthetic task; train and test prompts are disjoint."""
+    """A seeded synthetic task; train and test prompts are disjoint. ``terms``: the number of
+    terms of ``running-sum`` (its responses are 5·terms tokens with EOS)."""
     name = parse_choice(TaskName, name, "task")
+    if not 2 <= terms <= MAX_TERMS:
+        raise ValueError(f"terms: between 2 and {MAX_TERMS}, got {terms}")
     rng = np.random.default_rng(seed)
-    examples = _arith(name, rng, n_train + 4 * n_test)
+    examples = _arith(name, rng, n_train + 4 * n_test, terms)
     unique = list({e.prompt: e for e in examples}.values())
     test = unique[:n_test]
     test_prompts = {e.prompt for e in test}
@@ -80,8 +126,8 @@ def synthetic_task(
         name=name.value,
         train=tuple(train),
         test=tuple(test),
-        max_answer_chars=ANSWER_CHARS[name],
-        reward=exact_match,
+        max_answer_chars=answer_chars(name, terms),
+        reward=partial_sums_right if name is TaskName.RUNNING_SUM else exact_match,
     )
 
 

@@ -12,23 +12,32 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from llm_bridge.tasks import TASK_ALPHABET, Task, synthetic_task
+from llm_bridge.head import head_entropy_and_logprobs
+from llm_bridge.tasks import DEFAULT_TERMS, TASK_ALPHABET, Task, synthetic_task, task_alphabet
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+# Qwen2.5's vocabulary size, the real-vocabulary option of the benchmarks and tests.
+QWEN_VOCAB = 151_936
 
 
-def build_tokenizer(alphabet: str = TASK_ALPHABET):
-    """A character-level ``PreTrainedTokenizerFast``: one token per character, plus specials."""
+def build_tokenizer(alphabet: str = TASK_ALPHABET, vocab_size: int | None = None):
+    """A character-level ``PreTrainedTokenizerFast``: one token per character, plus specials,
+    padded with never-encoded ``<unused_i>`` tokens to ``vocab_size`` when given."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [PAD, BOS, EOS, UNK]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(alphabet)))}
+    tokens = specials + sorted(set(alphabet))
+    if vocab_size is not None:
+        if vocab_size < len(tokens):
+            raise ValueError(f"vocab_size: at least {len(tokens)} for this task, got {vocab_size}")
+        tokens += [f"<unused_{i}>" for i in range(vocab_size - len(tokens))]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()  # characters join without spaces
@@ -48,6 +57,7 @@ class TinyConfig:
     """The tiny model and its supervised pre-training; the only home of these defaults."""
 
     task: str = field(default="addition", metadata={"help": "synthetic task to pre-train on"})
+    terms: int = field(default=DEFAULT_TERMS, metadata={"help": "running-sum: terms per prompt"})
     hidden_size: int = field(default=128, metadata={"help": "model width"})
     layers: int = field(default=2, metadata={"help": "transformer layers"})
     heads: int = field(default=4, metadata={"help": "attention heads"})
@@ -57,13 +67,26 @@ class TinyConfig:
     lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
     warmup: int = field(default=50, metadata={"help": "linear warm-up steps"})
     seed: int = field(default=0, metadata={"help": "seed of data, init and order"})
+    vocab_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "pad the vocabulary to this size (151936: Qwen2.5's) with unused tokens, "
+            "then train the full-vocabulary head for --pad-steps (default: the task's alphabet)"
+        },
+    )
+    pad_steps: int = field(
+        default=200, metadata={"help": "steps at the padded vocabulary (pushes unused rows down)"}
+    )
+    pad_batch_size: int = field(
+        default=16, metadata={"help": "sequences per step at the padded vocabulary"}
+    )
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def build_model(cfg: TinyConfig, tokenizer):
+def build_model(cfg: TinyConfig, tokenizer, max_positions: int = 64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)
@@ -74,7 +97,7 @@ def build_model(cfg: TinyConfig, tokenizer):
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         num_key_value_heads=cfg.heads,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -99,50 +122,116 @@ def _sft_batch(tokenizer, task: Task, idx: list[int]) -> tuple[torch.Tensor, tor
     return ids_t, lab_t
 
 
-def pretrain_tiny(cfg: TinyConfig, out: str | os.PathLike, log=print) -> dict:
-    """Build, pre-train and save the tiny model; returns a summary (also in ``pretrain.json``)."""
-    task = synthetic_task(cfg.task, seed=cfg.seed)
-    tokenizer = build_tokenizer()
-    model = build_model(cfg, tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
+def _train(model, tokenizer, task, cfg: TinyConfig, steps: int, batch: int, loss_fn, log) -> None:
+    """AdamW with linear warm-up and decay to 10%, on random batches of the task."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 10%
+    def schedule(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
-        return max(0.1, 1 - 0.9 * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return max(0.1, 1 - 0.9 * (step - cfg.warmup) / max(1, steps - cfg.warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
-    start = time.perf_counter()
-    for step in range(cfg.steps):
-        idx = torch.randint(0, len(task.train), (cfg.batch_size,), generator=gen).tolist()
+    for step in range(steps):
+        idx = torch.randint(0, len(task.train), (batch,), generator=gen).tolist()
         ids, labels = _sft_batch(tokenizer, task, idx)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = loss_fn(model, ids, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == cfg.steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             log(f"pretrain step {step}: loss {loss.item():.4f}")
-    seconds = time.perf_counter() - start
     model.eval()
+
+
+def _hf_loss(model, ids, labels):
+    return model(input_ids=ids, labels=labels).loss
+
+
+def _fused_loss(model, ids, labels):
+    """Cross-entropy on the answer positions through the chunked head: no [B, L, V] logits."""
+    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]  # position t predicts t + 1
+    target = labels[:, 1:]
+    keep = target != -100
+    _, logp = head_entropy_and_logprobs(
+        hidden[keep], model.get_output_embeddings().weight, target[keep]
+    )
+    return -logp.mean()
+
+
+@torch.no_grad()
+def tail_share(model, tokenizer, task: Task, n_used: int, n: int = 16) -> dict[str, float]:
+    """On the answer positions of ``n`` training examples: the probability and the share of the
+    entropy that the tokens beyond the first ``n_used`` (the padding) carry."""
+    ids, labels = _sft_batch(tokenizer, task, list(range(n)))
+    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1][labels[:, 1:] != -100]
+    logits = model.get_output_embeddings()(hidden).double()  # answer positions only
+    logp = torch.log_softmax(logits, -1)
+    p = logp.exp()
+    h_tail = -(p[:, n_used:] * logp[:, n_used:]).sum(-1)
+    h = -(p * logp).sum(-1)
+    return {
+        "tail_probability": float(p[:, n_used:].sum(-1).mean()),
+        "tail_entropy_share": float(h_tail.sum() / h.sum()),
+        "entropy": float(h.mean()),
+    }
+
+
+def pretrain_tiny(cfg: TinyConfig, out: str | os.PathLike, log=print) -> dict:
+    """Build, pre-train and save the tiny model; returns a summary (also in ``pretrain.json``).
+
+    With ``vocab_size``, the model is first trained at the task's own vocabulary, then its
+    vocabulary is padded with unused tokens and the whole model trained on for ``pad_steps`` at
+    full vocabulary (through the chunked head), which pushes the unused rows' logits down from
+    where a random start leaves them; the summary reports the probability and the share of the
+    entropy the padding still carries.
+    """
+    quiet_progress_bars()
+    task = synthetic_task(cfg.task, seed=cfg.seed, terms=cfg.terms)
+    alphabet = task_alphabet(cfg.task)
+    tokenizer = build_tokenizer(alphabet)
+    longest = max(len(e.prompt) + len(e.answer) for e in task.train[:1000]) + 2  # BOS, EOS
+    model = build_model(cfg, tokenizer, max_positions=max(64, longest))
+    start = time.perf_counter()
+    _train(model, tokenizer, task, cfg, cfg.steps, cfg.batch_size, _hf_loss, log)
+    summary: dict = {"config": asdict(cfg)}
+    if cfg.vocab_size is not None:
+        n_used = len(tokenizer)
+        tokenizer = build_tokenizer(alphabet, cfg.vocab_size)
+        model.resize_token_embeddings(cfg.vocab_size, mean_resizing=False)
+        log(f"padded to {cfg.vocab_size} tokens: {tail_share(model, tokenizer, task, n_used)}")
+        pad = replace(cfg, warmup=min(cfg.warmup, cfg.pad_steps // 4))
+        _train(model, tokenizer, task, pad, cfg.pad_steps, cfg.pad_batch_size, _fused_loss, log)
+        summary["padding"] = tail_share(model, tokenizer, task, n_used)
+        log(f"after {cfg.pad_steps} steps at full vocabulary: {summary['padding']}")
+    summary["parameters"] = sum(p.numel() for p in model.parameters())
+    summary["seconds"] = time.perf_counter() - start
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    summary = {"config": asdict(cfg), "parameters": n_params, "seconds": seconds}
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def quiet_progress_bars() -> None:
+    """No loading or saving bars from transformers and huggingface_hub: they clutter every
+    command's output and every log."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
     """A local Hugging Face causal LM and its tokenizer (left padding for generation)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a weights bar per load clutters every command's output
+    quiet_progress_bars()
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model: {path} is not a saved Hugging Face model folder")

@@ -98,7 +98,7 @@ def find_checkpoint(out: Path) -> Path | None:
 def load_task(cfg: TrainConfig) -> Task:
     if cfg.dataset:
         return dataset_task(cfg.dataset, seed=cfg.seed, reward=cfg.dataset_reward)
-    return synthetic_task(cfg.task, seed=cfg.seed)
+    return synthetic_task(cfg.task, seed=cfg.seed, terms=cfg.terms)
 
 
 @dataclass
@@ -147,11 +147,16 @@ class ProbedGRPOTrainer:
             raise ValueError("model: give a local Hugging Face causal-LM folder (--model)")
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.device = resolve_device(cfg.device)
-        self.run_config = {"trainer": "llm_bridge.trainer", **to_jsonable(cfg)}
-        if resume:  # refuse before anything is loaded or written
+        self.task = load_task(cfg) if task is None else task  # a bad dataset fails first
+        # reward_max: for the law's warnings (a ceiling above it is not reachable)
+        self.run_config = {
+            "trainer": "llm_bridge.trainer",
+            **to_jsonable(cfg),
+            "reward_max": self.task.max_reward,
+        }
+        if resume:  # refuse before the model is loaded or anything is written
             for line in check_resumable(self.out, self.run_config, RESUME_FREE):
                 log(f"resume: changed a setting that does not change results: {line}")
-        self.task = load_task(cfg) if task is None else task  # a bad dataset fails first
         # bf16 weights on CUDA; the probe's statistics are computed in fp32/fp64 regardless
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         ckpt = find_checkpoint(self.out) if resume else None
@@ -406,9 +411,12 @@ class ProbedGRPOTrainer:
             loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
             loss.backward()
             total += float(loss.detach())
+            # metrics are token means: weigh each micro-batch's by its tokens, so that the
+            # update's metrics do not depend on how it was split
+            n_tokens = float(batch.mask[sub].sum())
             for key, val in out.metrics.items():
-                totals[key] = totals.get(key, 0.0) + float(val)
-            totals["_count"] = totals.get("_count", 0.0) + 1
+                totals[key] = totals.get(key, 0.0) + float(val) * n_tokens
+            totals["_tokens"] = totals.get("_tokens", 0.0) + n_tokens
         return total
 
     def update(self, batch: StepBatch, alpha: float) -> UpdateResult:
@@ -429,8 +437,8 @@ class ProbedGRPOTrainer:
                 self.schedule.step()
                 n_updates += 1
         self.model.eval()
-        count = totals.pop("_count")
-        metrics = {key: val / count for key, val in totals.items()}
+        n_tokens = totals.pop("_tokens")
+        metrics = {key: val / n_tokens for key, val in totals.items()}
         metrics["actor/pg_loss"] = float(np.mean(losses))
         return UpdateResult(metrics, n_updates, forecast if n_updates == 1 else None)
 

@@ -36,6 +36,10 @@ def _run(cfg: TrainConfig, out: Path):
     return read_run(out)
 
 
+def _sci(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2e}"
+
+
 def _median(run, key):
     vals = [s[key] for s in run.steps if s.get(key) is not None]
     return float(np.median(vals)) if vals else float("nan")
@@ -63,6 +67,7 @@ def lr_curve(model: str, out: Path) -> None:
             mini_batches=1,
             lr=lr,
             optimizer=opt,
+            warmup_steps=0,  # a fixed step size: the measurement is per lr
             val_every=0,
             checkpoint_every=0,
         )
@@ -72,7 +77,7 @@ def lr_curve(model: str, out: Path) -> None:
         print(
             f"| {opt} | {lr:g} | {_median(run, 'token_corr/lemma1'):.4f} | "
             f"{_median(run, 'token_corr/jvp'):.4f} | {lem.correlation:.4f} | "
-            f"{jv.correlation:.4f} | {lem.median_rel_error:.2e} | {jv.median_rel_error:.2e} |"
+            f"{jv.correlation:.4f} | {_sci(lem.median_rel_error)} | {_sci(jv.median_rel_error)} |"
         )
     print()
 
@@ -102,6 +107,7 @@ def estimators(models: dict[str, str], out: Path) -> None:
             checkpoint_every=0,
             lr=lr,
             mini_batches=updates,
+            warmup_steps=0,
         )
         run = _run(cfg, out / f"est_{name}_{lr:g}_{prompts}")
         for p in compare_run(run, n_boot=10).predictors:

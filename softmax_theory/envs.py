@@ -149,6 +149,11 @@ class ContextualBandit(TabularEnv):
         p = np.exp(log_softmax(z))
         return float(self.prompt_weights @ (p * self.rewards).sum(axis=1))
 
+    @property
+    def max_reward(self) -> float:
+        """The largest expected reward any policy reaches: the best response of every prompt."""
+        return float(self.prompt_weights @ self.rewards.max(axis=1))
+
 
 def Bandit(rewards: np.ndarray, name: str = "bandit") -> ContextualBandit:  # noqa: N802
     """A arms with reward r(a): a contextual bandit with one prompt; logits shape [1, A]."""
@@ -254,3 +259,8 @@ class TokenTreeMDP(TabularEnv):
         z = _check_logits(logits, self.logits_shape)
         p = np.exp(log_softmax(z))
         return float(p[0] @ self.q_values(z)[0])
+
+    @property
+    def max_reward(self) -> float:
+        """The largest expected reward any policy reaches: the best sequence's."""
+        return float(self.rewards.max())
