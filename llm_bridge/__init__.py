@@ -21,10 +21,11 @@ from llm_bridge.losses import (
     PolicyLossOutput,
     agg_loss,
     compute_policy_loss,
+    entropy_shaped_advantage,
     get_policy_loss,
     kl_penalty,
 )
-from llm_bridge.probe import ProbeTokens, measure_tokens, probe_record
+from llm_bridge.probe import ProbeTokens, measure_tokens, probe_record, stream_own_entropy_term
 from llm_bridge.rollout import Rollouts
 from llm_bridge.tasks import Task, dataset_task, synthetic_task
 from llm_bridge.tiny import TinyConfig, load_model, pretrain_tiny
@@ -84,6 +85,7 @@ __all__ = [
     "compute_policy_loss",
     "dataset_task",
     "entropy_and_logprobs",
+    "entropy_shaped_advantage",
     "get_policy_loss",
     "group_covariance",
     "head_entropy_and_logprobs",
@@ -96,6 +98,7 @@ __all__ = [
     "measure_tokens",
     "pretrain_tiny",
     "probe_record",
+    "stream_own_entropy_term",
     "synthetic_task",
     "token_covariance",
     "token_entropy",

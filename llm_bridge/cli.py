@@ -98,13 +98,23 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="directory for report.md and figures")] = None,
     fit_fraction: Annotated[float, typer.Option(help="law forecast: share fitted")] = 0.15,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the law")] = 1000,
+    reward_key: Annotated[
+        str | None,
+        typer.Option(
+            help="the reward the law fits, e.g. val_pass@8 "
+            "(default: val_reward where there are enough points, else reward)"
+        ),
+    ] = None,
 ) -> None:
-    """Hold each run's measured entropy change against the predictions; fit the law."""
+    """Hold each run's measured entropy change against the predictions; fit the law; split
+    the predicted ΔH by token class."""
     from llm_bridge.compare import compare_runs, render_report
 
     if out is not None:
         check_out_dir(out, "--out")
-    reports = compare_runs(runs, out, fit_fraction=fit_fraction, n_boot=n_boot)
+    reports = compare_runs(
+        runs, out, fit_fraction=fit_fraction, n_boot=n_boot, reward_key=reward_key
+    )
     console.print(render_report(reports))
     if out is not None:
         console.print(f"wrote {out}/report.md and figures")

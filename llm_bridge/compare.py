@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from softmax_theory.attribution import CLIP_PARTS, SIGN_PARTS
 from softmax_theory.law import LawReport, law_report, series_from_run
 from softmax_theory.runlog import RunLog, distinct_labels, read_run
 from softmax_theory.stats import correlation, relative_errors, smooth
@@ -59,6 +60,8 @@ class RunReport:
     shares: dict[float, tuple[float | None, float | None]]  # step fraction → (ΔH share, ΔR share)
     law: LawReport | None
     law_error: str | None
+    # Σ over the run's steps of each attribution part and of pred_lemma1 (empty: not logged)
+    attribution: dict[str, float] = field(default_factory=dict)
 
 
 def _aligned(run: RunLog, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -126,11 +129,21 @@ def _first_last(run: RunLog, key: str) -> tuple[float | None, float | None]:
     return (vals[0], vals[-1]) if vals else (None, None)
 
 
+def attribution_totals(run: RunLog) -> dict[str, float]:
+    """Σ over the steps that logged them of each ``attr/*`` part and of ``pred_lemma1``."""
+    keys = SIGN_PARTS + CLIP_PARTS
+    rows = [s for s in run.steps if all(k in s for k in keys) and "pred_lemma1" in s]
+    if not rows:
+        return {}
+    return {k: float(sum(s[k] for s in rows)) for k in keys + ("pred_lemma1",)}
+
+
 def compare_run(
     run: RunLog,
     fit_fraction: float = 0.15,
     n_boot: int = 1000,
     rng: np.random.Generator | None = None,
+    reward_key: str | None = None,
 ) -> RunReport:
     stats = tuple(
         s for k in DIRECT_PREDICTORS + COV_ESTIMATORS if (s := predictor_stats(run, k)) is not None
@@ -144,7 +157,9 @@ def compare_run(
         shares = {f: (h_share[f], r_share[f]) for f in SHARE_POINTS}
     law, law_error = None, None
     try:
-        law = law_report(series_from_run(run), fit_fraction=fit_fraction, n_boot=n_boot, rng=rng)
+        law = law_report(
+            series_from_run(run, reward_key), fit_fraction=fit_fraction, n_boot=n_boot, rng=rng
+        )
     except ValueError as err:
         law_error = str(err)
     h0, h1 = _first_last(run, "entropy")
@@ -163,6 +178,7 @@ def compare_run(
         shares=shares,
         law=law,
         law_error=law_error,
+        attribution=attribution_totals(run),
     )
 
 
@@ -392,7 +408,63 @@ def _law_section(reports: list[RunReport]) -> list[str]:
     return lines
 
 
-REPORT_SECTIONS = (_runs_section, _predictors_section, _shares_section, _law_section)
+def _attribution_conclusion(r: RunReport) -> str:
+    a = r.attribution
+    total = a["pred_lemma1"]
+    parts = sorted(SIGN_PARTS, key=lambda k: a[k])
+    most_down, most_up = parts[0], parts[-1]
+    said = []
+    if a[most_down] < 0:
+        said.append(
+            f"`{most_down.split('/')[1]}` tokens lowered entropy most ({a[most_down]:+.3g})"
+        )
+    if a[most_up] > 0:
+        said.append(f"`{most_up.split('/')[1]}` tokens raised it most ({a[most_up]:+.3g})")
+    text = f"**{r.name}**: Lemma 1 predicts {total:+.3g} nats over the run"
+    if said:
+        text += "; " + ", ".join(said)
+    if a["attr/clipped"] != 0:
+        text += f"; clipped tokens carried {a['attr/clipped']:+.3g}"
+    return text + "."
+
+
+def _attribution_section(reports: list[RunReport]) -> list[str]:
+    rows = [r for r in reports if r.attribution]
+    if not rows:
+        return []
+    keys = SIGN_PARTS + CLIP_PARTS
+    lines = [
+        "## Where the entropy goes",
+        "",
+        "Lemma 1's predicted ΔH, summed over the run, split by the sign of the token's advantage "
+        "and whether the sampled token was likely (log π(y) ≥ −H, more probable than the "
+        "policy's typical token), and by whether its ratio was clipped at some update. Each "
+        "family sums to `pred_lemma1`; a share is the part over that total, so parts of "
+        "opposite sign can exceed ±100%. In a language model a token's part is Lemma 1 at its "
+        "own state, which includes what the other tokens' updates did there.",
+        "",
+        "What this shows: " + " ".join(_attribution_conclusion(r) for r in rows),
+        "",
+        "![attribution by advantage sign and likelihood](attribution.png)",
+        "",
+        "| run | Σ pred_lemma1 | " + " | ".join(k.split("/")[1] for k in keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    for r in rows:
+        a = r.attribution
+        total = a["pred_lemma1"]
+        cells = [f"{a[k]:+.3g} ({a[k] / total:+.0%})" if total else f"{a[k]:+.3g}" for k in keys]
+        lines.append(f"| {r.name} | {total:+.3g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+REPORT_SECTIONS = (
+    _runs_section,
+    _predictors_section,
+    _attribution_section,
+    _shares_section,
+    _law_section,
+)
 
 
 def render_report(reports: list[RunReport]) -> str:
@@ -409,20 +481,25 @@ def compare_runs(
     fit_fraction: float = 0.15,
     n_boot: int = 1000,
     seed: int = 0,
+    reward_key: str | None = None,
 ) -> list[RunReport]:
-    """Compare runs; with ``out``, write ``report.md`` and figures there."""
+    """Compare runs; with ``out``, write ``report.md`` and figures there. ``reward_key``: the
+    reward the law fits (e.g. ``val_pass@8``); by default ``val_reward`` where there are enough
+    points, else ``reward``."""
     rng = np.random.default_rng(seed)
     labels = distinct_labels(runs)
     logs = [replace(read_run(r), label=label) for r, label in zip(runs, labels, strict=True)]
-    reports = [compare_run(log, fit_fraction, n_boot, rng) for log in logs]
+    reports = [compare_run(log, fit_fraction, n_boot, rng, reward_key) for log in logs]
     if out is not None:
-        from llm_bridge.plots import plot_predictions, plot_runs
+        from llm_bridge.plots import plot_attribution, plot_predictions, plot_runs
         from softmax_theory.plots import plot_law
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(render_report(reports))
         figures = {"curves.png": plot_runs(logs), "predictions.png": plot_predictions(logs)}
+        if any(r.attribution for r in reports):
+            figures["attribution.png"] = plot_attribution(logs, SIGN_PARTS)
         laws = [r.law for r in reports if r.law is not None]
         if laws:
             figures["law.png"] = plot_law(laws)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from llm_bridge.rollout import BackendName
 from llm_bridge.tasks import DEFAULT_TERMS, TaskName
-from softmax_theory.group_advantages import AdvantageEstimator
+from softmax_theory.group_advantages import AdvantageEstimator, check_w_reinforce_lambda
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.registry import parse_choice
 
@@ -85,9 +85,24 @@ class TrainConfig:
     advantage: AdvantageEstimator = field(
         default=AdvantageEstimator.GRPO, metadata=_help("advantage estimator")
     )
+    w_reinforce_lambda: float | None = field(
+        default=None,
+        metadata=_help("w_reinforce: λ, the weight of right responses (default 0.1; 0: NSR)"),
+    )
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     val_every: int = field(default=10, metadata=_help("steps between validations (0: never)"))
     val_prompts: int = field(default=128, metadata=_help("held-out prompts per validation"))
+    val_k: int | None = field(
+        default=None,
+        metadata=_help(
+            "also log val_pass@K: K for the unbiased pass@k estimator over --val-samples "
+            "samples per held-out prompt (default: off)"
+        ),
+    )
+    val_samples: int | None = field(
+        default=None,
+        metadata=_help("samples n ≥ K per held-out prompt for pass@K (default: K)"),
+    )
     probe: bool = field(default=True, metadata=_help("measure ΔH and the predictions"))
     probe_jvp: bool = field(default=True, metadata=_help("also the JVP forecast, pred_jvp"))
     probe_every: int = field(default=1, metadata=_help("probe every k-th step"))
@@ -130,6 +145,15 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
+        check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
+        if self.val_samples is not None and self.val_k is None:
+            raise ValueError("val_samples: has no effect without val_k")
+        if self.val_k is not None and self.val_every == 0:
+            raise ValueError("val_k: has no effect while val_every is 0 (no validation)")
+        if self.val_k is not None and self.val_k < 1:
+            raise ValueError(f"val_k: must be ≥ 1, got {self.val_k}")
+        if self.val_k is not None and (self.val_samples or self.val_k) < self.val_k:
+            raise ValueError(f"val_samples: must be ≥ val_k = {self.val_k}, got {self.val_samples}")
         for name in ("micro_batch_size", "probe_responses"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
@@ -160,6 +184,13 @@ class TrainConfig:
     @property
     def updates_per_step(self) -> int:
         return self.epochs * self.mini_batches
+
+    @property
+    def val_n(self) -> int:
+        """Samples per held-out prompt: n for pass@K, else one."""
+        if self.val_k is None:
+            return 1
+        return self.val_k if self.val_samples is None else self.val_samples
 
 
 def warmup_factor(update: int, warmup_updates: int) -> float:

@@ -13,13 +13,14 @@ two equal.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from llm_bridge.token_stats import masked_mean, token_covariance
 from softmax_theory.policy import (
     AggMode,
+    CovSelector,
     KLEstimator,
     PolicyLoss,
     PolicyLossConfig,
@@ -32,6 +33,19 @@ from softmax_theory.registry import parse_choice
 LOG_RATIO_CLAMP = 20.0
 # verl clamps the k3 estimate to ±10.
 K3_CLAMP = 10.0
+# verl (and the GSPO paper's code) clamps the log of GSPO's sequence ratio to ≤ 10.
+SEQ_LOG_RATIO_MAX = 10.0
+
+# LossInputs' [B, T] fields, in order.
+TENSOR_FIELDS = (
+    "log_prob",
+    "old_log_prob",
+    "advantages",
+    "response_mask",
+    "entropy",
+    "ref_log_prob",
+    "score",
+)
 
 Metrics = dict[str, torch.Tensor]
 
@@ -46,12 +60,15 @@ class LossInputs:
     response_mask: torch.Tensor  # 1 on valid response tokens
     entropy: torch.Tensor | None = None  # per-token H(π_θ(·|s)), with gradient where needed
     ref_log_prob: torch.Tensor | None = None  # log π_ref, for the KL-to-reference penalty
+    # π(y)(log π(y) + H) − Cov_π(log π, π) at θ_old: the token's own-update entropy term,
+    # read by the oracle selector and the selection metrics
+    score: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         ref = self.log_prob
         if ref.ndim != 2:
             raise ValueError(f"log_prob: expected [B, T], got {tuple(ref.shape)}")
-        for name in ("old_log_prob", "advantages", "response_mask", "entropy", "ref_log_prob"):
+        for name in TENSOR_FIELDS[1:]:
             x = getattr(self, name)
             if x is not None and x.shape != ref.shape:
                 raise ValueError(f"{name}: shape {tuple(x.shape)} must equal {tuple(ref.shape)}")
@@ -64,6 +81,9 @@ class LossInputs:
 class PolicyLossOutput:
     per_token_loss: torch.Tensor  # [B, T]; padding positions are 0
     metrics: Metrics = field(default_factory=dict)
+    # [B, T] bool: the tokens whose ratio left the trust region on the side the loss restrains
+    # (their gradient cut or bounded), for the ΔH attribution; None for a loss without a clip
+    clipped: torch.Tensor | None = None
 
 
 def log_ratio(inp: LossInputs) -> torch.Tensor:
@@ -76,30 +96,45 @@ def _frac(x: torch.Tensor, inp: LossInputs) -> torch.Tensor:
     return masked_mean(x.to(inp.log_prob.dtype), inp.response_mask).detach()
 
 
+def _clip_metrics(inp: LossInputs, lr: torch.Tensor, clipped: torch.Tensor) -> Metrics:
+    """The clip fraction, split by the sign of A (clip-high acts on A > 0, clip-low on A < 0),
+    and ppo_kl = mean of log π_old − log π, over the valid tokens."""
+    adv = inp.advantages
+    return {
+        "actor/pg_clipfrac": _frac(clipped, inp),
+        "actor/pg_clipfrac_pos": _frac(clipped & (adv > 0), inp),
+        "actor/pg_clipfrac_neg": _frac(clipped & (adv < 0), inp),
+        "actor/ppo_kl": masked_mean(-lr, inp.response_mask).detach(),
+    }
+
+
 def ppo_clip(
-    inp: LossInputs, low: float, high: float, dual_c: float | None
-) -> tuple[torch.Tensor, Metrics]:
+    inp: LossInputs,
+    low: float | torch.Tensor,
+    high: float | torch.Tensor,
+    dual_c: float | None,
+) -> tuple[torch.Tensor, Metrics, torch.Tensor]:
     """ℓ = max(−A·r, −A·clip(r, 1 − low, 1 + high)); with dual-clip c, tokens with A < 0 take
     min(ℓ, −A·c). Schulman et al. 2017 (PPO); Ye et al. 2020 (dual-clip, arXiv 1912.09729).
 
-    The operations and their order are verl's, so the results agree to the last bit.
+    ``low``/``high`` may be per-token tensors. The operations and their order are verl's, so
+    the results agree to the last bit. Returns ℓ, the metrics and the clipped tokens.
     """
-    adv, mask = inp.advantages, inp.response_mask
+    adv = inp.advantages
     lr = log_ratio(inp)
     ratio = torch.exp(lr)
     loss1 = -adv * ratio
     loss2 = -adv * torch.clamp(ratio, 1 - low, 1 + high)
     loss = torch.maximum(loss1, loss2)
-    metrics = {
-        "actor/pg_clipfrac": _frac(torch.gt(loss2, loss1), inp),
-        "actor/ppo_kl": masked_mean(-lr, mask).detach(),
-    }
+    clipped = torch.gt(loss2, loss1).detach()
+    metrics = _clip_metrics(inp, lr, clipped)
     if dual_c is not None:
         loss3 = -adv * dual_c
-        dual = torch.gt(loss, loss3) & (adv < 0)
+        dual = (torch.gt(loss, loss3) & (adv < 0)).detach()
         loss = torch.where(adv < 0, torch.min(loss3, loss), loss)
         metrics["actor/pg_clipfrac_lower"] = _frac(dual, inp)
-    return loss, metrics
+        clipped = clipped | dual
+    return loss, metrics, clipped
 
 
 def vanilla_loss(
@@ -107,8 +142,10 @@ def vanilla_loss(
 ) -> PolicyLossOutput:
     """PPO clip with ε_low = ``clip_ratio_low``, ε_high = ``clip_ratio_high`` and dual-clip c =
     ``clip_ratio_c`` (verl's ``vanilla``)."""
-    loss, metrics = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
-    return PolicyLossOutput(loss, metrics)
+    loss, metrics, clipped = ppo_clip(
+        inp, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
+    )
+    return PolicyLossOutput(loss, metrics, clipped)
 
 
 def clip_higher_loss(
@@ -157,6 +194,50 @@ def select_kl_cov(
     return _top_k_valid(cov, inp.response_mask, k)
 
 
+def select_oracle(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The oracle's tokens: as many as the covariance rule picks (``n_selected`` with the loss's
+    ratio), those whose own update lowers entropy most, i.e. the largest A·score. Clip-Cov's
+    oracle also skips tokens already clipped. Returns a bool [B, T] mask."""
+    if inp.score is None:
+        raise ValueError("score: the oracle selector needs each token's own entropy term")
+    valid = inp.response_mask.bool()
+    mask = valid
+    adv = inp.advantages.detach()
+    value = adv * inp.score
+    ratio = cfg.kl_cov_ratio if cfg.loss_mode is PolicyLoss.KL_COV else cfg.clip_cov_ratio
+    if cfg.loss_mode is PolicyLoss.CLIP_COV:
+        r = torch.exp(log_ratio(inp).detach())
+        lo, hi = 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high
+        mask = mask & ~(-adv * torch.clamp(r, lo, hi) > -adv * r)
+    k = min(n_selected(int(valid.sum()), ratio), int(mask.sum()))
+    return _top_k_valid(value, mask, k)
+
+
+def select_cov_tokens(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The tokens Clip-Cov or KL-Cov restrains, by ``cfg.cov_selector``: the paper's covariance
+    rule for the loss, or the oracle (bool [B, T])."""
+    if cfg.cov_selector is CovSelector.ORACLE:
+        return select_oracle(inp, cfg, generator)
+    return COV_SELECTORS[cfg.loss_mode](inp, cfg, generator)
+
+
+def _selection_metrics(inp: LossInputs, selected: torch.Tensor) -> Metrics:
+    """The selected share and, where each token's own entropy term is known, the mean A·score
+    of the selected tokens beside the oracle's (the most a selection of that size can hold)."""
+    metrics = {"actor/cov_selected_frac": _frac(selected, inp)}
+    n = int(selected.sum())
+    if inp.score is not None and n:
+        value = (inp.advantages * inp.score).detach()
+        best = _top_k_valid(value, inp.response_mask, n)
+        metrics["actor/cov_selected_value"] = value[selected].mean()
+        metrics["actor/cov_oracle_value"] = value[best].mean()
+    return metrics
+
+
 def clip_cov_loss(
     inp: LossInputs,
     cfg: PolicyLossConfig,
@@ -166,12 +247,12 @@ def clip_cov_loss(
     """Clip-Cov (Cui et al. 2025, §4): PPO clip (range ``clip_ratio_low/high``, no dual-clip, as
     verl); the selected tokens' losses are multiplied by 0 (no gradient; they stay in the
     token-mean denominator). ``selected``: a mask chosen over a larger scope (``cov_scope``)."""
-    loss, metrics = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, None)
+    loss, metrics, clipped = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, None)
     if selected is None:
-        selected = select_clip_cov(inp, cfg, generator)
+        selected = select_cov_tokens(inp, cfg, generator)
     loss = loss * (~selected).to(loss.dtype)
-    metrics["actor/cov_selected_frac"] = _frac(selected, inp)
-    return PolicyLossOutput(loss, metrics)
+    metrics.update(_selection_metrics(inp, selected))
+    return PolicyLossOutput(loss, metrics, clipped)
 
 
 def kl_cov_loss(
@@ -186,15 +267,128 @@ def kl_cov_loss(
     ratio = torch.exp(lr)
     abs_kl = (inp.log_prob - inp.old_log_prob).abs()
     if selected is None:
-        selected = select_kl_cov(inp, cfg)
+        selected = select_cov_tokens(inp, cfg, generator)
     loss = -inp.advantages * ratio + cfg.ppo_kl_coef * abs_kl * selected.to(ratio.dtype)
     mask = inp.response_mask
     metrics = {
         "actor/ppo_kl": masked_mean(-lr, mask).detach(),
         "actor/ppo_kl_abs": masked_mean(abs_kl, mask).detach(),
-        "actor/cov_selected_frac": _frac(selected, inp),
+        **_selection_metrics(inp, selected),
     }
     return PolicyLossOutput(loss, metrics)
+
+
+def gppo_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """GPPO / CE-GPPO: PPO clip whose clipped tokens keep a bounded gradient.
+
+    ℓ = −A·w·r/sg(r), w = β₂(1 + ε_high) where A > 0 and r > 1 + ε_high, β₁(1 − ε_low) where
+    A < 0 and r < 1 − ε_low, and sg(r) elsewhere (plain −A·r). A clipped token's gradient is
+    β(1 ± ε)·A·∇log π, bounded, never zero. β₁ = β₂ = 1 is Klear-Reasoner's GPPO
+    (arXiv 2508.07629); CE-GPPO (arXiv 2509.20712) tunes β₁ (low side) and β₂ (high side).
+    """
+    adv = inp.advantages
+    lr = log_ratio(inp)
+    ratio = torch.exp(lr)
+    high = (adv > 0) & (ratio > 1 + cfg.clip_ratio_high)
+    low = (adv < 0) & (ratio < 1 - cfg.clip_ratio_low)
+    w = torch.where(
+        high,
+        cfg.gppo_beta_high * (1 + cfg.clip_ratio_high),
+        torch.where(low, cfg.gppo_beta_low * (1 - cfg.clip_ratio_low), ratio),
+    ).detach()
+    loss = -adv * w * torch.exp(lr - lr.detach())  # value −A·w; gradient −A·w·∇log r
+    clipped = (high | low).detach()
+    return PolicyLossOutput(loss, _clip_metrics(inp, lr, clipped), clipped)
+
+
+def cispo_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): ℓ = −sg(clip(r, 1 − ε_low, 1 + ε_high))·A·log π.
+
+    The importance weight is truncated and carries no gradient, so every token keeps its
+    REINFORCE gradient −w·A·∇log π; none is dropped by the clip. verl 0.9.1's ``cispo``; a
+    token counts as clipped where its weight was truncated.
+    """
+    lr = log_ratio(inp)
+    ratio = torch.exp(lr)
+    w = torch.clamp(ratio, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
+    clipped = torch.ne(ratio, w).detach()
+    loss = -w.detach() * inp.advantages * inp.log_prob
+    return PolicyLossOutput(loss, _clip_metrics(inp, lr, clipped), clipped)
+
+
+def sequence_log_ratio(inp: LossInputs) -> torch.Tensor:
+    """log s_i = (1/|y_i|)·Σ_t (log π − log π_old) over the response's valid tokens: GSPO's
+    length-normalised sequence ratio, in log; [B] (an empty response counts length 1)."""
+    m = inp.response_mask.to(inp.log_prob.dtype)
+    return ((inp.log_prob - inp.old_log_prob) * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
+def gspo_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071), token form: every token of response i takes
+    the sequence ratio s_{i,t} = sg(s_i)·π/sg(π), log clamped to ≤ 10, in a PPO clip:
+
+    ℓ = max(−A·s, −A·clip(s, 1 − ε_low, 1 + ε_high)).
+
+    verl 0.9.1's ``gspo``; the whole response is clipped together, at ratios near 1 (the
+    paper's ε are 3e-4 and 4e-4).
+    """
+    adv = inp.advantages
+    seq = sequence_log_ratio(inp).detach().unsqueeze(-1)
+    log_s = torch.clamp(inp.log_prob - inp.log_prob.detach() + seq, max=SEQ_LOG_RATIO_MAX)
+    s = torch.exp(log_s)
+    loss1 = -adv * s
+    loss2 = -adv * torch.clamp(s, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
+    loss = torch.maximum(loss1, loss2)
+    clipped = torch.gt(loss2, loss1).detach()
+    metrics = _clip_metrics(inp, inp.log_prob - inp.old_log_prob, clipped)
+    return PolicyLossOutput(loss, metrics, clipped)
+
+
+def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """The valid tokens whose entropy lies above their own response's ``quantile`` of entropies
+    (linear interpolation, as ``torch.quantile``): Archer's reasoning tokens; bool [B, T]."""
+    valid = mask.bool()
+    h = entropy.detach()
+    out = torch.zeros_like(valid)
+    for i in range(valid.shape[0]):
+        if valid[i].any():
+            q = torch.quantile(h[i][valid[i]].double(), quantile)
+            out[i] = valid[i] & (h[i].double() > q)
+    return out
+
+
+def archer_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """Archer (Wang et al. 2025, arXiv 2507.15778): dual-token constraints by entropy.
+
+    Tokens above their response's ``archer_quantile`` of entropy (reasoning tokens) take a PPO
+    clip of range ±``archer_clip_ratio`` and no KL; the others (knowledge tokens) the usual clip
+    (``clip_ratio_low``/``high``) plus ``archer_kl_coef``·k3 KL to the reference policy:
+
+    ℓ = max(−A·r, −A·clip(r, 1 − ε_t, 1 + ε_t)) + [low-entropy]·β·KL_k3(π‖π_ref).
+
+    The split reads sg(H) under the current policy.
+    """
+    if inp.entropy is None or inp.ref_log_prob is None:
+        raise ValueError("entropy: archer needs the per-token entropy and the reference log-probs")
+    high = high_entropy_tokens(inp.entropy, inp.response_mask, cfg.archer_quantile)
+    dtype = inp.log_prob.dtype
+    wide = torch.tensor(cfg.archer_clip_ratio, dtype=dtype)
+    low_eps = torch.where(high, wide, torch.tensor(cfg.clip_ratio_low, dtype=dtype))
+    high_eps = torch.where(high, wide, torch.tensor(cfg.clip_ratio_high, dtype=dtype))
+    loss, metrics, clipped = ppo_clip(inp, low_eps, high_eps, None)
+    kl = kl_penalty(inp.log_prob, inp.ref_log_prob, KLEstimator.K3)
+    knowledge = (~high).to(dtype) * cfg.archer_kl_coef
+    metrics["actor/archer_high_frac"] = _frac(high, inp)
+    metrics["actor/archer_kl"] = masked_mean(kl.detach(), inp.response_mask.bool() & ~high)
+    return PolicyLossOutput(loss + knowledge * kl, metrics, clipped)
 
 
 POLICY_LOSSES: dict[PolicyLoss, Callable[..., PolicyLossOutput]] = {
@@ -202,6 +396,10 @@ POLICY_LOSSES: dict[PolicyLoss, Callable[..., PolicyLossOutput]] = {
     PolicyLoss.CLIP_HIGHER: clip_higher_loss,
     PolicyLoss.CLIP_COV: clip_cov_loss,
     PolicyLoss.KL_COV: kl_cov_loss,
+    PolicyLoss.GPPO: gppo_loss,
+    PolicyLoss.CISPO: cispo_loss,
+    PolicyLoss.GSPO: gspo_loss,
+    PolicyLoss.ARCHER: archer_loss,
 }
 
 # The selection rule of each covariance loss, for cov_scope = mini (the trainer selects over the
@@ -237,6 +435,15 @@ def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, ratio: float) ->
     return _top_k_valid(entropy, mask, n_top(int(mask.bool().sum()), ratio))
 
 
+def entropy_shaped_advantage(
+    advantages: torch.Tensor, entropy: torch.Tensor, alpha: float, kappa: float
+) -> torch.Tensor:
+    """A′ = A + min(α·sg(H), |A|/κ): an entropy bonus on the advantage, capped so it never
+    flips A's sign (κ > 1). Cheng et al. 2025, "Reasoning with Exploration: An Entropy
+    Perspective" (arXiv 2506.14758). Tokens with A = 0 get nothing."""
+    return advantages + torch.minimum(alpha * entropy.detach(), advantages.abs() / kappa)
+
+
 def compute_policy_loss(
     inp: LossInputs,
     cfg: PolicyLossConfig,
@@ -246,7 +453,9 @@ def compute_policy_loss(
 ) -> PolicyLossOutput:
     """The configured policy loss plus the composable controls, per token:
 
-    ℓ_t = ℓ^policy_t·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+
+    with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A).
 
     Args:
       inp: the batch's tensors.
@@ -254,10 +463,21 @@ def compute_policy_loss(
       entropy_coeff: α in force this step (adaptive entropy control passes its current value);
         ``cfg.entropy_coeff`` when omitted.
       generator: randomness of Clip-Cov's draw.
-      selected: Clip-Cov/KL-Cov tokens chosen over the mini-batch (``cov_scope = mini``).
+      selected: Clip-Cov/KL-Cov tokens chosen over a larger scope (``cov_scope`` mini, global).
     """
+    bonus = None
+    if cfg.entropy_adv_alpha > 0:
+        if inp.entropy is None:
+            raise ValueError("entropy: the entropy-shaped advantage needs the per-token entropy")
+        shaped = entropy_shaped_advantage(
+            inp.advantages, inp.entropy, cfg.entropy_adv_alpha, cfg.entropy_adv_kappa
+        )
+        bonus = masked_mean(shaped - inp.advantages, inp.response_mask).detach()
+        inp = replace(inp, advantages=shaped * inp.response_mask.to(shaped.dtype))
     out = get_policy_loss(cfg.loss_mode)(inp, cfg, generator=generator, selected=selected)
     loss, metrics = out.per_token_loss, dict(out.metrics)
+    if bonus is not None:
+        metrics["actor/entropy_adv_bonus"] = bonus
     if cfg.top_entropy_ratio is not None:
         if inp.entropy is None:
             raise ValueError("entropy: top_entropy_ratio needs the per-token entropy")
@@ -278,7 +498,8 @@ def compute_policy_loss(
         loss = loss + cfg.kl_loss_coef * kl
         metrics["actor/kl_loss"] = masked_mean(kl.detach(), inp.response_mask)
     loss = loss * inp.response_mask.to(loss.dtype)
-    return PolicyLossOutput(loss, metrics)
+    clipped = None if out.clipped is None else out.clipped & inp.response_mask.bool()
+    return PolicyLossOutput(loss, metrics, clipped)
 
 
 def agg_loss(
@@ -341,17 +562,27 @@ __all__ = [
     "LossInputs",
     "POLICY_LOSSES",
     "PolicyLossOutput",
+    "TENSOR_FIELDS",
     "agg_loss",
+    "archer_loss",
+    "cispo_loss",
     "clip_cov_loss",
     "clip_higher_loss",
     "compute_policy_loss",
+    "entropy_shaped_advantage",
     "get_policy_loss",
+    "gppo_loss",
+    "gspo_loss",
+    "high_entropy_tokens",
     "kl_cov_loss",
     "kl_penalty",
     "log_ratio",
     "ppo_clip",
     "select_clip_cov",
+    "select_cov_tokens",
     "select_kl_cov",
+    "select_oracle",
+    "sequence_log_ratio",
     "top_entropy_mask",
     "vanilla_loss",
 ]

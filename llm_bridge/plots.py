@@ -83,3 +83,32 @@ def plot_predictions(runs: Sequence[RunLog]):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig, axes
+
+
+def plot_attribution(runs: Sequence[RunLog], parts: Sequence[str]):
+    """Lemma 1's predicted ΔH per step split into ``parts`` (``attr/*`` keys), stacked: parts
+    that raise entropy above zero, those that lower it below; the black line is their sum,
+    ``pred_lemma1``. One panel per run that logged the parts."""
+    runs = [r for r in runs if any(parts[0] in s for s in r.steps)]
+    fig, axes = plt.subplots(
+        1, max(1, len(runs)), figsize=(4.6 * max(1, len(runs)), 3.8), squeeze=False
+    )
+    for ax, run in zip(axes[0], runs, strict=False):
+        rows = [s for s in run.steps if all(p in s for p in parts)]
+        steps = np.array([s["step"] for s in rows])
+        values = np.array([[s[p] for p in parts] for s in rows])  # (steps, parts)
+        up = np.zeros(len(rows))
+        down = np.zeros(len(rows))
+        for j, part in enumerate(parts):
+            v = values[:, j]
+            pos, neg = np.clip(v, 0, None), np.clip(v, None, 0)
+            ax.bar(steps, pos, bottom=up, width=1.0, color=f"C{j}", label=part.split("/")[-1])
+            ax.bar(steps, neg, bottom=down, width=1.0, color=f"C{j}")
+            up, down = up + pos, down + neg
+        ax.plot(steps, values.sum(1), "k-", lw=0.8, label="pred_lemma1")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(xlabel="step", ylabel="predicted ΔH (nats)", title=run.name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, axes

@@ -15,6 +15,11 @@ Jacobian-vector product at θ_old) are reduced to per-token scalars in chunks an
   state: a one-sample estimate of Theorem 2's Cov_π(log π, A)) and ``cov_score`` (Lemma 1 applied
   to a score-function step on y alone: A·[π(y)(log π(y) + H) − Cov_π(log π, π)]).
 
+The record also splits ``pred_lemma1`` over token classes (``attr/*``, by the sign of A and
+whether the sampled token was likely, and by whether its ratio was clipped at some update of
+the step; ``softmax_theory.attribution`` holds the definitions both worlds share). Each token's
+part is Lemma 1 at its own state, ``pred_lemma1_t``/n, so each family sums to ``pred_lemma1``.
+
 Both engines call ``measure_tokens`` and ``probe_record``; under several processes,
 ``gather_tokens`` joins every rank's tokens so one record covers the whole step.
 """
@@ -41,6 +46,7 @@ from llm_bridge.forward import (
 from llm_bridge.head import head_probe_stats
 from llm_bridge.rollout import Rollouts
 from llm_bridge.token_stats import flat_group_covariance, token_probe_stats
+from softmax_theory.attribution import attribution_parts
 from softmax_theory.stats import correlation
 
 
@@ -162,6 +168,7 @@ def measure_tokens(
     rows: torch.Tensor | None = None,
     micro_batch_size: int | None = None,
     temperature: float = 1.0,
+    clipped: torch.Tensor | None = None,
 ) -> ProbeTokens:
     """Measure the update on the responses ``rows`` (all by default), streaming micro-batches.
 
@@ -173,19 +180,39 @@ def measure_tokens(
       rows: indices of the responses to probe.
       micro_batch_size: responses per forward pass.
       temperature: the policy's temperature.
+      clipped: [B, R] bool, the tokens clipped at some update of the step (for the
+        attribution's clipped/unclipped split), or None for a loss without a clip.
     """
     rows = torch.arange(roll.input_ids.shape[0]) if rows is None else torch.as_tensor(rows)
     sub = roll.subset(rows)
     adv = advantages[rows.to(advantages.device)]
+    clip = None if clipped is None else clipped[rows.to(clipped.device)]
     parts, responses = [], []
     for sl in micro_slices(len(rows), micro_batch_size):
         stats = _micro_stats(model, sub, sl, temperature, params_before, delta)
         mask = sub.response_mask[sl].bool()
         stats["advantage"] = adv[sl].double()
+        if clip is not None:
+            stats["clipped"] = clip[sl].double()
         parts.append({k: v[mask].cpu() for k, v in stats.items()})
         responses.append(mask.nonzero()[:, 0].cpu() + sl.start)
     values = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return ProbeTokens(values, torch.cat(responses), torch.as_tensor(group)[rows.cpu()].cpu())
+
+
+@torch.no_grad()
+def stream_own_entropy_term(
+    model, roll: Rollouts, micro_batch_size: int | None, temperature: float = 1.0
+) -> torch.Tensor:
+    """Each response token's own-update entropy term π(y)(log π(y) + H) − Cov_π(log π, π) under
+    the current parameters, [B, R] float64 (0 on padding), one micro-batch at a time: the
+    oracle selector's score (``softmax_theory.attribution.own_entropy_term``)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    parts = []
+    for sl in micro_slices(roll.input_ids.shape[0], micro_batch_size):
+        stats = _micro_stats(model, roll, sl, temperature, params, None)
+        parts.append(stats["score"].double() * roll.response_mask[sl])
+    return torch.cat(parts)
 
 
 def gather_tokens(tokens: ProbeTokens) -> ProbeTokens:
@@ -245,4 +272,13 @@ def probe_record(tokens: ProbeTokens) -> dict[str, float | int | None]:
     if "pred_jvp" in v:
         record["pred_jvp"] = float(v["pred_jvp"].mean())
         record["token_corr/jvp"] = _corr(v["delta_entropy"], v["pred_jvp"])
+    record.update(
+        attribution_parts(
+            v["pred_lemma1"].numpy() / n,
+            adv.numpy(),
+            logp.numpy(),
+            h.numpy(),
+            None if "clipped" not in v else v["clipped"].numpy() > 0,
+        )
+    )
     return record

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ import torch
 
 from llm_bridge.config import Device, OptimizerName, TrainConfig, warmup_factor
 from llm_bridge.forward import head_spec, micro_slices, stream_token_stats, token_stats
-from llm_bridge.losses import COV_SELECTORS, LossInputs, agg_loss, compute_policy_loss
+from llm_bridge.losses import (
+    COV_SELECTORS,
+    LossInputs,
+    agg_loss,
+    compute_policy_loss,
+    select_cov_tokens,
+)
 from llm_bridge.memory import (
     ModelShape,
     StepMemory,
@@ -43,15 +49,16 @@ from llm_bridge.probe import (
     parameter_delta,
     probe_record,
     snapshot,
+    stream_own_entropy_term,
 )
 from llm_bridge.rollout import Rollouts, make_backend
 from llm_bridge.tasks import Task, check_encodable, dataset_task, score, synthetic_task
 from llm_bridge.tiny import load_model
 from llm_bridge.token_stats import token_covariance
-from softmax_theory.group_advantages import ADVANTAGES
-from softmax_theory.policy import CovScope, adaptive_entropy_coef
+from softmax_theory.group_advantages import compute_advantages
+from softmax_theory.policy import COV_LOSSES, CovScope, adaptive_entropy_coef
 from softmax_theory.runlog import RunWriter, check_resumable, to_jsonable, truncate_steps
-from softmax_theory.stats import top_covariance_means
+from softmax_theory.stats import pass_at_k, top_covariance_means
 
 CHECKPOINT_DIR = "checkpoint"
 # Written last into a checkpoint folder: a folder without it is not whole.
@@ -66,6 +73,8 @@ RESUME_FREE = frozenset(
         "checkpoint_every",
         "val_every",
         "val_prompts",
+        "val_k",
+        "val_samples",
         "probe",
         "probe_jvp",
         "probe_every",
@@ -118,6 +127,9 @@ class StepBatch:
     entropy: torch.Tensor  # H(π_old(·|s_t)), nats
     old_logp: torch.Tensor  # log π_old(y_t|s_t)
     ref_logp: torch.Tensor | None  # log π_ref(y_t|s_t), when a KL penalty needs it
+    # the token's own-update entropy term at θ_old (``own_entropy_term``), when a covariance
+    # loss selects by it (the oracle) or measures its selection against it (probed steps)
+    score: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -129,6 +141,7 @@ class UpdateResult:
     metrics: dict[str, float]
     n_updates: int
     forecast: dict[int, torch.Tensor] | None  # Δθ of the first update, known before it
+    clipped: torch.Tensor | None  # [B, R] bool: clipped at some update (losses with a clip)
 
 
 class ProbedGRPOTrainer:
@@ -148,6 +161,10 @@ class ProbedGRPOTrainer:
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.device = resolve_device(cfg.device)
         self.task = load_task(cfg) if task is None else task  # a bad dataset fails first
+        if cfg.val_k is not None and self.task.max_reward is None:
+            raise ValueError(
+                "val_k: the task's largest reward is unknown, so no sample can be called right"
+            )
         # reward_max: for the law's warnings (a ceiling above it is not reachable)
         self.run_config = {
             "trainer": "llm_bridge.trainer",
@@ -162,7 +179,7 @@ class ProbedGRPOTrainer:
         ckpt = find_checkpoint(self.out) if resume else None
         self.model, self.tokenizer = load_model(ckpt or cfg.model, self.device, dtype)
         self.ref_model = None
-        if cfg.policy_loss.kl_loss_coef > 0:
+        if cfg.policy_loss.needs_reference:
             self.ref_model, _ = load_model(cfg.model, self.device, dtype)
             self.ref_model.eval().requires_grad_(False)
         check_encodable(self.task, self.tokenizer)
@@ -265,15 +282,27 @@ class ProbedGRPOTrainer:
         return [self.task.train[i] for i in idx]
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean reward of one sample per held-out prompt. Its randomness is its own (seeded by
-        the run's seed and the step), so how often a run validates never changes its training."""
-        examples = self.task.test[: self.cfg.val_prompts]
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step + 1)
+    def validate(self) -> dict[str, float]:
+        """``val_reward``: the mean reward over n samples per held-out prompt (one without
+        ``val_k``); with ``val_k`` = K also ``val_pass@K``, the unbiased pass@K estimate per
+        prompt (a sample is right when it earns the task's largest reward), averaged. Its
+        randomness is its own (seeded by the run's seed and the step), so how often a run
+        validates never changes its training."""
+        cfg = self.cfg
+        examples = self.task.test[: cfg.val_prompts]
+        n = cfg.val_n
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.state.step + 1)
         roll = self.backend.generate(
-            [e.prompt for e in examples], 1, self.max_new_tokens, self.cfg.temperature, gen
+            [e.prompt for e in examples], n, self.max_new_tokens, cfg.temperature, gen
         )
-        return float(score(self.task, roll.texts, [e.answer for e in examples]).mean())
+        rewards = score(self.task, roll.texts, [e.answer for e in examples for _ in range(n)])
+        out = {"val_reward": float(rewards.mean())}
+        if cfg.val_k is not None:
+            right = (rewards >= self.task.max_reward).reshape(len(examples), n).sum(-1)
+            out[f"val_pass@{cfg.val_k}"] = float(
+                np.mean([pass_at_k(n, int(c), cfg.val_k) for c in right])
+            )
+        return out
 
     def rollout(self) -> StepBatch:
         """Sample the step's responses and compute what every later pass reads."""
@@ -294,7 +323,7 @@ class ProbedGRPOTrainer:
         cfg = self.cfg
         rewards = score(self.task, roll.texts, [a for a in answers for _ in range(cfg.group_size)])
         group = np.repeat(np.arange(len(answers)), cfg.group_size)
-        adv_resp = ADVANTAGES[cfg.advantage](rewards, group)
+        adv_resp = compute_advantages(cfg.advantage, rewards, group, cfg.w_reinforce_lambda)
         mask = roll.response_mask
         adv = torch.tensor(adv_resp, dtype=torch.float32, device=self.device)[:, None] * mask
         micro, t = cfg.micro_batch_size, cfg.temperature
@@ -315,7 +344,7 @@ class ProbedGRPOTrainer:
             "algo": f"grpo/{cfg.policy_loss.loss_mode.value}",
         }
         if cfg.val_every and k % cfg.val_every == 0:
-            record["val_reward"] = self.validate()
+            record.update(self.validate())
         mask = batch.mask.bool()
         h_batch = float(batch.entropy[mask].double().mean())
         record.update(
@@ -327,6 +356,12 @@ class ProbedGRPOTrainer:
             self.state.alpha, h_batch, cfg.policy_loss
         )
         probing = cfg.probe and k % cfg.probe_every == 0
+        lc = cfg.policy_loss
+        if lc.loss_mode in COV_LOSSES and (lc.needs_score or probing):
+            score_t = stream_own_entropy_term(
+                self.model, batch.roll, cfg.micro_batch_size, cfg.temperature
+            )
+            batch = replace(batch, score=score_t)
         params_before = snapshot(self.model) if probing else None
         update = self.update(batch, alpha_now)
         record.update(update.metrics)
@@ -362,7 +397,19 @@ class ProbedGRPOTrainer:
             response_mask=batch.mask[rows],
             entropy=entropy,
             ref_log_prob=None if batch.ref_logp is None else batch.ref_logp[rows],
+            score=None if batch.score is None else batch.score[rows],
         )
+
+    def _select_global(self, batch: StepBatch) -> torch.Tensor | None:
+        """Clip-Cov/KL-Cov tokens chosen once per step over the whole batch at θ_old
+        (cov_scope = global), or None for the other scopes."""
+        lc = self.cfg.policy_loss
+        if lc.cov_scope is not CovScope.GLOBAL or lc.loss_mode not in COV_SELECTORS:
+            return None
+        inp = LossInputs(
+            batch.old_logp, batch.old_logp, batch.advantages, batch.mask, score=batch.score
+        )
+        return select_cov_tokens(inp, lc, generator=self.gen)
 
     def _select_over(self, batch: StepBatch, rows: slice) -> torch.Tensor | None:
         """Clip-Cov/KL-Cov tokens chosen over the whole mini-batch (cov_scope = mini)."""
@@ -377,11 +424,18 @@ class ProbedGRPOTrainer:
             *(torch.cat([getattr(p, f) for p in parts]) for f in ("log_prob", "old_log_prob")),
             advantages=batch.advantages[rows],
             response_mask=batch.mask[rows],
+            score=None if batch.score is None else batch.score[rows],
         )
-        return COV_SELECTORS[lc.loss_mode](inp, lc, generator=self.gen)
+        return select_cov_tokens(inp, lc, generator=self.gen)
 
     def _mini_batch_loss(
-        self, batch: StepBatch, rows: slice, alpha: float, totals: dict[str, float]
+        self,
+        batch: StepBatch,
+        rows: slice,
+        alpha: float,
+        totals: dict[str, float],
+        clipped: torch.Tensor,
+        selected_step: torch.Tensor | None = None,
     ) -> float:
         """Accumulate the gradient of one mini-batch's loss over its micro-batches.
 
@@ -392,6 +446,8 @@ class ProbedGRPOTrainer:
         """
         cfg, lc = self.cfg, self.cfg.policy_loss
         selected = self._select_over(batch, rows)
+        if selected_step is not None:
+            selected = selected_step[rows]
         mask = batch.mask[rows]
         norms = {
             "batch_num_tokens": float(batch.mask.sum()) / cfg.mini_batches,
@@ -410,6 +466,8 @@ class ProbedGRPOTrainer:
             )
             loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
             loss.backward()
+            if out.clipped is not None:
+                clipped[sub] |= out.clipped.to(clipped.device)
             total += float(loss.detach())
             # metrics are token means: weigh each micro-batch's by its tokens, so that the
             # update's metrics do not depend on how it was split
@@ -426,11 +484,15 @@ class ProbedGRPOTrainer:
         per_mini = cfg.mini_batch_responses
         totals: dict[str, float] = {}
         losses, forecast, n_updates = [], None, 0
+        clipped = torch.zeros(batch.mask.shape, dtype=torch.bool, device=batch.mask.device)
+        selected_step = self._select_global(batch)
         for _ in range(cfg.epochs):
             for mb in range(cfg.mini_batches):
                 self.opt.zero_grad(set_to_none=True)
                 rows = slice(mb * per_mini, (mb + 1) * per_mini)
-                losses.append(self._mini_batch_loss(batch, rows, alpha, totals))
+                losses.append(
+                    self._mini_batch_loss(batch, rows, alpha, totals, clipped, selected_step)
+                )
                 if n_updates == 0 and cfg.probe and cfg.probe_jvp:
                     forecast = optimizer_update(self.opt)
                 self.opt.step()
@@ -440,7 +502,12 @@ class ProbedGRPOTrainer:
         n_tokens = totals.pop("_tokens")
         metrics = {key: val / n_tokens for key, val in totals.items()}
         metrics["actor/pg_loss"] = float(np.mean(losses))
-        return UpdateResult(metrics, n_updates, forecast if n_updates == 1 else None)
+        return UpdateResult(
+            metrics,
+            n_updates,
+            forecast if n_updates == 1 else None,
+            clipped if cfg.policy_loss.has_clip else None,
+        )
 
     # -- the probe -----------------------------------------------------------------------------
 
@@ -471,6 +538,7 @@ class ProbedGRPOTrainer:
             rows=self._probe_rows(batch.roll.input_ids.shape[0]),
             micro_batch_size=cfg.micro_batch_size,
             temperature=cfg.temperature,
+            clipped=update.clipped,
         )
         record = probe_record(tokens)
         record["probe/updates"] = update.n_updates

@@ -10,10 +10,19 @@ What to call:
 - the theorem checks: ``run_checks(CheckConfig())``.
 
 The policy losses (``compute_policy_loss``, ``agg_loss``) and their settings
-(``PolicyLossConfig``) are shared with ``llm_bridge``, which holds their torch twins.
+(``PolicyLossConfig``) are shared with ``llm_bridge``, which holds their torch twins. Where the
+step's entropy goes: ``attribution_parts`` (the ``attr/*`` keys every step records), with
+``likely_tokens`` and ``own_entropy_term``; pass@k: ``pass_at_k`` (unbiased, from samples) and
+``TabularEnv.pass_at_k`` (exact).
 """
 
 from softmax_theory.algorithms import Algo, AlgoConfig
+from softmax_theory.attribution import (
+    ATTRIBUTION_KEYS,
+    attribution_parts,
+    likely_tokens,
+    own_entropy_term,
+)
 from softmax_theory.checks import CheckConfig, CheckReport, run_checks
 from softmax_theory.dynamics import EnvConfig, SimConfig, SimResult, make_env, simulate
 from softmax_theory.envs import Bandit, ContextualBandit, EntropyChange, TabularEnv, TokenTreeMDP
@@ -32,7 +41,7 @@ from softmax_theory.estimators import (
     second_order_entropy_change,
     softmax,
 )
-from softmax_theory.group_advantages import ADVANTAGES, AdvantageEstimator
+from softmax_theory.group_advantages import ADVANTAGES, AdvantageEstimator, compute_advantages
 from softmax_theory.law import (
     LawFit,
     bootstrap_entropy_law,
@@ -51,6 +60,7 @@ from softmax_theory.losses import (
 from softmax_theory.policy import (
     AggMode,
     CovScope,
+    CovSelector,
     KLEstimator,
     PolicyLoss,
     PolicyLossConfig,
@@ -58,11 +68,12 @@ from softmax_theory.policy import (
     n_top,
 )
 from softmax_theory.runlog import RunLog, RunWriter, read_run
-from softmax_theory.stats import correlation, top_covariance_means
+from softmax_theory.stats import correlation, pass_at_k, top_covariance_means
 from softmax_theory.token_stats import masked_mean, token_covariance
 
 __all__ = [
     "ADVANTAGES",
+    "ATTRIBUTION_KEYS",
     "AdvantageEstimator",
     "AggMode",
     "Algo",
@@ -72,6 +83,7 @@ __all__ = [
     "CheckReport",
     "ContextualBandit",
     "CovScope",
+    "CovSelector",
     "EntropyChange",
     "EnvConfig",
     "KLEstimator",
@@ -89,7 +101,9 @@ __all__ = [
     "advantages",
     "agg_loss",
     "agg_weights",
+    "attribution_parts",
     "bootstrap_entropy_law",
+    "compute_advantages",
     "compute_policy_loss",
     "correlation",
     "covariance",
@@ -101,6 +115,7 @@ __all__ = [
     "fit_entropy_law",
     "forecast_entropy_law",
     "get_policy_loss",
+    "likely_tokens",
     "log_softmax",
     "make_env",
     "masked_mean",
@@ -108,6 +123,8 @@ __all__ = [
     "n_top",
     "npg_entropy_change",
     "npg_update",
+    "own_entropy_term",
+    "pass_at_k",
     "pg_entropy_change",
     "pg_update",
     "read_run",

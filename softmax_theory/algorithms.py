@@ -16,12 +16,27 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from softmax_theory.attribution import attribution_parts, lemma1_weights, own_entropy_term
 from softmax_theory.envs import TabularEnv, TokenTreeMDP
 from softmax_theory.estimators import entropy, log_softmax
-from softmax_theory.group_advantages import ADVANTAGES, AdvantageEstimator
+from softmax_theory.group_advantages import (
+    AdvantageEstimator,
+    check_w_reinforce_lambda,
+    compute_advantages,
+)
 from softmax_theory.inputs import check_lr
-from softmax_theory.losses import LossInputs, agg_weights, compute_policy_loss
-from softmax_theory.policy import PolicyLossConfig, adaptive_entropy_coef
+from softmax_theory.losses import (
+    LossInputs,
+    agg_weights,
+    compute_policy_loss,
+    select_cov_tokens,
+)
+from softmax_theory.policy import (
+    COV_LOSSES,
+    CovScope,
+    PolicyLossConfig,
+    adaptive_entropy_coef,
+)
 from softmax_theory.registry import parse_choice
 
 
@@ -45,6 +60,17 @@ class AlgoConfig:
     advantage: AdvantageEstimator = field(
         default=AdvantageEstimator.GRPO, metadata={"help": "grpo: advantage estimator"}
     )
+    w_reinforce_lambda: float | None = field(
+        default=None,
+        metadata={"help": "w_reinforce: λ, the weight of right responses (default 0.1; 0: NSR)"},
+    )
+    micro_batches: int = field(
+        default=1,
+        metadata={
+            "help": "grpo: micro-batches the responses are split into (clip_cov/kl_cov with "
+            "cov_scope micro select in each)"
+        },
+    )
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
 
     def __post_init__(self) -> None:
@@ -52,7 +78,8 @@ class AlgoConfig:
         object.__setattr__(
             self, "advantage", parse_choice(AdvantageEstimator, self.advantage, "advantage")
         )
-        for name in ("group_size", "samples", "epochs"):
+        check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
+        for name in ("group_size", "samples", "epochs", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.algo is Algo.GRPO and self.group_size < 2:
@@ -89,7 +116,7 @@ class StepResult:
     tokens: TokenBatch | None = None  # sampled algorithms only
     token_logp: np.ndarray | None = None  # [T] log π_old of each sampled token
     token_adv: np.ndarray | None = None  # [T] advantage of each sampled token
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # incl. the ΔH attribution
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,14 +191,58 @@ def _scatter_logit_grad(
     return grad - per_state[:, None] * p
 
 
+def expected_attribution(env: TabularEnv, logits: np.ndarray, delta: np.ndarray) -> dict:
+    """The ΔH attribution of an expected update δ [S, A] (PG, NPG): one term per (s, a),
+    c = −w(s)·g(s, a)·δ(s, a), classed by the exact A(s, a), π(a|s) and H(s)
+    (``softmax_theory.attribution``); nothing is clipped."""
+    z = np.asarray(logits, dtype=np.float64)
+    contrib = -env.state_weights(z)[:, None] * lemma1_weights(z) * delta
+    logp = log_softmax(z)
+    h = np.broadcast_to(entropy(z)[:, None], z.shape)
+    reachable = np.isfinite(logp)
+    return attribution_parts(
+        contrib[reachable], env.advantages(z)[reachable], logp[reachable], h[reachable]
+    )
+
+
 def pg_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
     """z' = z + η·d_π(s)·π·A: exact expected policy gradient  (eq. 6)."""
-    return StepResult(logits=logits + lr * env.policy_gradient(logits), state=state)
+    delta = lr * env.policy_gradient(logits)
+    return StepResult(
+        logits=logits + delta, state=state, metrics=expected_attribution(env, logits, delta)
+    )
 
 
 def npg_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
     """z' = z + η·A: exact natural policy gradient  (eq. 7)."""
-    return StepResult(logits=logits + lr * env.advantages(logits), state=state)
+    delta = lr * env.advantages(logits)
+    return StepResult(
+        logits=logits + delta, state=state, metrics=expected_attribution(env, logits, delta)
+    )
+
+
+def token_lemma1_terms(
+    env: TabularEnv,
+    logits: np.ndarray,
+    logits_now: np.ndarray,
+    s_t: np.ndarray,
+    a_t: np.ndarray,
+    dlogit_coef: np.ndarray,
+    dentropy_coef: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each token's own part of one update's Lemma-1 prediction, [T]: the update adds, for
+    token t, δ_t = c_t·(e_{a_t} − π_now(·|s_t)) + d_t·∂H(s_t)/∂z|_now to its state's logits;
+    its part is −w(s_t)·Σ_a g(s_t, a)·δ_t(a), with w and g = π(log π + H) at the step's start
+    ``logits`` (Lemma 1 is read there, as ``pred_lemma1``)."""
+    g = lemma1_weights(logits)[s_t]  # (T, A)
+    p_now = np.exp(log_softmax(logits_now))[s_t]  # (T, A)
+    w = env.state_weights(logits)[s_t]
+    g_y = g[np.arange(s_t.size), a_t]
+    terms = dlogit_coef * (g_y - (g * p_now).sum(-1))
+    if dentropy_coef is not None:
+        # ∂H/∂z = −π(log π + H) at the current logits: the g of the current policy
+        terms = terms - dentropy_coef * (g * lemma1_weights(logits_now)[s_t]).sum(-1)
+    return -w * terms
 
 
 def reinforce_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
@@ -180,16 +251,19 @@ def reinforce_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> S
     batch = sample_batch(env, logits, cfg.samples, rng)
     p = np.exp(log_softmax(logits))
     coef = (batch.weight * batch.reward)[batch.response] / cfg.samples
-    grad = _scatter_logit_grad(logits.shape, p, batch.state, batch.action, coef)
     if not isinstance(env, TokenTreeMDP):
-        grad /= logits.shape[0]  # J averages prompts: d(s) = w(s) = weight/S
+        coef = coef / logits.shape[0]  # J averages prompts: d(s) = w(s) = weight/S
+    grad = _scatter_logit_grad(logits.shape, p, batch.state, batch.action, coef)
     logp = log_softmax(logits)[batch.state, batch.action]
+    adv = batch.reward[batch.response]  # no baseline: the advantage is the reward
+    contrib = token_lemma1_terms(env, logits, logits, batch.state, batch.action, lr * coef)
     return StepResult(
         logits=logits + lr * grad,
         state=state,
         tokens=batch,
         token_logp=logp,
-        token_adv=batch.reward[batch.response],  # no baseline: the advantage is the reward
+        token_adv=adv,
+        metrics=attribution_parts(contrib, adv, logp, entropy(logits)[batch.state]),
     )
 
 
@@ -200,47 +274,93 @@ def _entropy_logit_grad(logp: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return -coef[:, None] * p * centred
 
 
+def _cov_selection(
+    lc: PolicyLossConfig,
+    inp: LossInputs,
+    micro_batches: int,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    """Clip-Cov/KL-Cov tokens for the responses of ``inp`` by ``cov_scope``: micro selects in
+    each of ``micro_batches`` slices of the responses (the paper's code and verl: each slice
+    picks at least one token), mini over all of them; None for a loss that selects nothing."""
+    if lc.loss_mode not in COV_LOSSES:
+        return None
+    n = inp.log_prob.shape[0]
+    if lc.cov_scope is not CovScope.MICRO or micro_batches == 1:
+        return select_cov_tokens(inp, lc, rng)
+    parts = []
+    for rows in np.array_split(np.arange(n), micro_batches):
+        sub = LossInputs(
+            **{k: None if v is None else v[rows] for k, v in vars(inp).items()},
+        )
+        parts.append(select_cov_tokens(sub, lc, rng))
+    return np.concatenate(parts)
+
+
 def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
     """GRPO on the logits: sample G responses per prompt, compute advantages, and take K
-    gradient steps of size η on the aggregated surrogate loss (plus controls)."""
+    gradient steps of size η on the aggregated surrogate loss (plus controls).
+
+    Clip-Cov/KL-Cov select their tokens at each epoch (``cov_scope`` micro: in each of
+    ``micro_batches`` slices; mini: over the batch) or once per step at θ_old (global). The
+    step's metrics carry the exact ΔH attribution (``softmax_theory.attribution``)."""
     lc = cfg.policy_loss
     batch = sample_batch(env, logits, cfg.group_size, rng)
-    adv_resp = ADVANTAGES[cfg.advantage](batch.reward, batch.group)
+    adv_resp = compute_advantages(cfg.advantage, batch.reward, batch.group, cfg.w_reinforce_lambda)
     adv = (adv_resp * batch.weight)[batch.response]  # [T]; prompt weights fold into A
     s_t, a_t = batch.state, batch.action
     shape = (batch.group.size, s_t.size // batch.group.size)  # (responses, tokens each)
     mask = np.ones(shape)
     weights = agg_weights(mask, lc.loss_agg_mode, loss_scale_factor=lc.loss_scale_factor)
     old_logp = log_softmax(logits)[s_t, a_t]
-    ref_logp = log_softmax(state.ref_logits)[s_t, a_t] if lc.kl_loss_coef > 0 else None
+    ref_logp = log_softmax(state.ref_logits)[s_t, a_t] if lc.needs_reference else None
+    # the token's own-update entropy term at θ_old: the oracle's score, and the yardstick of
+    # every covariance selection (actor/cov_selected_value beside actor/cov_oracle_value)
+    score = own_entropy_term(logits)[s_t, a_t] if lc.loss_mode in COV_LOSSES else None
     alpha, bonus = adaptive_entropy_coef(state.entropy_coeff, env.entropy(logits), lc)
     n_states = logits.shape[0]
 
-    z = logits.copy()
-    metrics: dict[str, float] = {}
-    for _ in range(cfg.epochs):
-        logp_all = log_softmax(z)
-        inp = LossInputs(
-            log_prob=logp_all[s_t, a_t].reshape(shape),
+    def loss_inputs(z_now: np.ndarray) -> LossInputs:
+        return LossInputs(
+            log_prob=log_softmax(z_now)[s_t, a_t].reshape(shape),
             old_log_prob=old_logp.reshape(shape),
             advantages=adv.reshape(shape),
             response_mask=mask,
-            entropy=entropy(z)[s_t].reshape(shape),
+            entropy=entropy(z_now)[s_t].reshape(shape),
             ref_log_prob=None if ref_logp is None else ref_logp.reshape(shape),
+            score=None if score is None else score.reshape(shape),
         )
-        out = compute_policy_loss(inp, lc, entropy_coeff=bonus, generator=rng)
+
+    selected = None
+    if lc.cov_scope is CovScope.GLOBAL:
+        selected = _cov_selection(lc, loss_inputs(logits), 1, rng)
+    z = logits.copy()
+    metrics: dict[str, float] = {}
+    contrib = np.zeros(s_t.size)
+    clipped_any = np.zeros(s_t.size, dtype=bool)
+    for _ in range(cfg.epochs):
+        logp_all = log_softmax(z)
+        inp = loss_inputs(z)
+        if lc.cov_scope is not CovScope.GLOBAL:
+            selected = _cov_selection(lc, inp, cfg.micro_batches, rng)
+        out = compute_policy_loss(inp, lc, entropy_coeff=bonus, generator=rng, selected=selected)
         # the gradient of Σ_t w_t·ℓ_t: through log π(a_t|s_t) and through H(s_t)
-        grad = _scatter_logit_grad(
-            z.shape, np.exp(logp_all), s_t, a_t, (out.dlogp * weights).reshape(-1)
-        )
-        if out.dentropy is not None:
-            coef = np.bincount(
-                s_t, weights=(out.dentropy * weights).reshape(-1), minlength=n_states
+        dlogit = (out.dlogp * weights).reshape(-1)
+        dent = None if out.dentropy is None else (out.dentropy * weights).reshape(-1)
+        grad = _scatter_logit_grad(z.shape, np.exp(logp_all), s_t, a_t, dlogit)
+        if dent is not None:
+            grad += _entropy_logit_grad(
+                logp_all, np.bincount(s_t, weights=dent, minlength=n_states)
             )
-            grad += _entropy_logit_grad(logp_all, coef)
+        contrib += token_lemma1_terms(
+            env, logits, z, s_t, a_t, -lr * dlogit, None if dent is None else -lr * dent
+        )
+        if out.clipped is not None:
+            clipped_any |= out.clipped.reshape(-1)
         z = z - lr * grad
         metrics = out.metrics
     metrics["actor/entropy_coeff"] = bonus
+    metrics.update(attribution_parts(contrib, adv, old_logp, entropy(logits)[s_t], clipped_any))
     return StepResult(
         logits=z,
         state=replace(state, entropy_coeff=alpha),

@@ -50,8 +50,14 @@ class SimConfig:
     cov_table_steps: tuple[int, ...] = field(
         default=(), metadata={"help": "steps at which to write the covariance table"}
     )
+    pass_k: int | None = field(
+        default=None,
+        metadata={"help": "also record the exact pass@K before each update (default: off)"},
+    )
 
     def __post_init__(self) -> None:
+        if self.pass_k is not None and self.pass_k < 1:
+            raise ValueError(f"pass_k: must be ≥ 1, got {self.pass_k}")
         if self.steps < 1:
             raise ValueError(f"steps: must be ≥ 1, got {self.steps}")
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -164,6 +170,8 @@ def simulate(
         for k in range(config.steps):
             result = step(env, z, state, config.algo, config.lr, rng)
             records.append(step_record(env, z, result, k, config.lr, config.algo.algo.value))
+            if config.pass_k is not None:
+                records[-1][f"pass@{config.pass_k}"] = env.pass_at_k(z, config.pass_k)
             if writer is not None:
                 writer.write(records[-1])
             if result.tokens is not None and k in config.cov_table_steps:

@@ -66,6 +66,22 @@ class TabularEnv:
         p = np.exp(log_softmax(z))
         return self.visitation(z)[:, None] * p * self.advantages(z)
 
+    def success_probability(self, logits: np.ndarray) -> np.ndarray:
+        """P_π(a response reaches its prompt's best reward), per prompt; [prompts]."""
+        raise NotImplementedError
+
+    def prompt_weights_of(self, logits: np.ndarray) -> np.ndarray:
+        """The prompts' weights in J; [prompts], sum 1."""
+        raise NotImplementedError
+
+    def pass_at_k(self, logits: np.ndarray, k: int) -> float:
+        """Exact pass@k: Σ_prompts w·(1 − (1 − p)^k), p = ``success_probability``: the chance
+        that at least one of k independent responses is right (Chen et al. 2021's quantity)."""
+        if k < 1:
+            raise ValueError(f"k: must be ≥ 1, got {k}")
+        p = self.success_probability(logits)
+        return float(self.prompt_weights_of(logits) @ (1 - (1 - p) ** k))
+
     def entropy(self, logits: np.ndarray) -> float:
         """Σ_s w(s)·H(π(·|s)) in nats, w = ``state_weights``."""
         z = _check_logits(logits, self.logits_shape)
@@ -148,6 +164,15 @@ class ContextualBandit(TabularEnv):
         z = _check_logits(logits, self.logits_shape)
         p = np.exp(log_softmax(z))
         return float(self.prompt_weights @ (p * self.rewards).sum(axis=1))
+
+    def success_probability(self, logits: np.ndarray) -> np.ndarray:
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        best = self.rewards >= self.rewards.max(axis=1, keepdims=True)
+        return (p * best).sum(axis=1)
+
+    def prompt_weights_of(self, logits: np.ndarray) -> np.ndarray:
+        return self.prompt_weights
 
     @property
     def max_reward(self) -> float:
@@ -259,6 +284,18 @@ class TokenTreeMDP(TabularEnv):
         z = _check_logits(logits, self.logits_shape)
         p = np.exp(log_softmax(z))
         return float(p[0] @ self.q_values(z)[0])
+
+    def success_probability(self, logits: np.ndarray) -> np.ndarray:
+        """P_π(the sequence generated has the best reward); [1] (one prompt, the root)."""
+        z = _check_logits(logits, self.logits_shape)
+        p = np.exp(log_softmax(z))
+        last = self.horizon - 1
+        leaf = self._level(self.reach_probability(z), last)[:, None] * self._level(p, last)
+        best = self.rewards.reshape(-1) >= self.rewards.max()
+        return np.array([leaf.reshape(-1)[best].sum()])
+
+    def prompt_weights_of(self, logits: np.ndarray) -> np.ndarray:
+        return np.ones(1)
 
     @property
     def max_reward(self) -> float:

@@ -20,6 +20,11 @@ class AdvantageEstimator(str, enum.Enum):
     GRPO = "grpo"  # group z-score
     RLOO = "rloo"  # leave-one-out group mean
     REINFORCE_PP = "reinforce_pp"  # batch-normalised (REINFORCE++)
+    W_REINFORCE = "w_reinforce"  # +λ for right, −1 for wrong (negative-sample reinforcement)
+
+
+# W-REINFORCE's λ, the weight of the positive samples (the paper's recommended 0.1).
+W_REINFORCE_LAMBDA = 0.1
 
 
 def _group_stats(
@@ -60,8 +65,51 @@ def reinforce_pp_advantage(reward: np.ndarray, group: np.ndarray) -> np.ndarray:
     return (reward - reward.mean()) / (std + ADV_EPS) if std > 0 else np.zeros_like(reward)
 
 
-ADVANTAGES: dict[AdvantageEstimator, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+def w_reinforce_advantage(
+    reward: np.ndarray, group: np.ndarray, lam: float = W_REINFORCE_LAMBDA
+) -> np.ndarray:
+    """A_i = λ·r_i − (1 − r_i) for rewards in [0, 1]: +λ for a right response, −1 for a wrong
+    one, linear in between (partial credit). No baseline: every sample is pushed, the wrong
+    ones harder. Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM
+    Reasoning" (arXiv 2506.01347): λ = 0.1 is W-REINFORCE, λ → 0 is NSR, negative samples only.
+    """
+    r = np.asarray(reward, dtype=np.float64)
+    if r.size and (r.min() < 0 or r.max() > 1):
+        raise ValueError(
+            f"advantage: w_reinforce needs rewards in [0, 1], got [{r.min():g}, {r.max():g}]"
+        )
+    return lam * r - (1 - r)
+
+
+ADVANTAGES: dict[AdvantageEstimator, Callable[..., np.ndarray]] = {
     AdvantageEstimator.GRPO: grpo_advantage,
     AdvantageEstimator.RLOO: rloo_advantage,
     AdvantageEstimator.REINFORCE_PP: reinforce_pp_advantage,
+    AdvantageEstimator.W_REINFORCE: w_reinforce_advantage,
 }
+
+
+def compute_advantages(
+    estimator: AdvantageEstimator,
+    reward: np.ndarray,
+    group: np.ndarray,
+    w_reinforce_lambda: float | None = None,
+) -> np.ndarray:
+    """The estimator's advantages; ``w_reinforce_lambda`` (default ``W_REINFORCE_LAMBDA``) is
+    read by ``w_reinforce`` only, and refused by name for any other estimator."""
+    if estimator is AdvantageEstimator.W_REINFORCE:
+        lam = W_REINFORCE_LAMBDA if w_reinforce_lambda is None else w_reinforce_lambda
+        return w_reinforce_advantage(reward, group, lam)
+    if w_reinforce_lambda is not None:
+        raise ValueError(f"w_reinforce_lambda: has no effect with advantage {estimator.value}")
+    return ADVANTAGES[estimator](reward, group)
+
+
+def check_w_reinforce_lambda(estimator: AdvantageEstimator, lam: float | None) -> None:
+    """Refuse λ outside [0, ∞) or with an estimator that does not read it (one line, by name)."""
+    if lam is None:
+        return
+    if estimator is not AdvantageEstimator.W_REINFORCE:
+        raise ValueError(f"w_reinforce_lambda: has no effect with advantage {estimator.value}")
+    if not (np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"w_reinforce_lambda: must be a finite number ≥ 0, got {lam}")

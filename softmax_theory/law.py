@@ -268,10 +268,10 @@ def series_from_run(run: RunLog, reward_key: str | None = None) -> LawSeries:
             )
     rows = [s for s in run.steps if reward_key in s and "entropy" in s]
     if not rows:
-        keys = sorted({k for s in run.steps for k in s})
+        keys = sorted({k for s in run.steps for k in s if "reward" in k or "pass@" in k})
         raise ValueError(
             f"reward-col: {run.path} has no step with both 'entropy' and '{reward_key}' "
-            f"(keys: {', '.join(keys)})"
+            f"(its reward keys: {', '.join(keys) or 'none'})"
         )
     rows.sort(key=lambda s: s["step"])
     return LawSeries(

@@ -12,12 +12,13 @@ tokens) with a ``response_mask``; the tabular world uses B responses of equal le
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from softmax_theory.policy import (
     AggMode,
+    CovSelector,
     KLEstimator,
     PolicyLoss,
     PolicyLossConfig,
@@ -31,8 +32,22 @@ from softmax_theory.token_stats import masked_mean, token_covariance
 LOG_RATIO_CLAMP = 20.0
 # verl clamps the k3 estimate to ±10.
 K3_CLAMP = 10.0
+# verl (and the GSPO paper's code) clamps the log of GSPO's sequence ratio to ≤ 10.
+SEQ_LOG_RATIO_MAX = 10.0
 
 Metrics = dict[str, float]
+
+
+# LossInputs' [B, T] fields, in order.
+TENSOR_FIELDS = (
+    "log_prob",
+    "old_log_prob",
+    "advantages",
+    "response_mask",
+    "entropy",
+    "ref_log_prob",
+    "score",
+)
 
 
 @dataclass(frozen=True)
@@ -45,12 +60,15 @@ class LossInputs:
     response_mask: np.ndarray  # 1 on valid response tokens
     entropy: np.ndarray | None = None  # per-token H(π_θ(·|s)), for the bonus and top-ρ
     ref_log_prob: np.ndarray | None = None  # log π_ref, for the KL-to-reference penalty
+    # π(y)(log π(y) + H) − Cov_π(log π, π) at θ_old: the token's own-update entropy term
+    # (``own_entropy_term``), read by the oracle selector
+    score: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ref = np.asarray(self.log_prob)
         if ref.ndim != 2:
             raise ValueError(f"log_prob: expected [B, T], got {ref.shape}")
-        for name in ("old_log_prob", "advantages", "response_mask", "entropy", "ref_log_prob"):
+        for name in TENSOR_FIELDS[1:]:
             x = getattr(self, name)
             if x is not None and np.shape(x) != ref.shape:
                 raise ValueError(f"{name}: shape {np.shape(x)} must equal {ref.shape}")
@@ -67,6 +85,9 @@ class PolicyLossOutput:
     metrics: Metrics
     dlogp: np.ndarray  # [B, T] dℓ_t/d log π_t
     dentropy: np.ndarray | None = None  # [B, T] dℓ_t/dH_t, where the entropy enters
+    # [B, T] bool: the tokens whose ratio left the trust region on the side the loss restrains
+    # (their gradient cut or bounded), for the ΔH attribution; None for a loss without a clip
+    clipped: np.ndarray | None = None
 
 
 def log_ratio(inp: LossInputs) -> np.ndarray:
@@ -84,21 +105,30 @@ def _valid(inp: LossInputs) -> np.ndarray:
     return np.asarray(inp.response_mask).astype(bool)
 
 
-def _ppo_metrics(inp: LossInputs, lr: np.ndarray, clipped: np.ndarray) -> Metrics:
+def _clip_metrics(inp: LossInputs, lr: np.ndarray, clipped: np.ndarray) -> Metrics:
+    """The clip fraction, split by the sign of A (clip-high acts on A > 0, clip-low on A < 0),
+    and ppo_kl = mean of log π_old − log π, over the valid tokens."""
     mask = _valid(inp)
+    adv = inp.advantages
     return {
         "actor/pg_clipfrac": float(masked_mean(clipped, mask)),
+        "actor/pg_clipfrac_pos": float(masked_mean(clipped & (adv > 0), mask)),
+        "actor/pg_clipfrac_neg": float(masked_mean(clipped & (adv < 0), mask)),
         "actor/ppo_kl": float(masked_mean(-lr, mask)),
     }
 
 
 def ppo_clip(
-    inp: LossInputs, low: float, high: float, dual_c: float | None
-) -> tuple[np.ndarray, np.ndarray, Metrics]:
+    inp: LossInputs,
+    low: float | np.ndarray,
+    high: float | np.ndarray,
+    dual_c: float | None,
+) -> tuple[np.ndarray, np.ndarray, Metrics, np.ndarray]:
     """ℓ = max(−A·r, −A·clip(r, 1 − low, 1 + high)); with dual-clip c, tokens with A < 0 take
     min(ℓ, −A·c). Schulman et al. 2017 (PPO); Ye et al. 2020 (dual-clip, arXiv 1912.09729).
 
-    Returns ℓ, dℓ/d log π and the metrics (clip fraction, dual-clip fraction, ppo_kl).
+    ``low``/``high`` may be per-token arrays. Returns ℓ, dℓ/d log π, the metrics (clip fraction
+    and its split by the sign of A, dual-clip fraction, ppo_kl) and the clipped tokens.
     """
     adv = inp.advantages
     lr = log_ratio(inp)
@@ -108,14 +138,15 @@ def ppo_clip(
     clipped = loss2 > loss1  # the clipped branch is active: no gradient
     loss = np.maximum(loss1, loss2)
     grad = np.where(clipped, 0.0, -adv * _ratio_grad(inp, ratio))
-    metrics = _ppo_metrics(inp, lr, clipped)
+    metrics = _clip_metrics(inp, lr, clipped)
     if dual_c is not None:
         loss3 = -adv * dual_c
         dual = (adv < 0) & (loss > loss3)  # capped at c·|A|: no gradient
         loss = np.where(adv < 0, np.minimum(loss3, loss), loss)
         grad = np.where(dual, 0.0, grad)
         metrics["actor/pg_clipfrac_lower"] = float(masked_mean(dual, _valid(inp)))
-    return loss, grad, metrics
+        clipped = clipped | dual
+    return loss, grad, metrics, clipped
 
 
 def vanilla_loss(
@@ -123,8 +154,10 @@ def vanilla_loss(
 ) -> PolicyLossOutput:
     """PPO clip with ε_low = ``clip_ratio_low``, ε_high = ``clip_ratio_high`` and dual-clip c =
     ``clip_ratio_c`` (verl's ``vanilla``)."""
-    loss, grad, metrics = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
-    return PolicyLossOutput(loss, metrics, grad)
+    loss, grad, metrics, clipped = ppo_clip(
+        inp, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
+    )
+    return PolicyLossOutput(loss, metrics, grad, clipped=clipped)
 
 
 def clip_higher_loss(
@@ -171,18 +204,62 @@ def select_kl_cov(
     return _top_k_valid(cov, mask, n_selected(int(mask.sum()), cfg.kl_cov_ratio))
 
 
+def select_oracle(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: np.random.Generator | None = None
+) -> np.ndarray:
+    """The oracle's tokens: as many as the covariance rule picks (``n_selected`` with the loss's
+    ratio), those whose own update lowers entropy most, i.e. the largest A·score (``score``:
+    the token's own-update entropy term, ``own_entropy_term``). Clip-Cov's oracle also skips
+    tokens already clipped. Returns a bool [B, T] mask."""
+    if inp.score is None:
+        raise ValueError("score: the oracle selector needs each token's own entropy term")
+    mask = _valid(inp)
+    value = inp.advantages * inp.score
+    ratio = cfg.kl_cov_ratio if cfg.loss_mode is PolicyLoss.KL_COV else cfg.clip_cov_ratio
+    if cfg.loss_mode is PolicyLoss.CLIP_COV:
+        r = np.exp(log_ratio(inp))
+        adv = inp.advantages
+        clipped = -adv * np.clip(r, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high) > -adv * r
+        mask = mask & ~clipped
+    k = min(n_selected(int(_valid(inp).sum()), ratio), int(mask.sum()))
+    return _top_k_valid(value, mask, k)
+
+
+def select_cov_tokens(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: np.random.Generator | None = None
+) -> np.ndarray:
+    """The tokens Clip-Cov or KL-Cov restrains, by ``cfg.cov_selector``: the paper's covariance
+    rule for the loss, or the oracle (bool [B, T])."""
+    if cfg.cov_selector is CovSelector.ORACLE:
+        return select_oracle(inp, cfg, generator)
+    return COV_SELECTORS[cfg.loss_mode](inp, cfg, generator)
+
+
+def _selection_metrics(inp: LossInputs, selected: np.ndarray) -> Metrics:
+    """The selected share and, where each token's own entropy term is known, the mean A·score
+    of the selected tokens beside the oracle's (the most a selection of that size can hold)."""
+    mask = _valid(inp)
+    metrics = {"actor/cov_selected_frac": float(masked_mean(selected, mask))}
+    if inp.score is not None and selected.any():
+        value = inp.advantages * inp.score
+        best = _top_k_valid(value, mask, int(selected.sum()))
+        metrics["actor/cov_selected_value"] = float(value[selected].mean())
+        metrics["actor/cov_oracle_value"] = float(value[best].mean())
+    return metrics
+
+
 def clip_cov_loss(
     inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
 ) -> PolicyLossOutput:
     """Clip-Cov (Cui et al. 2025, §4): PPO clip (range ``clip_ratio_low/high``, no dual-clip, as
     verl); the selected tokens' losses are multiplied by 0 (no gradient; they stay in the
     token-mean denominator). ``selected``: a mask chosen over a larger scope."""
-    loss, grad, metrics = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, None)
+    loss, grad, metrics, clipped = ppo_clip(inp, cfg.clip_ratio_low, cfg.clip_ratio_high, None)
     if selected is None:
-        selected = select_clip_cov(inp, cfg, generator)
+        selected = select_cov_tokens(inp, cfg, generator)
     keep = (~selected).astype(np.float64)
-    metrics["actor/cov_selected_frac"] = float(masked_mean(selected, _valid(inp)))
-    return PolicyLossOutput(loss * keep, metrics, grad * keep)
+    metrics.update(_selection_metrics(inp, selected))
+    return PolicyLossOutput(loss * keep, metrics, grad * keep, clipped=clipped)
 
 
 def kl_cov_loss(
@@ -194,7 +271,7 @@ def kl_cov_loss(
     ratio = np.exp(lr)
     diff = inp.log_prob - inp.old_log_prob
     if selected is None:
-        selected = select_kl_cov(inp, cfg)
+        selected = select_cov_tokens(inp, cfg, generator)
     sel = selected.astype(np.float64)
     loss = -inp.advantages * ratio + cfg.ppo_kl_coef * np.abs(diff) * sel
     grad = -inp.advantages * _ratio_grad(inp, ratio) + cfg.ppo_kl_coef * np.sign(diff) * sel
@@ -202,9 +279,126 @@ def kl_cov_loss(
     metrics = {
         "actor/ppo_kl": float(masked_mean(-lr, mask)),
         "actor/ppo_kl_abs": float(masked_mean(np.abs(diff), mask)),
-        "actor/cov_selected_frac": float(masked_mean(selected, mask)),
+        **_selection_metrics(inp, selected),
     }
     return PolicyLossOutput(loss, metrics, grad)
+
+
+def gppo_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """GPPO / CE-GPPO: PPO clip whose clipped tokens keep a bounded gradient.
+
+    ℓ = −A·w·r/sg(r), w = β₂(1 + ε_high) where A > 0 and r > 1 + ε_high, β₁(1 − ε_low) where
+    A < 0 and r < 1 − ε_low, and sg(r) elsewhere (plain −A·r). So dℓ/d log π = −A·w: a clipped
+    token's gradient is β(1 ± ε)·A·∇log π, bounded, never zero. β₁ = β₂ = 1 is Klear-Reasoner's
+    GPPO (arXiv 2508.07629); CE-GPPO (arXiv 2509.20712) tunes β₁ (low side) and β₂ (high side)
+    to move entropy.
+    """
+    adv = inp.advantages
+    lr = log_ratio(inp)
+    ratio = np.exp(lr)
+    high = (adv > 0) & (ratio > 1 + cfg.clip_ratio_high)
+    low = (adv < 0) & (ratio < 1 - cfg.clip_ratio_low)
+    w = np.where(
+        high,
+        cfg.gppo_beta_high * (1 + cfg.clip_ratio_high),
+        np.where(low, cfg.gppo_beta_low * (1 - cfg.clip_ratio_low), ratio),
+    )
+    inside = _ratio_grad(inp, ratio) / ratio  # 1 inside the ±20 clamp, 0 outside
+    clipped = high | low
+    return PolicyLossOutput(
+        -adv * w, _clip_metrics(inp, lr, clipped), -adv * w * inside, clipped=clipped
+    )
+
+
+def cispo_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): ℓ = −sg(clip(r, 1 − ε_low, 1 + ε_high))·A·log π.
+
+    The importance weight is truncated and carries no gradient, so every token keeps its
+    REINFORCE gradient −w·A·∇log π (dℓ/d log π = −w·A); none is dropped by the clip. verl 0.9.1's
+    ``cispo``; a token counts as clipped where its weight was truncated.
+    """
+    adv = inp.advantages
+    lr = log_ratio(inp)
+    ratio = np.exp(lr)
+    w = np.clip(ratio, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
+    clipped = ratio != w
+    return PolicyLossOutput(
+        -w * adv * inp.log_prob, _clip_metrics(inp, lr, clipped), -w * adv, clipped=clipped
+    )
+
+
+def sequence_log_ratio(inp: LossInputs) -> np.ndarray:
+    """log s_i = (1/|y_i|)·Σ_t (log π − log π_old) over the response's valid tokens: GSPO's
+    length-normalised sequence ratio, in log; [B] (an empty response counts length 1)."""
+    m = np.asarray(inp.response_mask, dtype=np.float64)
+    diff = (inp.log_prob - inp.old_log_prob) * m
+    return diff.sum(-1) / np.maximum(m.sum(-1), 1)
+
+
+def gspo_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071), token form: every token of response i takes
+    the sequence ratio s_{i,t} = sg(s_i)·π/sg(π), log clamped to ≤ 10, in a PPO clip:
+
+    ℓ = max(−A·s, −A·clip(s, 1 − ε_low, 1 + ε_high)),  dℓ/d log π = −A·s where unclipped.
+
+    verl 0.9.1's ``gspo``; the whole response is clipped together, at ratios near 1 (the
+    paper's ε are 3e-4 and 4e-4).
+    """
+    adv = inp.advantages
+    seq = sequence_log_ratio(inp)[:, None] + np.zeros_like(adv)  # [B, T]
+    log_s = np.minimum(seq, SEQ_LOG_RATIO_MAX)
+    s = np.exp(log_s)
+    loss1 = -adv * s
+    loss2 = -adv * np.clip(s, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
+    clipped = loss2 > loss1
+    loss = np.maximum(loss1, loss2)
+    grad = np.where(clipped | (seq > SEQ_LOG_RATIO_MAX), 0.0, -adv * s)
+    metrics = _clip_metrics(inp, inp.log_prob - inp.old_log_prob, clipped)
+    return PolicyLossOutput(loss, metrics, grad, clipped=clipped)
+
+
+def high_entropy_tokens(entropy: np.ndarray, mask: np.ndarray, quantile: float) -> np.ndarray:
+    """The valid tokens whose entropy lies above their own response's ``quantile`` of entropies
+    (linear interpolation, as ``numpy.quantile``): Archer's reasoning tokens; bool [B, T]."""
+    valid = np.asarray(mask).astype(bool)
+    out = np.zeros_like(valid)
+    for i in range(valid.shape[0]):
+        if valid[i].any():
+            q = np.quantile(entropy[i][valid[i]], quantile)
+            out[i] = valid[i] & (entropy[i] > q)
+    return out
+
+
+def archer_loss(
+    inp: LossInputs, cfg: PolicyLossConfig, generator=None, selected=None
+) -> PolicyLossOutput:
+    """Archer (Wang et al. 2025, arXiv 2507.15778): dual-token constraints by entropy.
+
+    Tokens above their response's ``archer_quantile`` of entropy (reasoning tokens) take a PPO
+    clip of range ±``archer_clip_ratio`` and no KL; the others (knowledge tokens) the usual clip
+    (``clip_ratio_low``/``high``) plus ``archer_kl_coef``·k3 KL to the reference policy:
+
+    ℓ = max(−A·r, −A·clip(r, 1 − ε_t, 1 + ε_t)) + [low-entropy]·β·KL_k3(π‖π_ref).
+
+    The split reads sg(H) under the current policy.
+    """
+    if inp.entropy is None or inp.ref_log_prob is None:
+        raise ValueError("entropy: archer needs the per-token entropy and the reference log-probs")
+    high = high_entropy_tokens(inp.entropy, inp.response_mask, cfg.archer_quantile)
+    low_eps = np.where(high, cfg.archer_clip_ratio, cfg.clip_ratio_low)
+    high_eps = np.where(high, cfg.archer_clip_ratio, cfg.clip_ratio_high)
+    loss, grad, metrics, clipped = ppo_clip(inp, low_eps, high_eps, None)
+    kl, dkl = _kl_penalty_and_grad(inp.log_prob, inp.ref_log_prob, KLEstimator.K3)
+    knowledge = (~high).astype(np.float64) * cfg.archer_kl_coef
+    metrics["actor/archer_high_frac"] = float(masked_mean(high, _valid(inp)))
+    metrics["actor/archer_kl"] = float(masked_mean(kl, _valid(inp) & ~high))
+    return PolicyLossOutput(loss + knowledge * kl, metrics, grad + knowledge * dkl, clipped=clipped)
 
 
 POLICY_LOSSES: dict[PolicyLoss, Callable[..., PolicyLossOutput]] = {
@@ -212,6 +406,10 @@ POLICY_LOSSES: dict[PolicyLoss, Callable[..., PolicyLossOutput]] = {
     PolicyLoss.CLIP_HIGHER: clip_higher_loss,
     PolicyLoss.CLIP_COV: clip_cov_loss,
     PolicyLoss.KL_COV: kl_cov_loss,
+    PolicyLoss.GPPO: gppo_loss,
+    PolicyLoss.CISPO: cispo_loss,
+    PolicyLoss.GSPO: gspo_loss,
+    PolicyLoss.ARCHER: archer_loss,
 }
 
 # The selection rule of each covariance loss, for selection over a larger scope.
@@ -253,6 +451,15 @@ def top_entropy_mask(entropy: np.ndarray, mask: np.ndarray, ratio: float) -> np.
     return _top_k_valid(entropy, mask, n_top(int(np.asarray(mask).astype(bool).sum()), ratio))
 
 
+def entropy_shaped_advantage(
+    advantages: np.ndarray, entropy: np.ndarray, alpha: float, kappa: float
+) -> np.ndarray:
+    """A′ = A + min(α·sg(H), |A|/κ): an entropy bonus on the advantage, capped so it never
+    flips A's sign (κ > 1). Cheng et al. 2025, "Reasoning with Exploration: An Entropy
+    Perspective" (arXiv 2506.14758). Tokens with A = 0 get nothing."""
+    return advantages + np.minimum(alpha * entropy, np.abs(advantages) / kappa)
+
+
 def compute_policy_loss(
     inp: LossInputs,
     cfg: PolicyLossConfig,
@@ -262,7 +469,9 @@ def compute_policy_loss(
 ) -> PolicyLossOutput:
     """The configured policy loss plus the composable controls, per token:
 
-    ℓ_t = ℓ^policy_t·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+
+    with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A).
 
     Args:
       inp: the batch.
@@ -271,9 +480,20 @@ def compute_policy_loss(
       generator: randomness of Clip-Cov's draw.
       selected: Clip-Cov/KL-Cov tokens chosen over a larger scope.
     """
+    mask = np.asarray(inp.response_mask, dtype=np.float64)
+    bonus = None
+    if cfg.entropy_adv_alpha > 0:
+        if inp.entropy is None:
+            raise ValueError("entropy: the entropy-shaped advantage needs the per-token entropy")
+        shaped = entropy_shaped_advantage(
+            inp.advantages, inp.entropy, cfg.entropy_adv_alpha, cfg.entropy_adv_kappa
+        )
+        bonus = float(masked_mean(shaped - inp.advantages, mask))
+        inp = replace(inp, advantages=shaped * mask)
     out = get_policy_loss(cfg.loss_mode)(inp, cfg, generator=generator, selected=selected)
     loss, grad, metrics = out.per_token_loss, out.dlogp, dict(out.metrics)
-    mask = np.asarray(inp.response_mask, dtype=np.float64)
+    if bonus is not None:
+        metrics["actor/entropy_adv_bonus"] = bonus
     if cfg.top_entropy_ratio is not None:
         if inp.entropy is None:
             raise ValueError("entropy: top_entropy_ratio needs the per-token entropy")
@@ -295,7 +515,8 @@ def compute_policy_loss(
         kl, dkl = _kl_penalty_and_grad(inp.log_prob, inp.ref_log_prob, cfg.kl_loss_type)
         loss, grad = loss + cfg.kl_loss_coef * kl, grad + cfg.kl_loss_coef * dkl
         metrics["actor/kl_loss"] = float(masked_mean(kl, mask))
-    return PolicyLossOutput(loss * mask, metrics, grad * mask, dentropy)
+    clipped = None if out.clipped is None else out.clipped & mask.astype(bool)
+    return PolicyLossOutput(loss * mask, metrics, grad * mask, dentropy, clipped)
 
 
 def agg_loss(

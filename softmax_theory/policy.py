@@ -24,6 +24,10 @@ class PolicyLoss(str, enum.Enum):
     CLIP_HIGHER = "clip_higher"  # vanilla with ε_high = 0.28 (DAPO)
     CLIP_COV = "clip_cov"  # Cui et al. 2025, §4
     KL_COV = "kl_cov"  # Cui et al. 2025, §4
+    GPPO = "gppo"  # gradient-preserving clip (Klear-Reasoner; CE-GPPO's β₁, β₂)
+    CISPO = "cispo"  # clipped, stop-gradient importance weight × REINFORCE (MiniMax-M1)
+    GSPO = "gspo"  # sequence-level, length-normalised ratio (Qwen, GSPO)
+    ARCHER = "archer"  # dual-token constraints by response-level entropy quantile (Archer)
 
 
 class AggMode(str, enum.Enum):
@@ -45,6 +49,17 @@ NORM_MODES = frozenset({AggMode.SEQ_MEAN_TOKEN_SUM_NORM, AggMode.TOKEN_SUM_NORM}
 class CovScope(str, enum.Enum):
     MICRO = "micro"  # select per micro-batch, as the paper's original code
     MINI = "mini"  # select over the optimiser mini-batch, as verl later does
+    GLOBAL = "global"  # select once per step, over the step's whole batch
+
+
+class CovSelector(str, enum.Enum):
+    """Which tokens Clip-Cov and KL-Cov restrain."""
+
+    COVARIANCE = "covariance"  # the paper's: largest (A − Ā)(log π − mean log π)
+    # the tokens whose own first-order entropy change is the most negative: largest
+    # A·[π(y)(log π(y) + H) − Cov_π(log π, π)] (Lemma 1 for the token's own update, exact in the
+    # tabular world): the best selection a per-token score can make
+    ORACLE = "oracle"
 
 
 class KLEstimator(str, enum.Enum):
@@ -67,6 +82,16 @@ LOSS_KNOBS: dict[PolicyLoss, tuple[str, ...]] = {
         "clip_cov_ub",
     ),
     PolicyLoss.KL_COV: ("kl_cov_ratio", "ppo_kl_coef"),
+    PolicyLoss.GPPO: ("clip_ratio_low", "clip_ratio_high", "gppo_beta_low", "gppo_beta_high"),
+    PolicyLoss.CISPO: ("clip_ratio_low", "clip_ratio_high"),
+    PolicyLoss.GSPO: ("clip_ratio_low", "clip_ratio_high"),
+    PolicyLoss.ARCHER: (
+        "clip_ratio_low",
+        "clip_ratio_high",
+        "archer_quantile",
+        "archer_clip_ratio",
+        "archer_kl_coef",
+    ),
 }
 
 # Each loss's defaults for the settings left unset (None): the only home of these numbers.
@@ -84,7 +109,31 @@ LOSS_DEFAULTS: dict[PolicyLoss, dict[str, float]] = {
         "clip_cov_ub": 5.0,
     },
     PolicyLoss.KL_COV: {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0},
+    # GPPO: β = 1 on both sides (Klear-Reasoner); CE-GPPO tunes β₁ (low side), β₂ (high side)
+    PolicyLoss.GPPO: {
+        "clip_ratio_low": 0.2,
+        "clip_ratio_high": 0.28,
+        "gppo_beta_low": 1.0,
+        "gppo_beta_high": 1.0,
+    },
+    # CISPO truncates the weight from above only: ratio in [0, 5] (TRL's epsilon_high = 5)
+    PolicyLoss.CISPO: {"clip_ratio_low": 1.0, "clip_ratio_high": 4.0},
+    # GSPO's sequence ratio lives near 1: the paper's ε_low = 3e-4, ε_high = 4e-4
+    PolicyLoss.GSPO: {"clip_ratio_low": 3e-4, "clip_ratio_high": 4e-4},
+    # Archer: low-entropy (knowledge) tokens keep the PPO clip (0.2) and a KL of 0.001 to the
+    # reference; tokens above the response's 80% entropy quantile (reasoning) get a wider clip
+    # (0.5, our reading of "higher clipping thresholds") and no KL
+    PolicyLoss.ARCHER: {
+        "clip_ratio_low": 0.2,
+        "clip_ratio_high": 0.2,
+        "archer_quantile": 0.8,
+        "archer_clip_ratio": 0.5,
+        "archer_kl_coef": 0.001,
+    },
 }
+
+# The losses that read the reference policy's log-probs whatever kl_loss_coef is.
+REFERENCE_LOSSES = frozenset({PolicyLoss.ARCHER})
 
 # The losses that select tokens by covariance (and so read cov_scope).
 COV_LOSSES = frozenset({PolicyLoss.CLIP_COV, PolicyLoss.KL_COV})
@@ -138,6 +187,33 @@ class PolicyLossConfig:
     ppo_kl_coef: float | None = field(
         default=None, metadata=_help("kl_cov: coefficient of |log π − log π_old|", "ppo_kl_coef")
     )
+    gppo_beta_low: float | None = field(
+        default=None,
+        metadata=_help("gppo: β₁, the gradient kept below the clip range (A < 0)", "gppo_beta_low"),
+    )
+    gppo_beta_high: float | None = field(
+        default=None,
+        metadata=_help(
+            "gppo: β₂, the gradient kept above the clip range (A > 0)", "gppo_beta_high"
+        ),
+    )
+    archer_quantile: float | None = field(
+        default=None,
+        metadata=_help(
+            "archer: tokens above this quantile of their response's entropies are high-entropy",
+            "archer_quantile",
+        ),
+    )
+    archer_clip_ratio: float | None = field(
+        default=None,
+        metadata=_help("archer: the clip range ε of high-entropy tokens", "archer_clip_ratio"),
+    )
+    archer_kl_coef: float | None = field(
+        default=None,
+        metadata=_help(
+            "archer: the KL-to-reference weight of low-entropy tokens", "archer_kl_coef"
+        ),
+    )
     loss_agg_mode: AggMode = field(
         default=AggMode.TOKEN_MEAN, metadata=_help("aggregation of the per-token loss")
     )
@@ -157,13 +233,26 @@ class PolicyLossConfig:
     kl_loss_type: KLEstimator = field(
         default=KLEstimator.K3, metadata=_help("per-token estimator of KL(π‖π_ref)")
     )
+    entropy_adv_alpha: float = field(
+        default=0.0,
+        metadata=_help(
+            "entropy-shaped advantage A + min(α·sg(H), |A|/κ) (arXiv 2506.14758): α (0: off)"
+        ),
+    )
+    entropy_adv_kappa: float = field(
+        default=2.0, metadata=_help("entropy-shaped advantage: κ, the cap's divisor")
+    )
     top_entropy_ratio: float | None = field(
         default=None,
         metadata=_help("gradient only through tokens in the top ρ of entropy (80/20: 0.2)"),
     )
     cov_scope: CovScope = field(
         default=CovScope.MICRO,
-        metadata=_help("clip_cov/kl_cov: where tokens are selected: micro- or mini-batch"),
+        metadata=_help("clip_cov/kl_cov: where tokens are selected: micro, mini or global (step)"),
+    )
+    cov_selector: CovSelector = field(
+        default=CovSelector.COVARIANCE,
+        metadata=_help("clip_cov/kl_cov: which tokens: covariance (the paper's) or oracle"),
     )
 
     def __post_init__(self) -> None:
@@ -171,12 +260,29 @@ class PolicyLossConfig:
             ("loss_mode", PolicyLoss),
             ("loss_agg_mode", AggMode),
             ("cov_scope", CovScope),
+            ("cov_selector", CovSelector),
             ("kl_loss_type", KLEstimator),
         ):
             object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
         self._resolve_loss_settings()
         self._check_ranges()
         self._refuse_unused_controls()
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss reads log π_ref: a KL penalty, or a loss with a KL of its own."""
+        return self.kl_loss_coef > 0 or self.loss_mode in REFERENCE_LOSSES
+
+    @property
+    def has_clip(self) -> bool:
+        """Whether the loss clips a ratio (every loss but KL-Cov), so that its tokens can be
+        split into clipped and unclipped."""
+        return self.loss_mode is not PolicyLoss.KL_COV
+
+    @property
+    def needs_score(self) -> bool:
+        """Whether the loss reads each token's own-update entropy term (the oracle selector)."""
+        return self.loss_mode in COV_LOSSES and self.cov_selector is CovSelector.ORACLE
 
     def _resolve_loss_settings(self) -> None:
         """Fill the chosen loss's unset settings from ``LOSS_DEFAULTS``; refuse the others."""
@@ -200,7 +306,15 @@ class PolicyLossConfig:
             object.__setattr__(self, name, None)
 
     def _check_ranges(self) -> None:
-        for name in ("clip_ratio_low", "clip_ratio_high", "ppo_kl_coef"):
+        for name in (
+            "clip_ratio_low",
+            "clip_ratio_high",
+            "ppo_kl_coef",
+            "gppo_beta_low",
+            "gppo_beta_high",
+            "archer_clip_ratio",
+            "archer_kl_coef",
+        ):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
@@ -214,11 +328,15 @@ class PolicyLossConfig:
                 raise ValueError(f"{name}: a fraction in (0, 1], got {value}")
         if self.clip_cov_lb is not None and not self.clip_cov_lb < self.clip_cov_ub:
             raise ValueError(f"clip_cov_lb: must be < clip_cov_ub, got {self.clip_cov_lb}")
+        if self.archer_quantile is not None and not 0 < self.archer_quantile < 1:
+            raise ValueError(f"archer_quantile: a quantile in (0, 1), got {self.archer_quantile}")
+        if not self.entropy_adv_kappa > 0:
+            raise ValueError(f"entropy_adv_kappa: must be > 0, got {self.entropy_adv_kappa}")
         if self.top_entropy_ratio is not None and not 0 < self.top_entropy_ratio <= 1:
             raise ValueError(
                 f"top_entropy_ratio: a fraction in (0, 1], got {self.top_entropy_ratio}"
             )
-        for name in ("entropy_coeff", "kl_loss_coef", "entropy_delta"):
+        for name in ("entropy_coeff", "kl_loss_coef", "entropy_delta", "entropy_adv_alpha"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
@@ -233,8 +351,11 @@ class PolicyLossConfig:
             unused.append(("entropy_delta", "without entropy_target"))
         if self.kl_loss_coef == 0 and self.kl_loss_type is not default["kl_loss_type"]:
             unused.append(("kl_loss_type", "while kl_loss_coef is 0"))
-        if self.cov_scope is not default["cov_scope"] and self.loss_mode not in COV_LOSSES:
-            unused.append(("cov_scope", f"with loss_mode {self.loss_mode.value}"))
+        for name in ("cov_scope", "cov_selector"):
+            if getattr(self, name) is not default[name] and self.loss_mode not in COV_LOSSES:
+                unused.append((name, f"with loss_mode {self.loss_mode.value}"))
+        if self.entropy_adv_alpha == 0 and self.entropy_adv_kappa != default["entropy_adv_kappa"]:
+            unused.append(("entropy_adv_kappa", "while entropy_adv_alpha is 0"))
         if self.loss_scale_factor is not None and self.loss_agg_mode not in NORM_MODES:
             unused.append(("loss_scale_factor", f"with loss_agg_mode {self.loss_agg_mode.value}"))
         if unused:

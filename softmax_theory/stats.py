@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # The float64 resolution of an entropy change: this many ulps of (1 + H). Below it, a measured
@@ -60,3 +62,12 @@ def smooth(values: np.ndarray, width: int) -> np.ndarray:
     k = np.arange(len(v))
     lo, hi = np.maximum(0, k - half), np.minimum(len(v), k + half + 1)
     return (c[hi] - c[lo]) / (hi - lo)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimate from n samples of which c are right: 1 − C(n−c, k)/C(n, k),
+    the chance that k drawn without replacement include a right one. Chen et al. 2021 (Codex,
+    arXiv 2107.03374), eq. 1; exact integer binomials, so no cancellation."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"k: pass@k needs 1 ≤ k ≤ n and 0 ≤ c ≤ n, got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -46,7 +46,11 @@ from llm_bridge.probe import (
     snapshot,
 )
 from llm_bridge.rollout import Rollouts
-from softmax_theory.group_advantages import ADVANTAGES, AdvantageEstimator
+from softmax_theory.group_advantages import (
+    AdvantageEstimator,
+    check_w_reinforce_lambda,
+    compute_advantages,
+)
 from softmax_theory.policy import CovScope, PolicyLossConfig
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import (
@@ -102,6 +106,27 @@ def refuse_replaced_settings(args: GRPOConfig, allowed: frozenset[str] = frozens
             )
 
 
+def refuse_unsupported_controls(policy_loss: PolicyLossConfig) -> None:
+    """Refuse, by name, the controls the TRL engine cannot run as our trainer does: each reads
+    something TRL's loss never sees (the whole step's batch, a pre-pass over it, or the
+    reference log-probs TRL computes only for its own KL)."""
+    if policy_loss.cov_scope is CovScope.GLOBAL:
+        raise ValueError(
+            "cov_scope: global selects once over the whole step's batch, which TRL's loss never "
+            "sees at once; use cov_scope micro, or --engine ours"
+        )
+    if policy_loss.needs_score:
+        raise ValueError(
+            "cov_selector: the oracle needs a pre-pass over the step's tokens that TRL does not "
+            "make; use --engine ours"
+        )
+    if policy_loss.needs_reference and policy_loss.kl_loss_coef == 0:
+        raise ValueError(
+            f"loss_mode: {policy_loss.loss_mode.value} reads the reference log-probs, which TRL "
+            "computes only for a KL penalty (beta > 0); use --engine ours"
+        )
+
+
 class CovGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with our advantages, policy loss and (optionally) entropy probe.
 
@@ -109,6 +134,7 @@ class CovGRPOTrainer(GRPOTrainer):
       policy_loss: the loss and the controls. A KL penalty (``kl_loss_coef`` > 0) needs TRL's
         reference model: set ``GRPOConfig.beta`` to the same value.
       advantage: the advantage estimator, applied to TRL's gathered rewards.
+      w_reinforce_lambda: λ of the ``w_reinforce`` estimator.
       probe_dir: our run directory (``config.json`` + ``steps.jsonl``); None disables the probe.
       probe_every, probe_responses, probe_jvp, micro_batch_size, token_steps_every,
       cov_table_steps: as in ``TrainConfig``.
@@ -123,6 +149,7 @@ class CovGRPOTrainer(GRPOTrainer):
         *args: Any,
         policy_loss: PolicyLossConfig | None = None,
         advantage: str | AdvantageEstimator = AdvantageEstimator.GRPO,
+        w_reinforce_lambda: float | None = None,
         probe_dir: str | os.PathLike | None = None,
         probe_every: int = 1,
         probe_responses: int | None = None,
@@ -137,6 +164,9 @@ class CovGRPOTrainer(GRPOTrainer):
     ):
         self.policy_loss = policy_loss or PolicyLossConfig()
         self.advantage = parse_choice(AdvantageEstimator, advantage, "advantage")
+        check_w_reinforce_lambda(self.advantage, w_reinforce_lambda)
+        self.w_reinforce_lambda = w_reinforce_lambda
+        refuse_unsupported_controls(self.policy_loss)
         args_ = kwargs.get("args")
         if args_ is not None:
             refuse_replaced_settings(args_)
@@ -219,7 +249,7 @@ class CovGRPOTrainer(GRPOTrainer):
         weights = self.reward_weights.to(rewards.device, torch.float64)
         total = (rewards * weights).nansum(dim=1).cpu().numpy()  # [N_global]
         group = np.arange(total.size) // self.num_generations
-        adv = ADVANTAGES[self.advantage](total, group)
+        adv = compute_advantages(self.advantage, total, group, self.w_reinforce_lambda)
         n_local = out["completion_ids"].shape[0]
         start = self.accelerator.process_index * n_local
         local = slice(start, start + n_local)
@@ -594,6 +624,11 @@ def train_with_trl(
     from llm_bridge.tiny import load_model
     from llm_bridge.trainer import RESUME_FREE, load_task
 
+    if cfg.val_k is not None:
+        raise ValueError(
+            "val_k: TRL's evaluation reports the mean reward only; use --engine ours for pass@K"
+        )
+    refuse_unsupported_controls(cfg.policy_loss)
     task = task or load_task(cfg)
     out = Path(out)
     model, tokenizer = load_model(cfg.model)
@@ -624,6 +659,7 @@ def train_with_trl(
         processing_class=tokenizer,
         policy_loss=cfg.policy_loss,
         advantage=cfg.advantage,
+        w_reinforce_lambda=cfg.w_reinforce_lambda,
         probe_dir=out if cfg.probe else None,
         probe_every=cfg.probe_every,
         probe_responses=cfg.probe_responses,

@@ -262,12 +262,19 @@ CONTROLS = {
         "top_entropy_ratio": 0.3,
     },
     "k1": {"kl_loss_coef": 0.2, "kl_loss_type": "k1"},
+    "entropy-shaped advantage": {"entropy_adv_alpha": 0.3, "entropy_adv_kappa": 2.5},
 }
 LOSSES = {
     "vanilla": {},
     "clip_higher": {"clip_ratio_c": 2.0},
     "clip_cov": {"clip_cov_ratio": 0.05, "clip_ratio_low": 0.2, "clip_ratio_high": 0.25},
     "kl_cov": {"kl_cov_ratio": 0.05, "ppo_kl_coef": 0.7},
+    "kl_cov oracle": {"loss_mode": "kl_cov", "kl_cov_ratio": 0.05, "cov_selector": "oracle"},
+    "clip_cov oracle": {"loss_mode": "clip_cov", "clip_cov_ratio": 0.05, "cov_selector": "oracle"},
+    "gppo": {"gppo_beta_low": 0.5, "gppo_beta_high": 1.5},
+    "cispo": {"clip_ratio_low": 0.3, "clip_ratio_high": 0.4},
+    "gspo": {"clip_ratio_low": 0.05, "clip_ratio_high": 0.05},
+    "archer": {"archer_kl_coef": 0.05},
 }
 
 
@@ -280,23 +287,28 @@ def test_compute_policy_loss_numpy_equals_torch(loss, controls, mode):
     g = torch.Generator().manual_seed(8)
     ent = 3 * torch.rand(lp.shape, generator=g, dtype=torch.float64)
     ref = lp + 0.3 * torch.randn(lp.shape, generator=g, dtype=torch.float64)
-    cfg = PolicyLossConfig(loss_mode=loss, loss_agg_mode=mode, **LOSSES[loss], **CONTROLS[controls])
+    score = torch.randn(lp.shape, generator=g, dtype=torch.float64)
+    settings = {"loss_mode": loss, **LOSSES[loss], **CONTROLS[controls]}
+    cfg = PolicyLossConfig(loss_agg_mode=mode, **settings)
     np_inp = np_losses.LossInputs(
-        lp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), ent.numpy(), ref.numpy()
+        lp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), ent.numpy(), ref.numpy(), score.numpy()
     )
     # Clip-Cov draws at random: both worlds get the same draw (each world's own draw is tested
     # above); KL-Cov's top-k is deterministic and each world selects on its own
     selected = None
-    if loss == "clip_cov":
+    if settings["loss_mode"] == "clip_cov" and "cov_selector" not in settings:
         selected = np_losses.select_clip_cov(np_inp, cfg, np.random.default_rng(0))
         assert selected.sum() > 0
     ours = np_losses.compute_policy_loss(np_inp, cfg, selected=selected)
     lp_t, ent_t = lp.clone().requires_grad_(True), ent.clone().requires_grad_(True)
     torch_out = compute_policy_loss(
-        LossInputs(lp_t, old, adv, mask, ent_t, ref),
+        LossInputs(lp_t, old, adv, mask, ent_t, ref, score),
         cfg,
         selected=None if selected is None else torch.from_numpy(selected),
     )
+    assert (torch_out.clipped is None) == (ours.clipped is None)
+    if ours.clipped is not None:
+        np.testing.assert_array_equal(torch_out.clipped.numpy(), ours.clipped)
     np.testing.assert_allclose(
         torch_out.per_token_loss.detach().numpy(), ours.per_token_loss, rtol=1e-12, atol=1e-15
     )

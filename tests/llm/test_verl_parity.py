@@ -83,6 +83,18 @@ LOSSES = [
         {},
         {"kl_cov_ratio": 0.05, "ppo_kl_coef": 1.0},
     ),
+    (
+        "cispo",
+        {"loss_mode": "cispo", "clip_ratio_low": 0.2, "clip_ratio_high": 0.28},
+        {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28},
+        {},
+    ),
+    (
+        "gspo, some responses clipped",
+        {"loss_mode": "gspo", "clip_ratio_low": 0.1, "clip_ratio_high": 0.1},
+        {"clip_ratio_low": 0.1, "clip_ratio_high": 0.1},
+        {},
+    ),
 ]
 # (loss_agg_mode, verl's global_batch_info = our agg_loss keywords)
 AGGREGATIONS = [
@@ -140,6 +152,11 @@ def test_our_loss_equals_verl(verl_results, index):
         for key in ("actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl"):
             assert float(out.metrics[key]) == pytest.approx(expected["metrics"][key], abs=1e-7)
         assert expected["metrics"]["actor/pg_clipfrac_lower"] > 0  # dual-clip did act
+    if ours["loss_mode"] in ("cispo", "gspo"):
+        for key in ("actor/pg_clipfrac", "actor/ppo_kl"):
+            assert float(out.metrics[key]) == pytest.approx(expected["metrics"][key], abs=1e-7)
+        # the clip acted on some tokens and not on others
+        assert 0 < float(out.metrics["actor/pg_clipfrac"]) < 1
     if ours["loss_mode"] == "kl_cov":
         # verl logs mean |log ratio| as actor/ppo_kl; ours keeps one meaning for ppo_kl (verl's
         # masked_mean adds 1e-8 to the token count)
