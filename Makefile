@@ -6,7 +6,7 @@ RESULTS := results
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: demo test bench lint parity clean
+.PHONY: demo test bench lint parity clean gpu-check gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 ST := $(VENV)/bin/softmax-theory
 LB := $(VENV)/bin/llm-bridge
 TINY := .cache/tiny-addition
+# A real-sized vocabulary (Qwen2.5's) and long responses, for the scale benchmark
+REAL_VOCAB := .cache/tiny-running-sum-v151936
 # Clip-Cov / KL-Cov ratios scaled to the demo's ~1,280-token mini-batches (the paper's ratios
 # select one or two tokens there; docs/llm_findings.md §3 has the sweep behind these values).
 DEMO_CLIP_COV_RATIO := 0.01
@@ -77,6 +79,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_token_stats.py --out docs/benchmarks.md
 	$(LB) pretrain-tiny --out $(TINY)
 	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
+	$(LB) pretrain-tiny --task running-sum --terms 13 --vocab-size 151936 --out $(REAL_VOCAB)
+	$(PY) benchmarks/bench_scale.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 
 # verl 0.9.1, the peer of the losses, in a side environment of its own: torch first (the CPU
 # wheel), verl without its dependencies, then only what verl.trainer.ppo.core_algos imports.
@@ -97,6 +101,21 @@ parity: $(VENV)/.installed-test $(VERL_VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check softmax_theory llm_bridge tests benchmarks scripts
 	$(VENV)/bin/ruff format --check softmax_theory llm_bridge tests benchmarks scripts
+
+# The GPU run (docs/gpu.md): the gpu-marked tests and the measured runs, into GPU_OUT. On the GPU
+# machine: scripts/gpu_check.sh --out "$$OUT" (its Python has torch; TRL travels as wheels).
+GPU_OUT ?= results/gpu
+gpu-check: $(VENV)/.installed-test
+	PYTHON=$(PY) scripts/gpu_check.sh --out $(GPU_OUT) $(if $(CPU_SMOKE),--cpu-smoke,)
+
+# TRL and what it needs beyond the GPU machine's image, as wheels in .whl (git-ignored), for
+# Python 3.12 on x86-64; carry .whl with the call.
+GPU_WHEELS := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels: $(PY)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) $(RESULTS)

@@ -122,7 +122,9 @@ def _sft_batch(tokenizer, task: Task, idx: list[int]) -> tuple[torch.Tensor, tor
     return ids_t, lab_t
 
 
-def _train(model, tokenizer, task, cfg: TinyConfig, steps: int, batch: int, loss_fn, log) -> None:
+def _train(
+    model, tokenizer, task, cfg: TinyConfig, steps: int, batch: int, loss_fn, log, device
+) -> None:
     """AdamW with linear warm-up and decay to 10%, on random batches of the task."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
@@ -137,7 +139,7 @@ def _train(model, tokenizer, task, cfg: TinyConfig, steps: int, batch: int, loss
     for step in range(steps):
         idx = torch.randint(0, len(task.train), (batch,), generator=gen).tolist()
         ids, labels = _sft_batch(tokenizer, task, idx)
-        loss = loss_fn(model, ids, labels)
+        loss = loss_fn(model, ids.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -167,6 +169,8 @@ def tail_share(model, tokenizer, task: Task, n_used: int, n: int = 16) -> dict[s
     """On the answer positions of ``n`` training examples: the probability and the share of the
     entropy that the tokens beyond the first ``n_used`` (the padding) carry."""
     ids, labels = _sft_batch(tokenizer, task, list(range(n)))
+    device = model.get_output_embeddings().weight.device
+    ids, labels = ids.to(device), labels.to(device)
     hidden = model.model(input_ids=ids).last_hidden_state[:, :-1][labels[:, 1:] != -100]
     logits = model.get_output_embeddings()(hidden).double()  # answer positions only
     logp = torch.log_softmax(logits, -1)
@@ -180,23 +184,28 @@ def tail_share(model, tokenizer, task: Task, n_used: int, n: int = 16) -> dict[s
     }
 
 
-def pretrain_tiny(cfg: TinyConfig, out: str | os.PathLike, log=print) -> dict:
+def pretrain_tiny(cfg: TinyConfig, out: str | os.PathLike, log=print, device: str = "cpu") -> dict:
     """Build, pre-train and save the tiny model; returns a summary (also in ``pretrain.json``).
 
     With ``vocab_size``, the model is first trained at the task's own vocabulary, then its
     vocabulary is padded with unused tokens and the whole model trained on for ``pad_steps`` at
     full vocabulary (through the chunked head), which pushes the unused rows' logits down from
     where a random start leaves them; the summary reports the probability and the share of the
-    entropy the padding still carries.
+    entropy the padding still carries. ``device``: where to train (cpu or cuda); the saved
+    model is the same format either way.
     """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for, but no CUDA device is available")
     quiet_progress_bars()
     task = synthetic_task(cfg.task, seed=cfg.seed, terms=cfg.terms)
     alphabet = task_alphabet(cfg.task)
     tokenizer = build_tokenizer(alphabet)
     longest = max(len(e.prompt) + len(e.answer) for e in task.train[:1000]) + 2  # BOS, EOS
-    model = build_model(cfg, tokenizer, max_positions=max(64, longest))
+    model = build_model(cfg, tokenizer, max_positions=max(64, longest)).to(device)
     start = time.perf_counter()
-    _train(model, tokenizer, task, cfg, cfg.steps, cfg.batch_size, _hf_loss, log)
+    _train(model, tokenizer, task, cfg, cfg.steps, cfg.batch_size, _hf_loss, log, device)
     summary: dict = {"config": asdict(cfg)}
     if cfg.vocab_size is not None:
         n_used = len(tokenizer)
@@ -204,11 +213,14 @@ def pretrain_tiny(cfg: TinyConfig, out: str | os.PathLike, log=print) -> dict:
         model.resize_token_embeddings(cfg.vocab_size, mean_resizing=False)
         log(f"padded to {cfg.vocab_size} tokens: {tail_share(model, tokenizer, task, n_used)}")
         pad = replace(cfg, warmup=min(cfg.warmup, cfg.pad_steps // 4))
-        _train(model, tokenizer, task, pad, cfg.pad_steps, cfg.pad_batch_size, _fused_loss, log)
+        _train(
+            model, tokenizer, task, pad, cfg.pad_steps, cfg.pad_batch_size, _fused_loss, log, device
+        )
         summary["padding"] = tail_share(model, tokenizer, task, n_used)
         log(f"after {cfg.pad_steps} steps at full vocabulary: {summary['padding']}")
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     summary["seconds"] = time.perf_counter() - start
+    summary["device"] = device
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

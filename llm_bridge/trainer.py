@@ -335,6 +335,8 @@ class ProbedGRPOTrainer:
 
     def step(self) -> dict[str, Any]:
         cfg, k = self.cfg, self.state.step
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         batch = self.rollout()
         t_roll = time.perf_counter()
@@ -376,6 +378,8 @@ class ProbedGRPOTrainer:
                 "actor/entropy_coeff": alpha_now,
             }
         )
+        if self.device.type == "cuda":  # the step's own peak (reset at its start)
+            record["memory/gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if k in cfg.cov_table_steps:
             self._write_cov_table(k, batch)
         self.writer.write(record)

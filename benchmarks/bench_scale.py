@@ -1,0 +1,323 @@
+"""The trainer at a real vocabulary (V = 151,936) and long responses, against TRL's GRPOTrainer.
+
+Model: `llm-bridge pretrain-tiny --task running-sum --terms 13 --vocab-size 151936` (19.8M
+parameters; responses of 65 tokens + EOS). Every measurement runs in a fresh process, so its
+peak RSS (``ru_maxrss``) is its own:
+
+1. memory against the batch: one probed step (probe over every response, JVP) at 4, 16 and 64
+   prompts × 8 responses, micro-batches of 8 responses. Goal: the peak grows ≤ 15% from 4 to 64
+   prompts. The estimate of ``llm_bridge.memory`` is printed beside each measured peak.
+2. time against TRL, alternating in one run, at 16 prompts × 8: ours without the probe, ours
+   with the probe over every response, ours with a 64-response probe, and plain
+   ``trl.GRPOTrainer`` (its own loss, no probe), same model, prompts, group size, completion
+   length and micro-batch, one optimiser update per step. Goals: ours unprobed ≤ 0.8× TRL;
+   probed ≤ 2× our unprobed step; with the 64-response probe ≤ 1.3×. Peak memory of the same
+   runs: goal ours ≤ TRL's. Medians and spreads over blocks.
+
+    python benchmarks/bench_scale.py --model .cache/tiny-running-sum-v151936 \
+        [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import write_section  # noqa: E402
+
+MARKER = "<!-- bench_scale -->"
+GROUP = 8
+MICRO = 8
+TERMS = 13
+MEMORY_GOAL = 0.15
+TRL_GOAL, PROBE_GOAL, SUBSET_GOAL = 0.8, 2.0, 1.3
+SUBSET = 64
+GIB = 1024**3
+
+
+def _rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one configuration in this process; print a JSON line of times and the peak RSS
+# ---------------------------------------------------------------------------------------------
+
+
+def _gpu_peak(device: str) -> int | None:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else None
+
+
+def worker_ours(
+    model: str, prompts: int, steps: int, probe: str, work: Path, terms: int, device: str
+) -> dict:
+    from llm_bridge import ProbedGRPOTrainer, TrainConfig
+
+    start_rss = _rss()
+    cfg = TrainConfig(
+        model=model,
+        device=device,
+        task="running-sum",
+        terms=terms,
+        steps=steps,
+        prompts_per_step=prompts,
+        group_size=GROUP,
+        mini_batches=1,
+        micro_batch_size=MICRO,
+        warmup_steps=0,
+        val_every=0,
+        checkpoint_every=0,
+        cov_table_steps=(),
+        probe=probe != "off",
+        probe_responses=SUBSET if probe == "subset" else None,
+    )
+    trainer = ProbedGRPOTrainer(cfg, work / f"ours_{time.perf_counter_ns()}")
+    estimate = trainer.step_memory().total
+    loaded = _rss()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        record = trainer.step()
+        times.append(time.perf_counter() - t0)
+    trainer.writer.close()
+    return {
+        "times": times,
+        "gpu_peak": _gpu_peak(device),
+        "response_tokens": record["response_length"] * prompts * GROUP,
+        "peak": _rss(),
+        "start": start_rss,
+        "loaded": loaded,
+        "estimate": estimate,
+        "tokens": record.get("probe/tokens"),
+        "split": {k: record[k] for k in ("time/rollout_s", "time/update_s", "time/probe_s")},
+    }
+
+
+def worker_trl(
+    model_path: str, prompts: int, steps: int, work: Path, terms: int, device: str
+) -> dict:
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from llm_bridge import load_model, synthetic_task
+    from llm_bridge.integrations.trl import trl_dataset, trl_reward
+
+    start_rss = _rss()
+    task = synthetic_task("running-sum", terms=terms)
+    on_gpu = device == "cuda"
+    model, tok = load_model(
+        model_path, torch.device(device), torch.bfloat16 if on_gpu else torch.float32
+    )
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.start)
+
+    responses = prompts * GROUP
+    args = GRPOConfig(
+        output_dir=str(work / f"trl_{time.perf_counter_ns()}"),
+        per_device_train_batch_size=MICRO,
+        gradient_accumulation_steps=responses // MICRO,
+        steps_per_generation=responses // MICRO,
+        num_generations=GROUP,
+        max_completion_length=task.max_answer_chars + 1,
+        temperature=1.0,
+        top_k=0,
+        learning_rate=5e-4,
+        lr_scheduler_type="constant",
+        max_steps=steps,
+        beta=0.0,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=trl_reward(task),
+        args=args,
+        train_dataset=trl_dataset(task.train, tok),
+        processing_class=tok,
+        callbacks=[Timer()],
+    )
+    loaded = _rss()
+    trainer.train()
+    return {
+        "times": times,
+        "gpu_peak": _gpu_peak(device),
+        "peak": _rss(),
+        "start": start_rss,
+        "loaded": loaded,
+    }
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    try:
+        kind, prompts, steps, terms, device = args.worker.split(",")
+        if kind == "trl":
+            result = worker_trl(args.model, int(prompts), int(steps), work, int(terms), device)
+        else:
+            result = worker_ours(
+                args.model, int(prompts), int(steps), kind, work, int(terms), device
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def spawn(
+    model: str, kind: str, prompts: int, steps: int, terms: int = TERMS, device: str = "cpu"
+) -> dict:
+    """One configuration in a fresh process (its own peak RSS and GPU peak). ``kind``: off, all
+    or subset (ours, by probe), or trl."""
+    worker = f"{kind},{prompts},{steps},{terms},{device}"
+    cmd = [sys.executable, __file__, "--model", model, "--worker", worker]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} at {prompts} prompts failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def memory_table(model: str, sizes: list[int]) -> tuple[list[str], dict]:
+    runs = {p: spawn(model, "all", p, 2) for p in sizes}
+    lines = [
+        "| prompts × 8 | response tokens | peak RSS (GiB) | estimate (GiB) | step (s) | "
+        "rollout / update / probe (s) |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for p, r in runs.items():
+        split = " / ".join(f"{v:.1f}" for v in r["split"].values())
+        lines.append(
+            f"| {p} | {r['tokens']} | {(r['peak'] - r['start']) / GIB:.2f} | "
+            f"{r['estimate'] / GIB:.2f} | {r['times'][-1]:.1f} | {split} |"
+        )
+    lo, hi = runs[sizes[0]], runs[sizes[-1]]
+    growth = (hi["peak"] - hi["start"]) / (lo["peak"] - lo["start"]) - 1
+    lines += [
+        "",
+        f"Peak growth from {sizes[0]} to {sizes[-1]} prompts: {growth:+.1%} (goal ≤ "
+        f"+{MEMORY_GOAL:.0%}: {_verdict(growth <= MEMORY_GOAL)}). Peak RSS counts from before "
+        "the model is loaded (the process's own Python and torch excluded).",
+    ]
+    return lines, runs
+
+
+def time_table(model: str, prompts: int, blocks: int, steps: int) -> list[str]:
+    kinds = ("off", "all", "subset", "trl")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    peaks: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(blocks):  # alternate, so that every kind sees the same machine
+        for kind in kinds:
+            r = spawn(model, kind, prompts, steps)
+            times[kind].append(statistics.median(r["times"][1:]))  # the first step warms up
+            peaks[kind].append((r["peak"] - r["start"]) / GIB)
+    ratio = {
+        "off/trl": [a / b for a, b in zip(times["off"], times["trl"], strict=True)],
+        "all/off": [a / b for a, b in zip(times["all"], times["off"], strict=True)],
+        "subset/off": [a / b for a, b in zip(times["subset"], times["off"], strict=True)],
+    }
+    name = {
+        "off": "ours, no probe",
+        "all": "ours, probe over every response (+ JVP)",
+        "subset": f"ours, probe over {SUBSET} responses",
+        "trl": "TRL GRPOTrainer (its loss, no probe)",
+    }
+    lines = [
+        f"{prompts} prompts × {GROUP} responses, micro-batches of {MICRO}, one update per step; "
+        f"median over blocks (range), {blocks} alternating blocks of {steps} steps (the first of "
+        "each is a warm-up).",
+        "",
+        "| trainer | step (s) | peak RSS (GiB) |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name[k]} | {_spread(times[k])} | {_spread(peaks[k])} |" for k in kinds]
+    med = {k: statistics.median(v) for k, v in ratio.items()}
+    peak_ok = statistics.median(peaks["off"]) <= statistics.median(peaks["trl"])
+    lines += [
+        "",
+        "| goal | measured (range) | |",
+        "|---|---:|---|",
+        f"| ours unprobed ≤ {TRL_GOAL}× TRL | {_spread(ratio['off/trl'])} | "
+        f"{_verdict(med['off/trl'] <= TRL_GOAL)} |",
+        f"| probe over every response ≤ {PROBE_GOAL}× our unprobed step | "
+        f"{_spread(ratio['all/off'])} | {_verdict(med['all/off'] <= PROBE_GOAL)} |",
+        f"| {SUBSET}-response probe ≤ {SUBSET_GOAL}× our unprobed step | "
+        f"{_spread(ratio['subset/off'])} | {_verdict(med['subset/off'] <= SUBSET_GOAL)} |",
+        f"| our peak (unprobed) ≤ TRL's | {statistics.median(peaks['off']):.2f} vs "
+        f"{statistics.median(peaks['trl']):.2f} GiB | {_verdict(peak_ok)} |",
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--sizes", default="4,16,64", help="prompts per step for the memory table")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per step against TRL")
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="steps per block")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    sizes = [int(x) for x in args.sizes.split(",")]
+    memory, _ = memory_table(args.model, sizes)
+    timing = time_table(args.model, args.prompts, args.blocks, args.steps)
+    table = "\n".join(
+        [
+            MARKER,
+            "### The trainer at V = 151,936 and 66-token responses, against TRL",
+            "",
+            f"{torch.get_num_threads()} torch threads, CPU. `python benchmarks/bench_scale.py "
+            "--model .cache/tiny-running-sum-v151936` (model: `llm-bridge pretrain-tiny --task "
+            "running-sum --terms 13 --vocab-size 151936`).",
+            "",
+            "One probed step (probe over every response, JVP), micro-batches of 8 responses:",
+            "",
+            *memory,
+            "",
+            *timing,
+        ]
+    )
+    print(table)
+    if args.out is not None:
+        write_section(args.out, table + "\n")
+
+
+if __name__ == "__main__":
+    main()
