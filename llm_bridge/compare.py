@@ -130,11 +130,12 @@ def _first_last(run: RunLog, key: str) -> tuple[float | None, float | None]:
 
 
 def attribution_totals(run: RunLog) -> dict[str, float]:
-    """Σ over the steps that logged them of each ``attr/*`` part and of ``pred_lemma1``."""
-    keys = SIGN_PARTS + CLIP_PARTS
-    rows = [s for s in run.steps if all(k in s for k in keys) and "pred_lemma1" in s]
+    """Σ over the steps that logged them of each ``attr/*`` part and of ``pred_lemma1``; the
+    clipped/unclipped pair only where every such step has it."""
+    rows = [s for s in run.steps if all(k in s for k in SIGN_PARTS) and "pred_lemma1" in s]
     if not rows:
         return {}
+    keys = SIGN_PARTS + (CLIP_PARTS if all(k in s for s in rows for k in CLIP_PARTS) else ())
     return {k: float(sum(s[k] for s in rows)) for k in keys + ("pred_lemma1",)}
 
 
@@ -423,7 +424,7 @@ def _attribution_conclusion(r: RunReport) -> str:
     text = f"**{r.name}**: Lemma 1 predicts {total:+.3g} nats over the run"
     if said:
         text += "; " + ", ".join(said)
-    if a["attr/clipped"] != 0:
+    if a.get("attr/clipped"):
         text += f"; clipped tokens carried {a['attr/clipped']:+.3g}"
     return text + "."
 

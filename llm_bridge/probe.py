@@ -181,7 +181,7 @@ def measure_tokens(
       micro_batch_size: responses per forward pass.
       temperature: the policy's temperature.
       clipped: [B, R] bool, the tokens clipped at some update of the step (for the
-        attribution's clipped/unclipped split), or None for a loss without a clip.
+        attribution's clipped/unclipped split), or None where the engine does not know them.
     """
     rows = torch.arange(roll.input_ids.shape[0]) if rows is None else torch.as_tensor(rows)
     sub = roll.subset(rows)

@@ -141,7 +141,7 @@ class UpdateResult:
     metrics: dict[str, float]
     n_updates: int
     forecast: dict[int, torch.Tensor] | None  # Δθ of the first update, known before it
-    clipped: torch.Tensor | None  # [B, R] bool: clipped at some update (losses with a clip)
+    clipped: torch.Tensor  # [B, R] bool: clipped at some update of the step
 
 
 class ProbedGRPOTrainer:
@@ -506,12 +506,8 @@ class ProbedGRPOTrainer:
         n_tokens = totals.pop("_tokens")
         metrics = {key: val / n_tokens for key, val in totals.items()}
         metrics["actor/pg_loss"] = float(np.mean(losses))
-        return UpdateResult(
-            metrics,
-            n_updates,
-            forecast if n_updates == 1 else None,
-            clipped if cfg.policy_loss.has_clip else None,
-        )
+        # a loss without a clip clips nothing: clipped stays all False
+        return UpdateResult(metrics, n_updates, forecast if n_updates == 1 else None, clipped)
 
     # -- the probe -----------------------------------------------------------------------------
 

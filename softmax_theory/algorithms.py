@@ -201,7 +201,11 @@ def expected_attribution(env: TabularEnv, logits: np.ndarray, delta: np.ndarray)
     h = np.broadcast_to(entropy(z)[:, None], z.shape)
     reachable = np.isfinite(logp)
     return attribution_parts(
-        contrib[reachable], env.advantages(z)[reachable], logp[reachable], h[reachable]
+        contrib[reachable],
+        env.advantages(z)[reachable],
+        logp[reachable],
+        h[reachable],
+        np.zeros(int(reachable.sum()), dtype=bool),  # an expected update clips nothing
     )
 
 
@@ -263,7 +267,9 @@ def reinforce_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> S
         tokens=batch,
         token_logp=logp,
         token_adv=adv,
-        metrics=attribution_parts(contrib, adv, logp, entropy(logits)[batch.state]),
+        metrics=attribution_parts(
+            contrib, adv, logp, entropy(logits)[batch.state], np.zeros(adv.size, dtype=bool)
+        ),
     )
 
 

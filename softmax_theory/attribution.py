@@ -74,19 +74,19 @@ def attribution_parts(
 ) -> dict[str, float]:
     """Split Σ contrib over the classes of the module docstring; 1-D arrays over tokens.
 
-    Without ``clipped`` (a loss without a clip, or an engine that does not report it) every
-    token counts as unclipped."""
+    ``clipped``: which tokens were clipped (all False for a loss without a clip); without it
+    (an engine that does not report it) the clipped/unclipped family is left out, not guessed."""
     c = np.asarray(contrib, dtype=np.float64)
     a = np.asarray(adv, dtype=np.float64)
     likely = likely_tokens(logp, entropy)
-    clip = np.zeros(c.shape, bool) if clipped is None else np.asarray(clipped, bool)
     classes = {
         "attr/pos_high": (a > 0) & likely,
         "attr/pos_low": (a > 0) & ~likely,
         "attr/neg_high": (a < 0) & likely,
         "attr/neg_low": (a < 0) & ~likely,
         "attr/zero_adv": a == 0,
-        "attr/clipped": clip,
-        "attr/unclipped": ~clip,
     }
+    if clipped is not None:
+        clip = np.asarray(clipped, bool)
+        classes.update({"attr/clipped": clip, "attr/unclipped": ~clip})
     return {key: float(c[m].sum()) for key, m in classes.items()}

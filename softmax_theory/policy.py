@@ -274,12 +274,6 @@ class PolicyLossConfig:
         return self.kl_loss_coef > 0 or self.loss_mode in REFERENCE_LOSSES
 
     @property
-    def has_clip(self) -> bool:
-        """Whether the loss clips a ratio (every loss but KL-Cov), so that its tokens can be
-        split into clipped and unclipped."""
-        return self.loss_mode is not PolicyLoss.KL_COV
-
-    @property
     def needs_score(self) -> bool:
         """Whether the loss reads each token's own-update entropy term (the oracle selector)."""
         return self.loss_mode in COV_LOSSES and self.cov_selector is CovSelector.ORACLE
