@@ -438,7 +438,7 @@ class ProbedGRPOTrainer:
         rows: slice,
         alpha: float,
         totals: dict[str, float],
-        clipped: torch.Tensor,
+        clipped: torch.Tensor | None = None,
         selected_step: torch.Tensor | None = None,
     ) -> float:
         """Accumulate the gradient of one mini-batch's loss over its micro-batches.
@@ -470,7 +470,7 @@ class ProbedGRPOTrainer:
             )
             loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
             loss.backward()
-            if out.clipped is not None:
+            if out.clipped is not None and clipped is not None:
                 clipped[sub] |= out.clipped.to(clipped.device)
             total += float(loss.detach())
             # metrics are token means: weigh each micro-batch's by its tokens, so that the

@@ -20,7 +20,8 @@ done
 if [ -z "$OUT" ]; then echo "error: --out: give the output folder" >&2; exit 2; fi
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+# only where TRL is missing (the GPU machine): here the venv has it, and the wheels are for 3.12
+if ! "$PY" -c "import trl" >/dev/null 2>&1 && ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"

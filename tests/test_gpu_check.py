@@ -30,9 +30,11 @@ def test_gpu_check_cpu_smoke_writes_every_file(tmp_path):
     for name in ("ours_vanilla", "ours_kl_cov"):
         stage = stages[name]
         assert stage["steps"] >= 1 and stage["response_tokens_per_s"] > 0
-        assert stage["token_corr_jvp"] is not None  # one update per step: the JVP is made
         lines = (tmp_path / name / "steps.jsonl").read_text().splitlines()
         assert len(lines) == stage["steps"]
+        # one update per step: the JVP forecast is made at every step (its correlation may be
+        # undefined at toy size, when a step's advantages are all zero)
+        assert all(json.loads(line).get("pred_jvp") is not None for line in lines)
     assert stages["trl"]["ours_over_trl_median"] > 0
     assert "skipped" in (tmp_path / "pytest.txt").read_text()  # the gpu tests, without CUDA
     # what comes back from the device machine: at most 8 files, at most 2 folders down
