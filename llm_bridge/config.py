@@ -82,6 +82,13 @@ class TrainConfig:
             "ppo_micro_batch_size_per_gpu); memory is set by it (default: the whole mini-batch)"
         ),
     )
+    generate_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "responses per generate call, a multiple of group_size (the KV cache and the sampling "
+            "logits are held for this many at once; default: the whole batch in one call)"
+        ),
+    )
     advantage: AdvantageEstimator = field(
         default=AdvantageEstimator.GRPO, metadata=_help("advantage estimator")
     )
@@ -154,11 +161,16 @@ class TrainConfig:
             raise ValueError(f"val_k: must be ≥ 1, got {self.val_k}")
         if self.val_k is not None and (self.val_samples or self.val_k) < self.val_k:
             raise ValueError(f"val_samples: must be ≥ val_k = {self.val_k}, got {self.val_samples}")
-        for name in ("micro_batch_size", "probe_responses"):
+        for name in ("micro_batch_size", "probe_responses", "generate_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError(f"group_size: GRPO needs at least 2 responses, got {self.group_size}")
+        if self.generate_batch_size is not None and self.generate_batch_size % self.group_size:
+            raise ValueError(
+                f"generate_batch_size: {self.generate_batch_size} is not a multiple of group_size "
+                f"{self.group_size} (a call generates whole groups)"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

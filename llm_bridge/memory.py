@@ -2,7 +2,7 @@
 step that cannot fit.
 
 Peak = weights + gradients + optimiser state + the θ_old copy (the probe) + a reference model
-(a KL penalty) + the larger of (generation of the whole batch) and (one micro-batch's
+(a KL penalty) + the larger of (generation: one generate call's responses) and (one micro-batch's
 activations and logits) + the per-token arrays of the batch + O(chunk). ``docs/memory.md``
 states the model with its numbers next to measured peaks (``benchmarks/bench_scale.py``).
 
@@ -109,15 +109,18 @@ def estimate_step_memory(
     reference: bool = False,
     fused_head: bool = True,
     eager_attention: bool = False,
+    generate_batch: int | None = None,
 ) -> StepMemory:
     """The peak memory of one step: ``responses`` in the batch (prompts × group size),
-    ``micro_batch`` per forward/backward pass, sequences of prompt + response tokens."""
+    ``micro_batch`` per forward/backward pass, ``generate_batch`` per generate call (None: the
+    whole batch), sequences of prompt + response tokens."""
     b = BYTES.get(shape.dtype, 4)
     p = shape.parameters
     seq = prompt_length + response_length
     kv = 2 * shape.layers * shape.hidden * shape.kv_heads // shape.heads  # K and V per token
-    # generation: the whole batch's KV cache, and a few fp32 copies of one position's logits
-    generation = responses * seq * kv * b + 4 * responses * shape.vocab * 4
+    # generation: one call's KV cache, and a few fp32 copies of one position's logits
+    gen_rows = min(responses, generate_batch or responses)
+    generation = gen_rows * seq * kv * b + 4 * gen_rows * shape.vocab * 4
     per_token_layer = 12 * shape.hidden + 4 * shape.intermediate
     if eager_attention:
         per_token_layer += shape.heads * seq

@@ -79,6 +79,46 @@ class RolloutBackend(Protocol):
     ) -> Rollouts: ...
 
 
+def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
+    """One batch from several, in order: prompts left-padded again to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.prompt_length for p in parts)
+    ids, attn = [], []
+    for p in parts:
+        extra = width - p.prompt_length
+        ids.append(torch.nn.functional.pad(p.input_ids, (extra, 0), value=pad_token_id))
+        attn.append(torch.nn.functional.pad(p.attention_mask, (extra, 0), value=0))
+    return Rollouts(
+        input_ids=torch.cat(ids),
+        attention_mask=torch.cat(attn),
+        prompt_length=width,
+        response_mask=torch.cat([p.response_mask for p in parts]),
+        texts=tuple(t for p in parts for t in p.texts),
+    )
+
+
+def generate_in_calls(
+    backend: RolloutBackend,
+    prompts: Sequence[str],
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    pad_token_id: int,
+    responses_per_call: int | None = None,
+) -> Rollouts:
+    """``backend.generate`` over consecutive slices of ``prompts``, at most
+    ``responses_per_call`` responses (and at least one prompt) per call, so that generation
+    holds a KV cache and sampling logits for that many responses only; None: one call."""
+    per_call = len(prompts) if responses_per_call is None else max(responses_per_call // n, 1)
+    parts = [
+        backend.generate(prompts[i : i + per_call], n, max_new_tokens, temperature, generator)
+        for i in range(0, len(prompts), per_call)
+    ]
+    return concat_rollouts(parts, pad_token_id)
+
+
 def encode_prompts(
     tokenizer, prompts: Sequence[str], n: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,7 +51,7 @@ from llm_bridge.probe import (
     snapshot,
     stream_own_entropy_term,
 )
-from llm_bridge.rollout import Rollouts, make_backend
+from llm_bridge.rollout import Rollouts, generate_in_calls, make_backend
 from llm_bridge.tasks import Task, check_encodable, dataset_task, score, synthetic_task
 from llm_bridge.tiny import load_model
 from llm_bridge.token_stats import token_covariance
@@ -217,6 +217,7 @@ class ProbedGRPOTrainer:
             ModelShape.of(self.model),
             responses=cfg.responses_per_step,
             micro_batch=cfg.micro_batch_size or cfg.mini_batch_responses,
+            generate_batch=cfg.generate_batch_size,
             prompt_length=prompt_length,
             response_length=self.max_new_tokens,
             adam=cfg.optimizer is OptimizerName.ADAM,
@@ -292,9 +293,7 @@ class ProbedGRPOTrainer:
         examples = self.task.test[: cfg.val_prompts]
         n = cfg.val_n
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.state.step + 1)
-        roll = self.backend.generate(
-            [e.prompt for e in examples], n, self.max_new_tokens, cfg.temperature, gen
-        )
+        roll = self._generate([e.prompt for e in examples], n, gen)
         rewards = score(self.task, roll.texts, [e.answer for e in examples for _ in range(n)])
         out = {"val_reward": float(rewards.mean())}
         if cfg.val_k is not None:
@@ -309,14 +308,22 @@ class ProbedGRPOTrainer:
         cfg = self.cfg
         examples = self._sample_prompts(cfg.prompts_per_step)
         self.model.eval()
-        roll = self.backend.generate(
-            [e.prompt for e in examples],
-            cfg.group_size,
+        roll = self._generate([e.prompt for e in examples], cfg.group_size, self.gen)
+        return self.score_rollouts(roll, [e.answer for e in examples])
+
+    def _generate(self, prompts: list[str], n: int, gen: torch.Generator) -> Rollouts:
+        """n responses per prompt, ``generate_batch_size`` responses per generate call."""
+        cfg = self.cfg
+        return generate_in_calls(
+            self.backend,
+            prompts,
+            n,
             self.max_new_tokens,
             cfg.temperature,
-            self.gen,
+            gen,
+            self.tokenizer.pad_token_id,
+            cfg.generate_batch_size,
         )
-        return self.score_rollouts(roll, [e.answer for e in examples])
 
     def score_rollouts(self, roll: Rollouts, answers: list[str]) -> StepBatch:
         """Rewards, advantages, and the old (and reference) log-probs and entropy of ``roll``."""

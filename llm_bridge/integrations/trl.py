@@ -628,6 +628,11 @@ def train_with_trl(
         raise ValueError(
             "val_k: TRL's evaluation reports the mean reward only; use --engine ours for pass@K"
         )
+    if cfg.generate_batch_size is not None:
+        raise ValueError(
+            "generate_batch_size: TRL generates a process's whole generation batch in one call; "
+            "use --engine ours, or more processes"
+        )
     refuse_unsupported_controls(cfg.policy_loss)
     task = task or load_task(cfg)
     out = Path(out)

@@ -118,6 +118,7 @@ def test_own_entropy_term_numpy_equals_the_probe_score():
         (["--loss", "kl_cov", "--cov-selector", "oracle"], "cov_selector"),
         (["--loss", "archer"], "loss_mode"),
         (["--val-k", "4"], "val_k"),
+        (["--generate-batch-size", "8"], "generate_batch_size"),
     ],
 )
 def test_trl_engine_refuses_what_it_cannot_run_in_one_line(tiny_model, tmp_path, cli, flags, name):

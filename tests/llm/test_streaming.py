@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from llm_bridge import LossInputs, PolicyLossConfig, TrainConfig, agg_loss, compute_policy_loss
-from llm_bridge.forward import response_logits
+from llm_bridge.forward import response_logits, stream_token_stats
 from llm_bridge.probe import measure_tokens, parameter_delta, probe_record, snapshot
 from llm_bridge.reference import naive_token_stats, reference_probe_record
+from llm_bridge.rollout import HFBackend, concat_rollouts, generate_in_calls
 from llm_bridge.tasks import synthetic_task
 from llm_bridge.trainer import ProbedGRPOTrainer, train
 from softmax_theory.runlog import read_run
@@ -121,3 +122,40 @@ def test_probe_every_and_probe_responses_choose_the_probes_cost(tiny_model, tmp_
     bare = read_run(tmp_path / "bare").steps
     assert [s["reward"] for s in steps] == [s["reward"] for s in bare]
     np.testing.assert_allclose([s["entropy"] for s in steps], [s["entropy"] for s in bare])
+
+
+def test_generation_in_calls_scores_every_response_as_alone(tiny_model, tmp_path):
+    """Responses generated in several calls and joined (prompts left-padded again to the widest)
+    have the log-probs and entropies they have in their own call's batch."""
+    trainer = ProbedGRPOTrainer(_cfg(tiny_model), tmp_path, task=TASK)
+    backend, pad = HFBackend(trainer.model, trainer.tokenizer), trainer.tokenizer.pad_token_id
+    # prompts of different lengths, so the calls' prompt widths differ
+    prompts = ["1+2=", "511+269=", "07+16=", "175+813=", "9+9="]
+    gen = torch.Generator().manual_seed(0)
+    joined = generate_in_calls(backend, prompts, 2, 6, 1.0, gen, pad, responses_per_call=4)
+    gen = torch.Generator().manual_seed(0)  # the same draws, one call at a time
+    parts = [backend.generate(prompts[i : i + 2], 2, 6, 1.0, gen) for i in range(0, 5, 2)]
+    assert len({p.prompt_length for p in parts}) > 1
+    assert joined.texts == tuple(t for p in parts for t in p.texts)
+    assert torch.equal(joined.response_ids, torch.cat([p.response_ids for p in parts]))
+    h, logp = stream_token_stats(trainer.model, joined, 3)
+    h_parts, logp_parts = zip(
+        *(stream_token_stats(trainer.model, p, None) for p in parts), strict=True
+    )
+    mask = joined.response_mask.bool()
+    torch.testing.assert_close(h[mask], torch.cat(h_parts)[mask], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logp[mask], torch.cat(logp_parts)[mask], rtol=1e-5, atol=1e-6)
+    assert concat_rollouts(parts[:1], pad) is parts[0]
+
+
+def test_generate_batch_size_bounds_generation_and_keeps_the_record(tiny_model, tmp_path):
+    whole = ProbedGRPOTrainer(_cfg(tiny_model, prompts_per_step=8), tmp_path / "a", task=TASK)
+    calls = ProbedGRPOTrainer(
+        _cfg(tiny_model, prompts_per_step=8, generate_batch_size=8), tmp_path / "b", task=TASK
+    )
+    # the estimate's generation term: 8 responses per call instead of 32
+    assert calls.step_memory().generation * 4 == pytest.approx(whole.step_memory().generation)
+    a, b = whole.step(), calls.step()
+    assert a.keys() == b.keys() and b["probe/responses"] == 32
+    with pytest.raises(ValueError, match="generate_batch_size"):
+        TrainConfig(group_size=4, generate_batch_size=6)
