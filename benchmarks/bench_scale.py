@@ -5,8 +5,9 @@ parameters; responses of 65 tokens + EOS). Every measurement runs in a fresh pro
 peak RSS (``ru_maxrss``) is its own:
 
 1. memory against the batch: one probed step (probe over every response, JVP) at 4, 16 and 64
-   prompts × 8 responses, micro-batches of 8 responses. Goal: the peak grows ≤ 15% from 4 to 64
-   prompts. The estimate of ``llm_bridge.memory`` is printed beside each measured peak.
+   prompts × 8 responses, micro-batches of 8 responses, at most 64 responses per generate call
+   (``--generate-batch-size``). Goal: the peak grows ≤ 15% from 4 to 64 prompts. The estimate of
+   ``llm_bridge.memory`` is printed beside each measured peak.
 2. time against TRL, alternating in one run, at 16 prompts × 8: ours without the probe, ours
    with the probe over every response, ours with a 64-response probe, and plain
    ``trl.GRPOTrainer`` (its own loss, no probe), same model, prompts, group size, completion
@@ -15,7 +16,10 @@ peak RSS (``ru_maxrss``) is its own:
    runs: goal ours ≤ TRL's. Medians and spreads over blocks.
 
     python benchmarks/bench_scale.py --model .cache/tiny-running-sum-v151936 \
-        [--out docs/benchmarks.md]
+        [--out docs/benchmarks.md] [--results runs/bench_scale.json]
+
+Each worker's result is kept in --results as it comes, so an interrupted run resumes where it
+stopped (delete the file to measure again).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section  # noqa: E402
+from trl_timing import time_trl_steps  # noqa: E402
 
 MARKER = "<!-- bench_scale -->"
 GROUP = 8
@@ -43,6 +48,7 @@ TERMS = 13
 MEMORY_GOAL = 0.15
 TRL_GOAL, PROBE_GOAL, SUBSET_GOAL = 0.8, 2.0, 1.3
 SUBSET = 64
+GENERATE = 64  # responses per generate call in the memory table
 GIB = 1024**3
 
 
@@ -60,7 +66,14 @@ def _gpu_peak(device: str) -> int | None:
 
 
 def worker_ours(
-    model: str, prompts: int, steps: int, probe: str, work: Path, terms: int, device: str
+    model: str,
+    prompts: int,
+    steps: int,
+    probe: str,
+    work: Path,
+    terms: int,
+    device: str,
+    generate: int | None = None,
 ) -> dict:
     from llm_bridge import ProbedGRPOTrainer, TrainConfig
 
@@ -81,6 +94,7 @@ def worker_ours(
         cov_table_steps=(),
         probe=probe != "off",
         probe_responses=SUBSET if probe == "subset" else None,
+        generate_batch_size=generate,
     )
     trainer = ProbedGRPOTrainer(cfg, work / f"ours_{time.perf_counter_ns()}")
     estimate = trainer.step_memory().total
@@ -107,77 +121,24 @@ def worker_ours(
 def worker_trl(
     model_path: str, prompts: int, steps: int, work: Path, terms: int, device: str
 ) -> dict:
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from llm_bridge import load_model, synthetic_task
-    from llm_bridge.integrations.trl import trl_dataset, trl_reward
+    from llm_bridge import synthetic_task
 
     start_rss = _rss()
     task = synthetic_task("running-sum", terms=terms)
-    on_gpu = device == "cuda"
-    model, tok = load_model(
-        model_path, torch.device(device), torch.bfloat16 if on_gpu else torch.float32
-    )
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.start)
-
-    responses = prompts * GROUP
-    args = GRPOConfig(
-        output_dir=str(work / f"trl_{time.perf_counter_ns()}"),
-        per_device_train_batch_size=MICRO,
-        gradient_accumulation_steps=responses // MICRO,
-        steps_per_generation=responses // MICRO,
-        num_generations=GROUP,
-        max_completion_length=task.max_answer_chars + 1,
-        temperature=1.0,
-        top_k=0,
-        learning_rate=5e-4,
-        lr_scheduler_type="constant",
-        max_steps=steps,
-        beta=0.0,
-        logging_steps=10**6,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not on_gpu,
-        bf16=on_gpu,
-        seed=0,
-        disable_tqdm=True,
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=trl_reward(task),
-        args=args,
-        train_dataset=trl_dataset(task.train, tok),
-        processing_class=tok,
-        callbacks=[Timer()],
-    )
-    loaded = _rss()
-    trainer.train()
-    return {
-        "times": times,
-        "gpu_peak": _gpu_peak(device),
-        "peak": _rss(),
-        "start": start_rss,
-        "loaded": loaded,
-    }
+    times = time_trl_steps(model_path, task, prompts, GROUP, MICRO, steps, work, device)
+    return {"times": times, "gpu_peak": _gpu_peak(device), "peak": _rss(), "start": start_rss}
 
 
 def run_worker(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
-        kind, prompts, steps, terms, device = args.worker.split(",")
+        kind, prompts, steps, terms, device, *generate = args.worker.split(",")
         if kind == "trl":
             result = worker_trl(args.model, int(prompts), int(steps), work, int(terms), device)
         else:
+            gen = int(generate[0]) if generate else None
             result = worker_ours(
-                args.model, int(prompts), int(steps), kind, work, int(terms), device
+                args.model, int(prompts), int(steps), kind, work, int(terms), device, gen
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -185,17 +146,42 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def spawn(
-    model: str, kind: str, prompts: int, steps: int, terms: int = TERMS, device: str = "cpu"
+    model: str,
+    kind: str,
+    prompts: int,
+    steps: int,
+    terms: int = TERMS,
+    device: str = "cpu",
+    generate: int | None = None,
 ) -> dict:
     """One configuration in a fresh process (its own peak RSS and GPU peak). ``kind``: off, all
-    or subset (ours, by probe), or trl."""
-    worker = f"{kind},{prompts},{steps},{terms},{device}"
+    or subset (ours, by probe), or trl; ``generate``: responses per generate call (ours)."""
+    worker = f"{kind},{prompts},{steps},{terms},{device}" + (f",{generate}" if generate else "")
     cmd = [sys.executable, __file__, "--model", model, "--worker", worker]
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} at {prompts} prompts failed:\n{done.stderr[-3000:]}")
+    print(f"{worker}: {lines[-1][len('RESULT ') :]}", file=sys.stderr, flush=True)  # progress
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+class Results:
+    """Worker results by key, written to ``path`` as each comes (None: kept in memory only)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path and path.exists() else {}
+
+    def get(self, key: str, run) -> dict:
+        if key not in self.data:
+            self.data[key] = run()
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data, indent=1))
+                tmp.replace(self.path)
+        return self.data[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,8 +197,13 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
-def memory_table(model: str, sizes: list[int]) -> tuple[list[str], dict]:
-    runs = {p: spawn(model, "all", p, 2) for p in sizes}
+def memory_table(model: str, sizes: list[int], results: Results) -> tuple[list[str], dict]:
+    runs = {
+        p: results.get(
+            f"memory,{p},{GENERATE}", lambda p=p: spawn(model, "all", p, 1, generate=GENERATE)
+        )
+        for p in sizes
+    }
     lines = [
         "| prompts × 8 | response tokens | peak RSS (GiB) | estimate (GiB) | step (s) | "
         "rollout / update / probe (s) |",
@@ -235,13 +226,14 @@ def memory_table(model: str, sizes: list[int]) -> tuple[list[str], dict]:
     return lines, runs
 
 
-def time_table(model: str, prompts: int, blocks: int, steps: int) -> list[str]:
+def time_table(model: str, prompts: int, blocks: int, steps: int, results: Results) -> list[str]:
     kinds = ("off", "all", "subset", "trl")
     times: dict[str, list[float]] = {k: [] for k in kinds}
     peaks: dict[str, list[float]] = {k: [] for k in kinds}
-    for _ in range(blocks):  # alternate, so that every kind sees the same machine
+    for block in range(blocks):  # alternate, so that every kind sees the same machine
         for kind in kinds:
-            r = spawn(model, kind, prompts, steps)
+            key = f"time,{kind},{prompts},{steps},{block}"
+            r = results.get(key, lambda kind=kind: spawn(model, kind, prompts, steps))
             times[kind].append(statistics.median(r["times"][1:]))  # the first step warms up
             peaks[kind].append((r["peak"] - r["start"]) / GIB)
     ratio = {
@@ -290,14 +282,18 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="steps per block")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--results", type=Path, default=None, help="keep each worker's result here; resume"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(args)
         return
     sizes = [int(x) for x in args.sizes.split(",")]
-    memory, _ = memory_table(args.model, sizes)
-    timing = time_table(args.model, args.prompts, args.blocks, args.steps)
+    results = Results(args.results)
+    memory, _ = memory_table(args.model, sizes, results)
+    timing = time_table(args.model, args.prompts, args.blocks, args.steps, results)
     table = "\n".join(
         [
             MARKER,
@@ -307,7 +303,8 @@ def main() -> None:
             "--model .cache/tiny-running-sum-v151936` (model: `llm-bridge pretrain-tiny --task "
             "running-sum --terms 13 --vocab-size 151936`).",
             "",
-            "One probed step (probe over every response, JVP), micro-batches of 8 responses:",
+            f"One probed step (probe over every response, JVP), micro-batches of {MICRO} "
+            f"responses, at most {GENERATE} responses per generate call:",
             "",
             *memory,
             "",

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section  # noqa: E402
+from trl_timing import time_trl_steps  # noqa: E402
 
 GOAL = 0.8
 MARKER = "<!-- bench_trl_step -->"
@@ -55,52 +56,10 @@ def _ours(
 
 
 def _trl(model_path: str, prompts: int, group: int, steps: int, work: Path) -> list[float]:
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from llm_bridge import load_model, synthetic_task
-    from llm_bridge.integrations.trl import trl_dataset, trl_reward
+    from llm_bridge import synthetic_task
 
     task = synthetic_task("addition")
-    model, tok = load_model(model_path)
-    data, reward = trl_dataset(task.train, tok), trl_reward(task)
-
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.start)
-
-    args = GRPOConfig(
-        output_dir=str(work / f"trl_{time.perf_counter_ns()}"),
-        per_device_train_batch_size=prompts * group,
-        num_generations=group,
-        max_completion_length=task.max_answer_chars + 1,
-        temperature=1.0,
-        top_k=0,
-        learning_rate=5e-4,
-        lr_scheduler_type="constant",
-        max_steps=steps,
-        beta=0.0,
-        logging_steps=10**6,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    GRPOTrainer(
-        model=model,
-        reward_funcs=reward,
-        args=args,
-        train_dataset=data,
-        processing_class=tok,
-        callbacks=[Timer()],
-    ).train()
-    return times
+    return time_trl_steps(model_path, task, prompts, group, prompts * group, steps, work)
 
 
 def main() -> None:

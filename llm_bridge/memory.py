@@ -1,7 +1,8 @@
 """The memory a GRPO step needs, estimated before the first step, and the guard that refuses a
 step that cannot fit.
 
-Peak = weights + gradients + optimiser state + the θ_old copy (the probe) + a reference model
+Peak = weights + gradients + optimiser state and its step's temporaries + the θ_old copy and Δθ
+(the probe and its JVP) + a reference model
 (a KL penalty) + the larger of (generation: one generate call's responses) and (one micro-batch's
 activations and logits) + the per-token arrays of the batch + O(chunk). ``docs/memory.md``
 states the model with its numbers next to measured peaks (``benchmarks/bench_scale.py``).
@@ -9,8 +10,9 @@ states the model with its numbers next to measured peaks (``benchmarks/bench_sca
 The activation term counts, per token and layer, the tensors a Llama-style block keeps for
 backward: about 12·d (attention inputs, projections, norms, residuals) + 4·I (the MLP's gate, up,
 activation and product) + the attention weights of the eager kernel (heads × sequence length);
-fused attention (SDPA) keeps none of the latter. It is an estimate, within a factor of about 1.5
-of measured peaks (docs/memory.md), which is what a guard against a 100× oversized batch needs.
+fused attention (SDPA) keeps none of the latter. It is an estimate: measured peaks of the
+real-vocabulary model are 1.5–1.7× above it (docs/memory.md, which says where), which is enough for
+a guard against a 100× oversized batch and not for packing a card to its last GiB.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class StepMemory:
     weights: int
     gradients: int
     optimizer: int
+    optimizer_step: int
     theta_old: int
     reference: int
     generation: int
@@ -81,7 +84,8 @@ class StepMemory:
     @property
     def total(self) -> int:
         transient = max(self.generation, self.micro_batch)  # generation is done before training
-        fixed = self.weights + self.gradients + self.optimizer + self.theta_old + self.reference
+        fixed = self.weights + self.gradients + self.optimizer + self.optimizer_step
+        fixed += self.theta_old + self.reference
         return fixed + transient + self.batch_arrays + self.chunk
 
     def describe(self) -> str:
@@ -89,7 +93,8 @@ class StepMemory:
             "weights": self.weights,
             "gradients": self.gradients,
             "optimiser": self.optimizer,
-            "θ_old": self.theta_old,
+            "optimiser step": self.optimizer_step,
+            "θ_old (and Δθ)": self.theta_old,
             "reference": self.reference,
             "generation": self.generation,
             "one micro-batch": self.micro_batch,
@@ -106,6 +111,7 @@ def estimate_step_memory(
     response_length: int,
     adam: bool = True,
     probe: bool = True,
+    jvp: bool = True,
     reference: bool = False,
     fused_head: bool = True,
     eager_attention: bool = False,
@@ -133,7 +139,10 @@ def estimate_step_memory(
         weights=p * b,
         gradients=p * b,
         optimizer=2 * p * b if adam else 0,
-        theta_old=p * b if probe else 0,
+        # Adam's step makes parameter-sized temporaries (the denominator and the update)
+        optimizer_step=2 * p * b if adam else 0,
+        # the probe keeps θ_old, and with the JVP the forecast Δθ
+        theta_old=(2 if jvp else 1) * p * b if probe else 0,
         reference=p * b if reference else 0,
         generation=generation,
         micro_batch=activations + logits,
@@ -165,10 +174,10 @@ def check_step_fits(need: StepMemory, available: int | None, micro_batch_set: bo
     """Refuse a step whose estimate exceeds the memory there is, naming the flag to change."""
     if available is None or need.total <= HEADROOM * available:
         return
-    if need.generation >= need.micro_batch or micro_batch_set:
-        hint = "lower --prompts-per-step or --group-size"
-        if need.micro_batch > need.generation:
-            hint = "lower --micro-batch-size"
+    if need.generation >= need.micro_batch:
+        hint = "set --generate-batch-size (responses per generate call), or lower it"
+    elif micro_batch_set:
+        hint = "lower --micro-batch-size"
     else:
         hint = "set --micro-batch-size (responses per forward/backward pass)"
     raise ValueError(

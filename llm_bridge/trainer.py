@@ -222,6 +222,7 @@ class ProbedGRPOTrainer:
             response_length=self.max_new_tokens,
             adam=cfg.optimizer is OptimizerName.ADAM,
             probe=cfg.probe,
+            jvp=cfg.probe_jvp,
             reference=self.ref_model is not None,
             fused_head=head_spec(self.model) is not None,
             eager_attention=self.model.config._attn_implementation == "eager",
