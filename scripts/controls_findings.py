@@ -6,13 +6,16 @@
 Needs the pre-trained tiny model (`make demo` or `llm-bridge pretrain-tiny`); the long-response
 section pre-trains its own running-sum model into --out. Prints markdown; every number comes from
 a seeded run written under --out (a finished run of the same config is reused, so an interrupted
-invocation resumes). ``--only tabular|llm|long`` runs one world. About 50 minutes on 2 cores.
+invocation resumes). ``--only tabular|llm|llm-sweeps|long`` runs one part; parts run in
+separate processes may run at once (each writes its own runs). About 80 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -65,14 +68,14 @@ def controls(cov_ratio: float) -> list[tuple[str, dict, dict]]:
     ]
 
 
-def coefficient_sweeps(cov_ratio: float) -> dict[str, list[tuple[str, dict]]]:
+def coefficient_sweeps(cov_ratio: float, betas=(0.0, 0.01, 0.1, 1.0)) -> dict[str, list]:
     """The paper's coefficient figures: 9 (entropy bonus), 10 (KL to the reference), 12 (the
     dial of KL-Cov's coefficient and Clip-Cov's ratio)."""
     return {
         "Fig. 9: entropy bonus α": [
             (f"α={a:g}", {"entropy_coeff": a}) for a in (0.0, 1e-4, 1e-3, 1e-2)
         ],
-        "Fig. 10: KL penalty β": [(f"β={b:g}", {"kl_loss_coef": b}) for b in (0.0, 0.01, 0.1, 1.0)],
+        "Fig. 10: KL penalty β": [(f"β={b:g}", {"kl_loss_coef": b}) for b in betas],
         "Fig. 12: KL-Cov coefficient": [
             (f"kl_coef={c:g}", {"loss_mode": "kl_cov", "kl_cov_ratio": cov_ratio, "ppo_kl_coef": c})
             for c in (0.1, 1.0, 10.0)
@@ -129,6 +132,12 @@ def _shares(runs, keys) -> str:
             shares.append(_total(r, k) / total if total else np.nan)
         cells.append(f"{np.nanmean(shares):+.0%}")
     return " | ".join(cells)
+
+
+def _attribution_cells(runs) -> str:
+    """Σ pred_lemma1, the sign × likely shares and the clipped share: one table's last cells."""
+    total = _ms([_total(r, "pred_lemma1") for r in runs], "+.3f")
+    return f"{total} | {_shares(runs, SIGN)} | {_shares(runs, ('attr/clipped',))}"
 
 
 def _curve(runs, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +222,7 @@ def tabular(out: Path, figures: Path) -> None:
                 f"| {label} | {_ms([_tail(r, 'entropy', 1) for r in runs])} | "
                 f"{_ms([_tail(r, 'reward', 1) for r in runs])} | "
                 f"{_ms([_tail(r, f'pass@{K}', 1) for r in runs])} | "
-                f"{_ms([_total(r, 'pred_lemma1') for r in runs], '+.3f')} | "
-                f"{_shares(runs, SIGN)} | {_shares(runs, ('attr/clipped',))} |"
+                f"{_attribution_cells(runs)} |"
             )
         print()
         selection(env_name, out, world="tabular")
@@ -338,15 +346,34 @@ def _llm_cfg(model: str, seed: int) -> TrainConfig:
 
 
 def _train(cfg: TrainConfig, run_dir: Path):
-    if (run_dir / "steps.jsonl").exists():
-        run = read_run(run_dir)
-        if len(run.steps) == cfg.steps and all(
-            run.config.get(k) == v for k, v in to_jsonable(cfg).items()
-        ):
-            return _with_n(run, cfg)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    train(cfg, run_dir)
-    return _with_n(read_run(run_dir), cfg)
+    """A finished run of the same config is reused; parts running at once in several processes
+    take turns on a run through a lock file (a dead process's lock is taken over)."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.parent / f"{run_dir.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                time.sleep(5)
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)
+    try:
+        if (run_dir / "steps.jsonl").exists():
+            run = read_run(run_dir)
+            if len(run.steps) == cfg.steps and all(
+                run.config.get(k) == v for k, v in to_jsonable(cfg).items()
+            ):
+                return _with_n(run, cfg)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train(cfg, run_dir)
+        return _with_n(read_run(run_dir), cfg)
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _with_n(run, cfg: TrainConfig):
@@ -355,6 +382,22 @@ def _with_n(run, cfg: TrainConfig):
     for s in run.steps:
         s["_n"] = n
     return run
+
+
+def _same_as_control(label: str, loss: dict, extra: dict | None, cov_ratio: float) -> str:
+    """The label of the control with the same settings (one run, however many tables show it;
+    e.g. KL-Cov's coefficient 1 is the kl_cov control), else ``label``."""
+    settings = PolicyLossConfig(**loss)
+    for control, c_loss, c_extra in controls(cov_ratio):
+        if PolicyLossConfig(**c_loss) == settings and c_extra == (extra or {}):
+            return control
+    return label
+
+
+def _llm_run(model: str, out: Path, label: str, loss: dict, seed: int, extra: dict | None = None):
+    cfg = replace(_llm_cfg(model, seed), policy_loss=PolicyLossConfig(**loss), **(extra or {}))
+    label = _same_as_control(label, loss, extra, LLM_COV_RATIO)
+    return _train(cfg, out / "llm" / f"{_slug(label)}_s{seed}")
 
 
 def llm(model: str, out: Path, figures: Path) -> None:
@@ -367,32 +410,33 @@ def llm(model: str, out: Path, figures: Path) -> None:
         "5 steps; rewards: mean of the last 3 validations; mean ± sd over seeds 0–2. Attribution: "
         "each part's share of the run's Σ `pred_lemma1` (Lemma 1 at each token's own state).\n"
     )
-
-    def run_fn(label: str, loss: dict, seed: int, extra: dict | None = None):
-        cfg = replace(_llm_cfg(model, seed), policy_loss=PolicyLossConfig(**loss), **(extra or {}))
-        return _train(cfg, out / "llm" / f"{_slug(label)}_s{seed}")
-
     print(
         f"| control | H end | train reward end | val_reward | val_pass@{K} | Σ pred_lemma1 | "
         "pos_high | pos_low | neg_high | neg_low | zero_adv | clipped |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, loss, extra in controls(LLM_COV_RATIO):
-        runs = [run_fn(label, loss, s, extra) for s in SEEDS]
+        runs = [_llm_run(model, out, label, loss, s, extra) for s in SEEDS]
         print(
             f"| {label} | {_ms([_tail(r, 'entropy', 5) for r in runs])} | "
             f"{_ms([_tail(r, 'reward', 10) for r in runs])} | "
             f"{_ms([_tail(r, 'val_reward', 3) for r in runs])} | "
             f"{_ms([_tail(r, f'val_pass@{K}', 3) for r in runs])} | "
-            f"{_ms([_total(r, 'pred_lemma1') for r in runs], '+.3f')} | "
-            f"{_shares(runs, SIGN)} | {_shares(runs, ('attr/clipped',))} |"
+            f"{_attribution_cells(runs)} |"
         )
     print()
-    selection("tiny LM", out, "llm", run_fn=lambda label, loss, s: run_fn(label, loss, s))
+    selection(
+        "tiny LM", out, "llm", run_fn=lambda label, loss, s: _llm_run(model, out, label, loss, s)
+    )
+
+
+def llm_sweeps(model: str, out: Path, figures: Path) -> None:
+    """The paper's coefficient figures in the LM world."""
     groups_by_fig = {}
-    for title, settings in coefficient_sweeps(LLM_COV_RATIO).items():
+    # β = 0.01 left out in the LM world for time (the tabular world has it)
+    for title, settings in coefficient_sweeps(LLM_COV_RATIO, betas=(0.0, 0.1, 1.0)).items():
         groups = {
-            label: [run_fn(_run_label(title, label, loss), loss, s) for s in SEEDS]
+            label: [_llm_run(model, out, _run_label(title, label, loss), loss, s) for s in SEEDS]
             for label, loss in settings
         }
         groups_by_fig[title] = groups
@@ -476,12 +520,14 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="the pre-trained tiny addition model")
     parser.add_argument("--out", type=Path, default=Path("runs/controls"))
     parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
-    parser.add_argument("--only", choices=["tabular", "llm", "long"], default=None)
+    parser.add_argument("--only", choices=["tabular", "llm", "llm-sweeps", "long"], default=None)
     args = parser.parse_args()
     if args.only in (None, "tabular"):
         tabular(args.out, args.figures)
     if args.only in (None, "llm"):
         llm(args.model, args.out, args.figures)
+    if args.only in (None, "llm-sweeps"):
+        llm_sweeps(args.model, args.out, args.figures)
     if args.only in (None, "long"):
         long_responses(args.out, args.figures)
 
