@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_scale  # noqa: E402
 
 from llm_bridge import ProbedGRPOTrainer, TinyConfig, TrainConfig, pretrain_tiny  # noqa: E402
+from llm_bridge.compare import predictor_stats  # noqa: E402
 from softmax_theory.policy import PolicyLossConfig  # noqa: E402
-from softmax_theory.runlog import to_jsonable  # noqa: E402
+from softmax_theory.runlog import read_run, to_jsonable  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def card() -> dict:
     }
 
 
-def summarise(records: list[dict], responses: int) -> dict:
+def summarise(records: list[dict], responses: int, run_dir: Path) -> dict:
     """Medians over the steps after the first (which warms up)."""
     rest = records[1:] or records
 
@@ -128,19 +129,18 @@ def summarise(records: list[dict], responses: int) -> dict:
         "gpu_peak_gib": max((r.get("memory/gpu_peak_gib") or 0.0) for r in records) or None,
         "token_corr_lemma1": med("token_corr/lemma1"),
         "token_corr_jvp": med("token_corr/jvp"),
-        "corr_cov_mean_vs_dH": _step_corr(records, "cov_mean"),
-        "corr_pred_lemma1_vs_dH": _step_corr(records, "pred_lemma1"),
+        "corr_cov_mean_vs_dH": _step_corr(run_dir, "cov_mean"),
+        "corr_pred_lemma1_vs_dH": _step_corr(run_dir, "pred_lemma1"),
         "entropy": [r["entropy"] for r in records],
         "reward": [r["reward"] for r in records],
     }
 
 
-def _step_corr(records: list[dict], key: str) -> float | None:
-    from softmax_theory.stats import correlation
-
-    rows = [r for r in records if r.get(key) is not None and "delta_entropy" in r]
-    sign = -1.0 if key.startswith("cov_") else 1.0
-    return correlation([r["delta_entropy"] for r in rows], [sign * r[key] for r in rows])
+def _step_corr(run_dir: Path, key: str) -> float | None:
+    """Per-step correlation of ``key`` (sign-corrected) with the measured ΔH, as ``compare``
+    reports it."""
+    stats = predictor_stats(read_run(run_dir), key)
+    return None if stats is None else stats.correlation
 
 
 def run_ours(model: Path, size: Size, device: str, name: str, loss, out: Path, deadline: float):
@@ -167,7 +167,7 @@ def run_ours(model: Path, size: Size, device: str, name: str, loss, out: Path, d
         if time.monotonic() > deadline:
             break
     trainer.writer.close()
-    return {"config": to_jsonable(cfg), **summarise(records, cfg.responses_per_step)}
+    return {"config": to_jsonable(cfg), **summarise(records, cfg.responses_per_step, run_dir)}
 
 
 def run_trl(model: Path, size: Size, device: str, deadline: float) -> dict:
