@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from llm_bridge import TinyConfig, TrainConfig, pretrain_tiny, train  # noqa: E402
+from llm_bridge.compare import attribution_totals  # noqa: E402
 from softmax_theory import (  # noqa: E402
     ATTRIBUTION_KEYS,
     AlgoConfig,
@@ -123,14 +124,13 @@ def _total(run, key: str) -> float:
 
 
 def _shares(runs, keys) -> str:
-    """Σ over steps of each part, as a share of Σ pred_lemma1, mean over seeds."""
+    """Σ over steps of each part, as a share of Σ pred_lemma1 (``compare``'s totals), mean over
+    seeds; n/a where no seed has the part."""
+    totals = [attribution_totals(r) for r in runs]
     cells = []
     for k in keys:
-        shares = []
-        for r in runs:
-            total = _total(r, "pred_lemma1")
-            shares.append(_total(r, k) / total if total else np.nan)
-        cells.append(f"{np.nanmean(shares):+.0%}")
+        shares = [t[k] / t["pred_lemma1"] for t in totals if k in t and t["pred_lemma1"]]
+        cells.append(f"{np.mean(shares):+.0%}" if shares else "n/a")
     return " | ".join(cells)
 
 
