@@ -75,7 +75,7 @@ def worker_ours(
     device: str,
     generate: int | None = None,
 ) -> dict:
-    from llm_bridge import ProbedGRPOTrainer, TrainConfig
+    from llm_bridge import ProbedGRPOTrainer, TrainConfig, load_task
 
     start_rss = _rss()
     cfg = TrainConfig(
@@ -96,7 +96,7 @@ def worker_ours(
         probe_responses=SUBSET if probe == "subset" else None,
         generate_batch_size=generate,
     )
-    trainer = ProbedGRPOTrainer(cfg, work / f"ours_{time.perf_counter_ns()}")
+    trainer = ProbedGRPOTrainer(cfg, work / f"ours_{time.perf_counter_ns()}", load_task(cfg))
     estimate = trainer.step_memory().total
     loaded = _rss()
     times = []
@@ -104,7 +104,7 @@ def worker_ours(
         t0 = time.perf_counter()
         record = trainer.step()
         times.append(time.perf_counter() - t0)
-    trainer.writer.close()
+    trainer.run_dir.close()
     return {
         "times": times,
         "gpu_peak": _gpu_peak(device),

@@ -32,7 +32,7 @@ MARKER = "<!-- bench_trl_step -->"
 def _ours(
     model: str, prompts: int, group: int, steps: int, work: Path, probe: bool = True
 ) -> list[float]:
-    from llm_bridge import ProbedGRPOTrainer, TrainConfig
+    from llm_bridge import ProbedGRPOTrainer, TrainConfig, load_task
 
     cfg = TrainConfig(
         model=model,
@@ -45,13 +45,13 @@ def _ours(
         probe=probe,
     )
     out = work / f"ours_{time.perf_counter_ns()}"
-    trainer = ProbedGRPOTrainer(cfg, out)
+    trainer = ProbedGRPOTrainer(cfg, out, load_task(cfg))
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - start)
-    trainer.writer.close()
+    trainer.run_dir.close()
     return times
 
 

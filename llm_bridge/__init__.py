@@ -15,6 +15,7 @@ What to call:
 
 from llm_bridge.compare import RunReport, compare_runs
 from llm_bridge.config import Device, Engine, OptimizerName, TrainConfig
+from llm_bridge.engines import load_task, train
 from llm_bridge.head import head_entropy_and_logprobs
 from llm_bridge.losses import (
     LossInputs,
@@ -40,13 +41,15 @@ from llm_bridge.token_stats import (
     token_logprobs,
     token_probe_stats,
 )
-from llm_bridge.trainer import ProbedGRPOTrainer, train
+from llm_bridge.trainer import ProbedGRPOTrainer
+from llm_bridge.update import StepBatch, mini_batch_loss
 from softmax_theory.policy import AggMode, PolicyLoss, PolicyLossConfig
 
 # Names from modules with optional extras (TRL) or a second thought (importers), loaded on first
 # use so that `import llm_bridge` needs neither.
 _LAZY = {
     "CovGRPOTrainer": "llm_bridge.integrations.trl",
+    "ProbedGRPOConfig": "llm_bridge.integrations.trl",
     "train_with_trl": "llm_bridge.integrations.trl",
     "import_trl": "llm_bridge.integrations.importers",
     "import_verl": "llm_bridge.integrations.importers",
@@ -74,9 +77,11 @@ __all__ = [
     "PolicyLossConfig",
     "PolicyLossOutput",
     "ProbeTokens",
+    "ProbedGRPOConfig",
     "ProbedGRPOTrainer",
     "Rollouts",
     "RunReport",
+    "StepBatch",
     "Task",
     "TinyConfig",
     "TrainConfig",
@@ -94,8 +99,10 @@ __all__ = [
     "kl_penalty",
     "lemma1_prediction",
     "load_model",
+    "load_task",
     "masked_mean",
     "measure_tokens",
+    "mini_batch_loss",
     "pretrain_tiny",
     "probe_record",
     "stream_own_entropy_term",

@@ -14,7 +14,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llm_bridge.config import Engine, TrainConfig
 from llm_bridge.tiny import TinyConfig
-from softmax_theory.cli_options import build_config, check_out_dir, config_options, run_cli
+from softmax_theory.cli_options import (
+    INTERRUPT_EXIT,
+    build_config,
+    check_out_dir,
+    config_options,
+    run_cli,
+)
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_json
 
@@ -58,7 +64,7 @@ def train(
     **options: Any,
 ) -> None:
     """GRPO with per-step entropy probes; writes config.json and steps.jsonl to OUT."""
-    from llm_bridge.trainer import train as run_train
+    from llm_bridge.engines import train as run_train
 
     loss_cfg = build_config(PolicyLossConfig, options, TRAIN_RENAME)
     cfg = build_config(TrainConfig, options, TRAIN_RENAME, policy_loss=loss_cfg)
@@ -75,12 +81,15 @@ def train(
         )
 
         def on_step(rec: dict[str, Any]) -> None:
-            stats = f"reward {rec['reward']:.3f}  H {rec['entropy']:.4f}"
-            if "val_reward" in rec:
-                stats += f"  val {rec['val_reward']:.3f}"
-            progress.update(task, completed=rec["step"] + 1, stats=stats)
+            progress.update(task, completed=rec["step"] + 1, stats=progress_line(rec))
 
-        run_train(cfg, out, resume=resume, progress=on_step, log=console.print)
+        try:
+            run_train(cfg, out, resume=resume, progress=on_step, log=console.print)
+        except KeyboardInterrupt as err:
+            # typer turns an interrupt into a bare exit 130: say first what was written
+            progress.stop()
+            print(str(err) or "interrupted", file=sys.stderr)
+            raise typer.Exit(INTERRUPT_EXIT) from None
     console.print(f"wrote {out}")
     if cfg.engine is Engine.TRL:
         # Everything is written and TRL's trainer has ended its trackers and process group. At
@@ -90,6 +99,21 @@ def train(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def progress_line(rec: dict[str, Any]) -> str:
+    """A step's record in a few words; a key the step did not measure is left out."""
+    parts = [
+        f"{label} {rec[key]:{fmt}}"
+        for key, label, fmt in (
+            ("reward", "reward", ".3f"),
+            ("entropy", "H", ".4f"),
+            ("val_reward", "val", ".3f"),
+            ("delta_entropy", "ΔH", "+.2e"),
+        )
+        if isinstance(rec.get(key), int | float)
+    ]
+    return "  ".join(parts)
 
 
 @app.command()

@@ -433,7 +433,7 @@ def _attribution_section(reports: list[RunReport]) -> list[str]:
     rows = [r for r in reports if r.attribution]
     if not rows:
         return []
-    keys = SIGN_PARTS + CLIP_PARTS
+    keys = SIGN_PARTS + (CLIP_PARTS if any(CLIP_PARTS[0] in r.attribution for r in rows) else ())
     lines = [
         "## Where the entropy goes",
         "",
@@ -451,11 +451,24 @@ def _attribution_section(reports: list[RunReport]) -> list[str]:
         "| run | Σ pred_lemma1 | " + " | ".join(k.split("/")[1] for k in keys) + " |",
         "|---|---:|" + "---:|" * len(keys),
     ]
+    unsplit = []
     for r in rows:
         a = r.attribution
         total = a["pred_lemma1"]
-        cells = [f"{a[k]:+.3g} ({a[k] / total:+.0%})" if total else f"{a[k]:+.3g}" for k in keys]
+        cells = [
+            "—" if k not in a else f"{a[k]:+.3g} ({a[k] / total:+.0%})" if total else f"{a[k]:+.3g}"
+            for k in keys
+        ]
+        if any(k not in a for k in keys):
+            unsplit.append(r.name)
         lines.append(f"| {r.name} | {total:+.3g} | " + " | ".join(cells) + " |")
+    if unsplit:
+        lines += [
+            "",
+            f"{', '.join(unsplit)}: no clipped split (—): the engine that ran "
+            + ("them" if len(unsplit) > 1 else "it")
+            + " does not know which tokens were clipped (the TRL engine, docs/trl.md).",
+        ]
     return lines
 
 

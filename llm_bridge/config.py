@@ -209,3 +209,35 @@ def warmup_factor(update: int, warmup_updates: int) -> float:
     """The learning rate's factor at optimiser update ``update`` (0-based): linear from
     1/W to 1 over the first W updates, then 1. Both engines use it."""
     return 1.0 if update >= warmup_updates else (update + 1) / warmup_updates
+
+
+# Settings a resumed run may change: none of them changes what training computes (the
+# micro-batch size changes only the fp32 reduction order).
+RESUME_FREE = frozenset(
+    {
+        "steps",
+        "checkpoint_every",
+        "val_every",
+        "val_prompts",
+        "val_k",
+        "val_samples",
+        "probe",
+        "probe_jvp",
+        "probe_every",
+        "probe_responses",
+        "token_steps_every",
+        "cov_table_steps",
+        "micro_batch_size",
+    }
+)
+
+
+def resolve_device(device: Device):
+    """The torch device a ``device`` setting means here; cuda without a CUDA device is refused."""
+    import torch
+
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for, but no CUDA device is available")
+    if device is Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.value)

@@ -127,7 +127,7 @@ def head_weight(model, params: Params | None = None) -> torch.Tensor:
     return own if params is None or spec is None else params[spec.weight_name]
 
 
-def token_stats(
+def response_entropy_logp(
     model,
     roll: Rollouts,
     rows: slice = slice(None),
@@ -154,17 +154,20 @@ def token_stats(
 
 
 @torch.no_grad()
-def stream_token_stats(
+def stream_entropy_logp(
     model,
     roll: Rollouts,
     micro_batch_size: int | None,
     temperature: float = 1.0,
     rows: slice = slice(None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``token_stats`` over ``rows`` of the batch, one micro-batch at a time: ([n, R], [n, R])."""
+    """``response_entropy_logp`` over ``rows`` of the batch, one micro-batch at a time:
+    ([n, R], [n, R])."""
     idx = range(roll.input_ids.shape[0])[rows]
     parts = [
-        token_stats(model, roll, slice(idx.start + s.start, idx.start + s.stop), temperature)
+        response_entropy_logp(
+            model, roll, slice(idx.start + s.start, idx.start + s.stop), temperature
+        )
         for s in micro_slices(len(idx), micro_batch_size)
     ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

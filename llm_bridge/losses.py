@@ -20,6 +20,7 @@ import torch
 from llm_bridge.token_stats import masked_mean, token_covariance
 from softmax_theory.policy import (
     AggMode,
+    CovScope,
     CovSelector,
     KLEstimator,
     PolicyLoss,
@@ -223,6 +224,20 @@ def select_cov_tokens(
     if cfg.cov_selector is CovSelector.ORACLE:
         return select_oracle(inp, cfg, generator)
     return COV_SELECTORS[cfg.loss_mode](inp, cfg, generator)
+
+
+def select_by_scope(
+    inp: LossInputs, cfg: PolicyLossConfig, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """Clip-Cov/KL-Cov tokens chosen once over all of ``inp`` by ``cfg.cov_scope``: ``global``
+    (``inp`` is the step's whole batch at θ_old) and ``mini`` (the optimiser mini-batch at its
+    current parameters) select here; ``micro`` returns None, for each micro-batch's loss selects
+    its own (the paper's code), as does a loss that selects nothing. The numpy twin
+    ``softmax_theory.losses.select_by_scope`` also splits a batch into micro-batches, since the
+    tabular world computes a whole batch's loss at once."""
+    if cfg.loss_mode not in COV_SELECTORS or cfg.cov_scope is CovScope.MICRO:
+        return None
+    return select_cov_tokens(inp, cfg, generator)
 
 
 def _selection_metrics(inp: LossInputs, selected: torch.Tensor) -> Metrics:
@@ -578,6 +593,7 @@ __all__ = [
     "kl_penalty",
     "log_ratio",
     "ppo_clip",
+    "select_by_scope",
     "select_clip_cov",
     "select_cov_tokens",
     "select_kl_cov",

@@ -245,6 +245,28 @@ def gather_tokens(tokens: ProbeTokens) -> ProbeTokens:
     )
 
 
+# Seeds the probe's own generator: which responses a step probes never moves training's stream.
+PROBE_ROWS_SEED = 1_000_033
+
+
+def probe_rows(seed: int, step: int, n_rows: int, n: int | None) -> torch.Tensor | None:
+    """A seeded random subset of ``n`` of the step's ``n_rows`` responses, sorted, from the
+    probe's own generator (so probing never changes training); None for all of them. Both
+    engines draw it the same way."""
+    if n is None or n >= n_rows:
+        return None
+    gen = torch.Generator().manual_seed(seed * PROBE_ROWS_SEED + step)
+    return torch.randperm(n_rows, generator=gen)[:n].sort().values
+
+
+def token_arrays(tokens: ProbeTokens) -> dict[str, np.ndarray]:
+    """A step's per-token probe values as the token files hold them: float64 [n_tokens] each,
+    and ``response`` (int64), the probed response each token belongs to."""
+    arrays = {k: v.detach().cpu().double().numpy() for k, v in tokens.values.items()}
+    arrays["response"] = tokens.response.detach().cpu().numpy().astype(np.int64)
+    return arrays
+
+
 def _corr(x: torch.Tensor, y: torch.Tensor) -> float | None:
     return correlation(x.numpy(), y.numpy())
 

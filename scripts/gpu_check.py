@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_scale  # noqa: E402
 
-from llm_bridge import ProbedGRPOTrainer, TinyConfig, TrainConfig, pretrain_tiny  # noqa: E402
+from llm_bridge import ProbedGRPOTrainer, TinyConfig, TrainConfig, load_task, pretrain_tiny  # noqa: E402
 from llm_bridge.compare import predictor_stats  # noqa: E402
 from softmax_theory.policy import PolicyLossConfig  # noqa: E402
 from softmax_theory.runlog import read_run, to_jsonable  # noqa: E402
@@ -160,13 +160,13 @@ def run_ours(model: Path, size: Size, device: str, name: str, loss, out: Path, d
     )
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    trainer = ProbedGRPOTrainer(cfg, run_dir)
+    trainer = ProbedGRPOTrainer(cfg, run_dir, load_task(cfg))
     records = []
     for _ in range(cfg.steps):
         records.append(trainer.step())
         if time.monotonic() > deadline:
             break
-    trainer.writer.close()
+    trainer.run_dir.close()
     return {"config": to_jsonable(cfg), **summarise(records, cfg.responses_per_step, run_dir)}
 
 

@@ -93,7 +93,7 @@ def truncate_steps(directory: str | os.PathLike, first_step: int) -> int:
         return 0
     steps = read_run(directory).steps
     kept = [s for s in steps if s["step"] < first_step]
-    path.write_text("".join(json.dumps(s) + "\n" for s in kept))
+    atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in kept))
     return len(steps) - len(kept)
 
 
@@ -219,3 +219,15 @@ def read_run(directory: str | os.PathLike) -> RunLog:
                 break  # the run was killed while writing its last step
             raise ValueError(f"run: {steps_path} line {i + 1} is not JSON") from None
     return RunLog(path=path, config=config, steps=tuple(steps))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path``'s content with ``text`` all at once: a temporary file beside it, fsynced,
+    then ``os.replace``; a kill at any point leaves the old file or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

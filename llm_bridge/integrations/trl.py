@@ -20,8 +20,8 @@ honour, with the reason.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,20 +32,33 @@ import torch
 from softmax_theory.inputs import MissingExtra
 
 try:
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise MissingExtra("engine: trl needs TRL: pip install 'entropy-mechanism[trl]'") from err
 
+from llm_bridge.forward import stream_entropy_logp
+from llm_bridge.interrupts import deferred_interrupts, interrupted_message
 from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss
 from llm_bridge.probe import (
+    ProbeTokens,
     gather_tokens,
     measure_tokens,
     parameter_delta,
     probe_record,
+    probe_rows,
     snapshot,
+    token_arrays,
 )
 from llm_bridge.rollout import Rollouts
+from llm_bridge.run_dir import (
+    FINAL_DIR,
+    TRL_DIR,
+    RunDirectory,
+    check_resume,
+    holds_run,
+    latest_trl_checkpoint,
+)
 from softmax_theory.group_advantages import (
     AdvantageEstimator,
     check_w_reinforce_lambda,
@@ -53,17 +66,9 @@ from softmax_theory.group_advantages import (
 )
 from softmax_theory.policy import CovScope, PolicyLossConfig
 from softmax_theory.registry import parse_choice
-from softmax_theory.runlog import (
-    CONFIG_FILE,
-    STEPS_FILE,
-    RunWriter,
-    check_resumable,
-    to_jsonable,
-    truncate_steps,
-)
-from softmax_theory.stats import top_covariance_means
+from softmax_theory.runlog import CONFIG_FILE, to_jsonable
+from softmax_theory.token_stats import token_covariance
 
-PROBE_DIR = "entropy_probe"
 # Inputs TRL passes to the model for vision-language batches; our loss passes them on too.
 MULTIMODAL_KEYS = (
     "pixel_values",
@@ -77,7 +82,6 @@ MULTIMODAL_KEYS = (
     "mm_token_type_ids",
     "image_position_ids",
 )
-TOKENS_DIR = "tokens"
 
 # GRPOConfig fields whose job our PolicyLossConfig and advantage estimator do: changing one would
 # be ignored, so it is refused with the setting to use instead.
@@ -127,21 +131,51 @@ def refuse_unsupported_controls(policy_loss: PolicyLossConfig) -> None:
         )
 
 
+def _train_default(name: str) -> Any:
+    """A TrainConfig field's default: the one home of the probe's and the run log's defaults."""
+    from llm_bridge.config import TrainConfig
+
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default
+
+
+@dataclasses.dataclass
+class ProbedGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` with the settings of ours that TRL lacks: our run directory (one row per
+    GRPO step, whatever the probe settings) and the entropy probe. Their defaults are
+    ``TrainConfig``'s (read from it, so each has one home)."""
+
+    run_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "our run directory (config.json, steps.jsonl); None: no run log"},
+    )
+    probe: bool = dataclasses.field(default=_train_default("probe"))
+    probe_every: int = dataclasses.field(default=_train_default("probe_every"))
+    probe_responses: int | None = dataclasses.field(default=_train_default("probe_responses"))
+    probe_jvp: bool = dataclasses.field(default=_train_default("probe_jvp"))
+    # responses per forward pass of the probe and the covariance table (None: a whole batch)
+    probe_micro_batch_size: int | None = dataclasses.field(
+        default=_train_default("micro_batch_size")
+    )
+    token_steps_every: int = dataclasses.field(default=_train_default("token_steps_every"))
+    cov_table_steps: tuple[int, ...] = dataclasses.field(default=_train_default("cov_table_steps"))
+
+
 class CovGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with our advantages, policy loss and (optionally) entropy probe.
+    """TRL's GRPOTrainer with our advantages, policy loss, run log and (optionally) entropy
+    probe.
 
     Args (beyond GRPOTrainer's):
       policy_loss: the loss and the controls. A KL penalty (``kl_loss_coef`` > 0) needs TRL's
         reference model: set ``GRPOConfig.beta`` to the same value.
       advantage: the advantage estimator, applied to TRL's gathered rewards.
       w_reinforce_lambda: λ of the ``w_reinforce`` estimator.
-      probe_dir: our run directory (``config.json`` + ``steps.jsonl``); None disables the probe.
-      probe_every, probe_responses, probe_jvp, micro_batch_size, token_steps_every,
-      cov_table_steps: as in ``TrainConfig``.
       run_config: what ``config.json`` records (the TrainConfig when called by the CLI).
       resume_step: the global step of the TRL checkpoint being resumed; the run directory keeps
         the records of the steps before it.
       progress: called with each step's record on the main process.
+    With ``args`` a ``ProbedGRPOConfig`` whose ``run_dir`` is set, every GRPO step (generation
+    batch) gets one row in that run directory, and the probe adds its keys on probed steps.
     """
 
     def __init__(
@@ -150,13 +184,6 @@ class CovGRPOTrainer(GRPOTrainer):
         policy_loss: PolicyLossConfig | None = None,
         advantage: str | AdvantageEstimator = AdvantageEstimator.GRPO,
         w_reinforce_lambda: float | None = None,
-        probe_dir: str | os.PathLike | None = None,
-        probe_every: int = 1,
-        probe_responses: int | None = None,
-        probe_jvp: bool = True,
-        micro_batch_size: int | None = None,
-        token_steps_every: int = 0,
-        cov_table_steps: tuple[int, ...] = (0,),
         run_config: dict[str, Any] | None = None,
         resume_step: int | None = None,
         progress: Callable[[dict[str, Any]], None] | None = None,
@@ -187,25 +214,19 @@ class CovGRPOTrainer(GRPOTrainer):
         ) * self.num_iterations
         self._refuse_unhonoured_scope()
         self._rewards: torch.Tensor | None = None
-        self.probe_pending: dict[str, Any] | None = None
-        self.probe_callback: EntropyProbeCallback | None = None
-        if probe_dir is not None:
-            self.probe_callback = EntropyProbeCallback(
-                self,
-                Path(probe_dir),
-                ProbeOptions(
-                    every=probe_every,
-                    responses=probe_responses,
-                    jvp=probe_jvp,
-                    micro_batch_size=micro_batch_size,
-                    token_steps_every=token_steps_every,
-                    cov_table_steps=tuple(cov_table_steps),
-                ),
-                run_config or {},
-                resume_step,
-                progress,
+        # the step's loss metrics, token-weighted over its updates (StepMeans)
+        self.step_means = StepMeans()
+        # keys the run log hands to TRL's own log stream at the step's last update
+        self.log_extras: dict[str, float] = {}
+        self.rollout_seconds = 0.0
+        self.run_log: RunLogCallback | None = None
+        run_dir = getattr(self.args, "run_dir", None)
+        if run_dir is not None:
+            probe = EntropyProbe(self) if self.args.probe else None
+            self.run_log = RunLogCallback(
+                self, Path(run_dir), probe, run_config or {}, resume_step, progress
             )
-            self.add_callback(self.probe_callback)
+            self.add_callback(self.run_log)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Our warm-up (``warmup_factor``: linear from 1/W, as our trainer; TRL's own starts at
@@ -239,7 +260,9 @@ class CovGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        t0 = time.perf_counter()
         out = super()._generate_and_score_completions(inputs)
+        self.rollout_seconds = time.perf_counter() - t0
         rewards = self._rewards.to(torch.float64)
         if torch.isnan(rewards).all(dim=1).any():
             raise ValueError(
@@ -256,8 +279,8 @@ class CovGRPOTrainer(GRPOTrainer):
         out["advantages"] = torch.as_tensor(adv[local], dtype=torch.float32).to(
             out["completion_ids"].device
         )
-        if self.model.training and self.probe_callback is not None:
-            self.probe_callback.on_generation(out, total, group[local])
+        if self.model.training and self.run_log is not None:
+            self.run_log.on_generation(out, total, group[local])
         return out
 
     # -- the loss ------------------------------------------------------------------------------
@@ -328,44 +351,147 @@ class CovGRPOTrainer(GRPOTrainer):
         if self.aux_loss_enabled:
             ga = self.current_gradient_accumulation_steps if mode == "train" else 1
             loss = loss + self.router_aux_loss_coef * aux_loss / ga
-        for key, value in out.metrics.items():
-            self._metrics[mode][key].append(float(value))
+        metrics = {key: float(value) for key, value in out.metrics.items()}
         # TRL's own entropy metric, so its log keeps the key its users read
-        self._metrics[mode]["entropy"].append(float(entropies.detach()[mask.bool()].mean()))
+        metrics["entropy"] = float(entropies.detach()[mask.bool()].mean())
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(value)
+        if mode == "train":
+            self.step_means.add(metrics, float(mask.sum()), float(loss.detach()))
         return loss
 
-
-@dataclasses.dataclass(frozen=True)
-class ProbeOptions:
-    every: int = 1
-    responses: int | None = None
-    jvp: bool = True
-    micro_batch_size: int | None = None
-    token_steps_every: int = 0
-    cov_table_steps: tuple[int, ...] = (0,)
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with the run log's keys (``probe/…``) at a step's last update."""
+        if self.log_extras and self.model.training:
+            logs = {**logs, **self.log_extras}
+            self.log_extras = {}
+        super().log(logs, start_time)
 
 
-class EntropyProbeCallback(TrainerCallback):
-    """Probe each generation batch (one GRPO step) after its last optimiser update.
+class StepMeans:
+    """The loss metrics of one GRPO step, token-weighted over all its updates and micro-batches
+    (as our trainer weighs them), and the sum of its micro-batch losses."""
 
-    At generation the trainer hands over the batch and θ_old (the parameters before this
-    batch's first update); after the batch's last update, the probe streams its micro-batches
-    (``measure_tokens``), gathers every rank's tokens, and rank 0 writes the step's record.
-    """
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.tokens = 0.0
+        self.loss = 0.0
+
+    def add(self, metrics: dict[str, float], n_tokens: float, loss: float) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * n_tokens
+        self.tokens += n_tokens
+        self.loss += loss
+
+    def pop(self, updates: int, num_processes: int) -> dict[str, float]:
+        """The step's means over every process (an all-reduce when there are several), and
+        ``actor/pg_loss``, the mean mini-batch loss; then start the next step."""
+        keys = sorted(self.sums)
+        packed = torch.tensor([self.sums[k] for k in keys] + [self.tokens, self.loss])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(packed)
+        *sums, tokens, loss = packed.tolist()
+        self.__init__()
+        if tokens == 0:
+            return {}
+        means = {k: s / tokens for k, s in zip(keys, sums, strict=True)}
+        # each process's micro-batch loss is its share of the mini-batch loss × processes
+        means["actor/pg_loss"] = loss / num_processes / updates
+        return means
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    packed = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(packed)
+    return packed.tolist()
+
+
+def _all_concat(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's arrays, concatenated in rank order (identity with one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return arrays
+    every: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, arrays)
+    return {k: np.concatenate([part[k] for part in every]) for k in arrays}
+
+
+class EntropyProbe:
+    """The probe of one GRPO step in the TRL engine: at generation it keeps the batch and θ_old
+    (the parameters before the batch's first update); after the batch's last update it streams
+    the micro-batches (``measure_tokens``) and gathers every rank's tokens."""
+
+    def __init__(self, trainer: CovGRPOTrainer):
+        self.trainer = trainer
+        self.pending: dict[str, Any] | None = None
+
+    def begin(self, out: dict[str, Any], mask: torch.Tensor, group: np.ndarray) -> None:
+        if out.get("pixel_values") is not None:
+            raise ValueError(
+                "probe: the probe reads text batches only; set probe=False for multimodal training"
+            )
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        self.pending = {
+            "roll": Rollouts.from_ids(
+                out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask
+            ),
+            "advantages": out["advantages"][:, None].float() * mask,
+            "group": torch.as_tensor(group),
+            "params_before": snapshot(model),
+        }
+
+    def measure(self, step: int) -> tuple[dict[str, Any], ProbeTokens]:
+        pending, self.pending = self.pending, None
+        args = self.trainer.args
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        was_training = model.training
+        model.eval()
+        params_before, roll = pending["params_before"], pending["roll"]
+        # Δθ is the change the step's updates made (the probe runs after them)
+        delta = parameter_delta(model, params_before) if args.probe_jvp else None
+        tokens = measure_tokens(
+            model,
+            roll,
+            pending["advantages"],
+            pending["group"],
+            params_before,
+            delta,
+            rows=probe_rows(args.seed, step, roll.input_ids.shape[0], args.probe_responses),
+            micro_batch_size=args.probe_micro_batch_size,
+            temperature=self.trainer.temperature,
+        )
+        model.train(was_training)
+        tokens = gather_tokens(tokens)
+        record = probe_record(tokens)
+        record["entropy"] = float(tokens.values["entropy"].mean())  # θ_old, probed tokens
+        record["probe/updates"] = self.trainer.updates_per_step
+        return record, tokens
+
+
+class RunLogCallback(TrainerCallback):
+    """Our run directory for the TRL engine: one row per GRPO step (generation batch), with
+    ``step``, ``reward``, ``lr``, ``entropy``, ``response_length``, the ``actor/*`` metrics and
+    the step's times; the probe adds its keys on probed steps, the covariance table and token
+    files are written as in our engine (``llm_bridge.run_dir``). An interrupt (``interrupted``
+    returns True) ends training after the current step, with a checkpoint."""
 
     def __init__(
         self,
         trainer: CovGRPOTrainer,
         out: Path,
-        options: ProbeOptions,
+        probe: EntropyProbe | None,
         run_config: dict[str, Any],
         resume_step: int | None = None,
         progress: Callable[[dict[str, Any]], None] | None = None,
     ):
-        self.trainer, self.out, self.options = trainer, out, options
+        self.trainer, self.out, self.probe = trainer, out, probe
         self.run_config, self.resume_step, self.progress = run_config, resume_step, progress
-        self.writer: RunWriter | None = None
+        self.run_dir: RunDirectory | None = None
+        self.head: dict[str, Any] | None = None
+        self.cov: np.ndarray | None = None
         self.val_reward: float | None = None  # measured before the next step's first update
+        self.interrupted: Callable[[], bool] = lambda: False
+        self.stopped_after: int | None = None
 
     @property
     def is_main(self) -> bool:
@@ -381,37 +507,58 @@ class EntropyProbeCallback(TrainerCallback):
         config = run_dir_config(
             self.run_config, args, t.accelerator.num_processes, t.policy_loss, t.advantage
         )
-        resuming = self.resume_step is not None and (self.out / STEPS_FILE).exists()
-        if resuming:  # drop records of steps after the checkpoint TRL resumes from
-            truncate_steps(self.out, self.resume_step // self.trainer.updates_per_step)
-        self.writer = RunWriter(self.out, config, resume=resuming)
+        resume_from = None
+        if self.resume_step is not None and holds_run(self.out):
+            resume_from = self.resume_step // t.updates_per_step
+        self.run_dir = RunDirectory(self.out, config, resume_from=resume_from)
 
     def on_generation(self, out: dict[str, Any], rewards: np.ndarray, group: np.ndarray) -> None:
-        """Called by the trainer with each training generation batch, before its updates."""
+        """Called by the trainer with each training generation batch, before its updates;
+        ``rewards`` are every process's, ``group`` this process's responses' prompt groups."""
+        t, args = self.trainer, self.trainer.args
         k = self.step_index()
-        # the learning rate of the step's first update, as our trainer records it
-        head = {"step": k, "reward": float(rewards.mean()), "lr": self._lr()}
-        if k % self.options.every:
-            self.trainer.probe_pending = head
-            return
-        if out.get("pixel_values") is not None:
-            raise ValueError(
-                "probe: the probe reads text batches only; pass probe_dir=None for multimodal "
-                "training"
-            )
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         mask = out["completion_mask"]
         if "tool_mask" in out:
             mask = mask * out["tool_mask"]
-        self.trainer.probe_pending = {
-            **head,
-            "roll": Rollouts.from_ids(
-                out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask
-            ),
-            "advantages": out["advantages"][:, None].float() * mask,
-            "group": torch.as_tensor(group),
-            "params_before": snapshot(model),
+        length_sum, n_responses = _all_sum(
+            [float(out["completion_mask"].sum()), float(out["completion_mask"].shape[0])]
+        )
+        # the learning rate of the step's first update, as our trainer records it
+        self.head = {
+            "step": k,
+            "reward": float(rewards.mean()),
+            "lr": self._lr(),
+            "response_length": length_sum / n_responses,
+            "time/rollout_s": t.rollout_seconds,
         }
+        if self.probe is not None and k % args.probe_every == 0:
+            self.probe.begin(out, mask, group)
+        if k in args.cov_table_steps:
+            self.cov = self._whole_batch_cov(out, mask)
+        self.t_generated = time.perf_counter()
+
+    def _whole_batch_cov(self, out: dict[str, Any], mask: torch.Tensor) -> np.ndarray:
+        """The paper's token covariance over every valid token of the step, every process's, at
+        θ_old: TRL's old log-probs where it computed them, else a pass before the first update
+        (the model is still at θ_old then)."""
+        old = out.get("old_per_token_logps")
+        if old is None:
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            roll = Rollouts.from_ids(
+                out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask
+            )
+            old = stream_entropy_logp(
+                model, roll, self.trainer.args.probe_micro_batch_size, self.trainer.temperature
+            )[1]
+        valid = mask.bool()
+        adv = out["advantages"][:, None].expand_as(old)
+        flat = _all_concat(
+            {
+                "logp": old[valid].double().cpu().numpy(),
+                "advantage": adv[valid].double().cpu().numpy(),
+            }
+        )
+        return token_covariance(flat["logp"], flat["advantage"], np.ones(flat["logp"].shape))
 
     def _lr(self) -> float:
         opt = self.trainer.optimizer
@@ -424,77 +571,59 @@ class EntropyProbeCallback(TrainerCallback):
             self.val_reward = float(metrics["eval_reward"])
 
     def on_step_end(self, args, state, control, **kwargs):
-        pending = self.trainer.probe_pending
-        if pending is None or state.global_step % self.trainer.updates_per_step:
+        t = self.trainer
+        if self.head is None or state.global_step % t.updates_per_step:
             return
-        self.trainer.probe_pending = None
+        head, self.head = self.head, None
+        k = head["step"]
         record: dict[str, Any] = {
-            "step": pending["step"],
-            "lr": pending["lr"],
-            "algo": f"trl-grpo/{self.trainer.policy_loss.loss_mode.value}",
-            "reward": pending["reward"],
+            "step": k,
+            "lr": head["lr"],
+            "algo": f"trl-grpo/{t.policy_loss.loss_mode.value}",
+            "reward": head["reward"],
+            "response_length": head["response_length"],
         }
         if self.val_reward is not None:
             record["val_reward"], self.val_reward = self.val_reward, None
-        if "roll" in pending:
-            record.update(self._measure(pending))
-        metrics = self.trainer._metrics["train"]
-        for key, value in record.items():
-            if key not in ("step", "algo") and isinstance(value, int | float):
-                metrics[f"probe/{key}"].append(float(value))
+        # TRL's own entropy (token mean over the step's updates); the probe's replaces it
+        record.update(t.step_means.pop(t.updates_per_step, t.accelerator.num_processes))
+        t_update = time.perf_counter()
+        if self.probe is not None and self.probe.pending is not None:
+            probed, tokens = self.probe.measure(k)
+            record.update(probed)
+            every = args.token_steps_every
+            if self.is_main and every and k % every == 0:
+                self.run_dir.write_tokens(k, token_arrays(tokens))
+        record.update(
+            {
+                "time/rollout_s": head["time/rollout_s"],
+                "time/update_s": t_update - self.t_generated,
+                "time/probe_s": time.perf_counter() - t_update,
+                "actor/entropy_coeff": t.policy_loss.entropy_coeff,
+            }
+        )
+        if self.cov is not None:
+            if self.is_main:
+                self.run_dir.write_cov_table(k, self.cov)
+            self.cov = None
+        # into TRL's own log stream (and its report_to) as probe/…
+        t.log_extras = {
+            f"probe/{key}": float(value)
+            for key, value in record.items()
+            if key not in ("step", "algo") and isinstance(value, int | float)
+        }
         if self.is_main:
-            self.writer.write(record)
+            self.run_dir.write_step(record)
             if self.progress is not None:
                 self.progress(record)
-
-    def _rows(self, n_rows: int, step: int) -> torch.Tensor | None:
-        n = self.options.responses
-        if n is None or n >= n_rows:
-            return None
-        gen = torch.Generator().manual_seed(self.trainer.args.seed * 1_000_033 + step)
-        return torch.randperm(n_rows, generator=gen)[:n].sort().values
-
-    def _measure(self, pending: dict[str, Any]) -> dict[str, Any]:
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        was_training = model.training
-        model.eval()
-        params_before = pending["params_before"]
-        roll = pending["roll"]
-        delta = parameter_delta(model, params_before) if self.options.jvp else None
-        tokens = measure_tokens(
-            model,
-            roll,
-            pending["advantages"],
-            pending["group"],
-            params_before,
-            delta,
-            rows=self._rows(roll.input_ids.shape[0], pending["step"]),
-            micro_batch_size=self.options.micro_batch_size,
-            temperature=self.trainer.temperature,
-        )
-        model.train(was_training)
-        tokens = gather_tokens(tokens)
-        record = probe_record(tokens)
-        record["entropy"] = float(tokens.values["entropy"].mean())
-        record["probe/updates"] = self.trainer.updates_per_step
-        k = pending["step"]
-        if self.is_main and k in self.options.cov_table_steps:
-            v = tokens.values
-            cov = (v["logp"] - v["logp"].mean()) * (v["advantage"] - v["advantage"].mean())
-            table = {"step": k, "n_tokens": tokens.n_tokens, **top_covariance_means(cov.numpy())}
-            with open(self.out / "cov_tables.jsonl", "a") as f:
-                f.write(json.dumps(table) + "\n")
-        every = self.options.token_steps_every
-        if self.is_main and every and k % every == 0:
-            d = self.out / TOKENS_DIR
-            d.mkdir(exist_ok=True)
-            arrays = {key: v.numpy() for key, v in tokens.values.items()}
-            np.savez_compressed(d / f"step_{k:06d}.npz", response=tokens.response.numpy(), **arrays)
-        return record
+        if self.interrupted() and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_after = k
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.writer is not None:
-            self.writer.close()
+        if self.run_dir is not None:
+            self.run_dir.close()
 
 
 def run_dir_config(
@@ -561,18 +690,16 @@ def trl_batch_shape(cfg, num_processes: int) -> dict[str, int]:
     }
 
 
-def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[GRPOConfig, int]:
+def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[ProbedGRPOConfig, int]:
     """The GRPOConfig that honours ``cfg`` (see ``train_with_trl``), and the number of held-out
     prompts it validates on."""
-    from llm_bridge.config import Device, OptimizerName
+    from llm_bridge.config import OptimizerName, resolve_device
 
-    if cfg.device is Device.CUDA and not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for, but no CUDA device is available")
-    on_gpu = torch.cuda.is_available() and cfg.device is not Device.CPU
+    on_gpu = resolve_device(cfg.device).type == "cuda"
     updates = cfg.mini_batches * cfg.epochs
     val_prompts = min(cfg.val_prompts, len(task.test))
-    return GRPOConfig(
-        output_dir=str(out / "trl"),
+    return ProbedGRPOConfig(
+        output_dir=str(out / TRL_DIR),
         **trl_batch_shape(cfg, num_processes),
         num_iterations=cfg.epochs,
         num_generations=cfg.group_size,
@@ -593,36 +720,48 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[GRPOConfig, i
         per_device_eval_batch_size=cfg.group_size,
         save_strategy="steps" if cfg.checkpoint_every else "no",
         save_steps=max(1, cfg.checkpoint_every * updates),
+        save_total_limit=1,  # the latest state only, as our engine
         report_to="none",
         seed=cfg.seed,
         use_cpu=not on_gpu,
         bf16=on_gpu,
         use_vllm=cfg.backend.value == "vllm",
+        run_dir=str(out),
+        probe=cfg.probe,
+        probe_every=cfg.probe_every,
+        probe_responses=cfg.probe_responses,
+        probe_jvp=cfg.probe_jvp,
+        probe_micro_batch_size=cfg.micro_batch_size,
+        token_steps_every=cfg.token_steps_every,
+        cov_table_steps=tuple(cfg.cov_table_steps),
     ), val_prompts
 
 
 def train_with_trl(
     cfg,
     out: str | os.PathLike,
+    task,
     resume: bool = False,
-    task=None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> Path:
-    """``llm-bridge train --engine trl``: the same run through TRL's GRPOTrainer.
+    """``llm-bridge train --engine trl``: the same run through TRL's GRPOTrainer, into the same
+    run directory (``llm_bridge.run_dir``); ``task`` as ``llm_bridge.engines.load_task`` gives.
 
-    Every TrainConfig field is honoured: ``group_size`` → ``num_generations``; the mini-batch and
-    ``micro_batch_size`` → ``per_device_train_batch_size``, gradient accumulation and
-    ``steps_per_generation``; ``epochs`` → ``num_iterations``; ``steps`` → ``max_steps`` × updates
-    per step; ``advantage``, ``policy_loss`` → ours; validation → TRL's eval (``eval_on_start``,
-    every ``val_every`` steps, on ``val_prompts`` held-out prompts, ``num_generations`` samples
-    each); ``checkpoint_every`` → ``save_steps``; ``resume`` → ``resume_from_checkpoint``;
-    ``device`` → ``use_cpu``; ``backend vllm`` → ``use_vllm``; the probe settings → our probe
-    callback. Constant learning rate, Adam (``adamw_torch``, no weight decay) or SGD, no gradient
-    clipping. The probe's ``step`` counts GRPO steps (generation batches), as ours.
+    Every TrainConfig field is honoured or refused by name: ``group_size`` → ``num_generations``;
+    the mini-batch and ``micro_batch_size`` → ``per_device_train_batch_size``, gradient
+    accumulation and ``steps_per_generation``; ``epochs`` → ``num_iterations``; ``steps`` →
+    ``max_steps`` × updates per step; ``advantage``, ``policy_loss`` → ours; validation → TRL's
+    eval (``eval_on_start``, every ``val_every`` steps, on ``val_prompts`` held-out prompts,
+    ``num_generations`` samples each); ``checkpoint_every`` → ``save_steps`` (the latest
+    checkpoint kept); ``resume`` → ``resume_from_checkpoint``; ``device`` → ``use_cpu``;
+    ``backend vllm`` → ``use_vllm``; the probe and run-log settings → ``ProbedGRPOConfig``.
+    Our warm-up (``warmup_steps`` GRPO steps, linear from 1/W), then a constant learning rate;
+    Adam (``adamw_torch``, no weight decay) or SGD; no gradient clipping. An interrupt finishes
+    the current GRPO step, writes a TRL checkpoint and raises KeyboardInterrupt naming it.
     """
+    from llm_bridge.config import RESUME_FREE
     from llm_bridge.tiny import load_model
-    from llm_bridge.trainer import RESUME_FREE, load_task
 
     if cfg.val_k is not None:
         raise ValueError(
@@ -634,9 +773,7 @@ def train_with_trl(
             "use --engine ours, or more processes"
         )
     refuse_unsupported_controls(cfg.policy_loss)
-    task = task or load_task(cfg)
     out = Path(out)
-    model, tokenizer = load_model(cfg.model)
     # torchrun and accelerate launch set WORLD_SIZE; accelerate's state is left for the Trainer
     # to create, with the device settings of GRPOConfig
     n_proc = int(os.environ.get("WORLD_SIZE", "1"))
@@ -644,17 +781,18 @@ def train_with_trl(
     checkpoint, resume_step = None, None
     if resume and (out / CONFIG_FILE).exists():
         config = run_dir_config(to_jsonable(cfg), args, n_proc, cfg.policy_loss, cfg.advantage)
-        for line in check_resumable(out, config, RESUME_FREE | {"max_steps"}):
-            log(f"resume: changed a setting that does not change results: {line}")
+        check_resume(out, config, RESUME_FREE | {"max_steps"}, log)
     if resume:
-        ckpts = sorted((out / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        if ckpts:
-            checkpoint = str(ckpts[-1])
-            resume_step = json.loads((ckpts[-1] / "trainer_state.json").read_text())["global_step"]
+        latest = latest_trl_checkpoint(out)
+        if latest is not None:
+            checkpoint, resume_step = str(latest[0]), latest[1]
+            log(f"resume: continuing at step {resume_step // (cfg.updates_per_step)}")
         else:
             resume_step = 0  # killed before its first checkpoint: start again from step 0
-    elif (out / STEPS_FILE).exists() and (out / STEPS_FILE).stat().st_size > 0:
+            log("resume: no checkpoint yet; starting again at step 0")
+    elif holds_run(out):
         raise FileExistsError(f"out: {out} already holds a run; choose a new directory or resume")
+    model, tokenizer = load_model(cfg.model)
     trainer = CovGRPOTrainer(
         model=model,
         reward_funcs=trl_reward(task),
@@ -665,29 +803,33 @@ def train_with_trl(
         policy_loss=cfg.policy_loss,
         advantage=cfg.advantage,
         w_reinforce_lambda=cfg.w_reinforce_lambda,
-        probe_dir=out if cfg.probe else None,
-        probe_every=cfg.probe_every,
-        probe_responses=cfg.probe_responses,
-        probe_jvp=cfg.probe_jvp,
-        micro_batch_size=cfg.micro_batch_size,
-        token_steps_every=cfg.token_steps_every,
-        cov_table_steps=cfg.cov_table_steps,
         run_config=to_jsonable(cfg),
         resume_step=resume_step,
         progress=progress,
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(out / "final"))
+    if progress is not None:  # our progress line only: TRL's bars and printed log dicts go
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+    with deferred_interrupts(log) as interrupted:
+        trainer.run_log.interrupted = interrupted
+        trainer.train(resume_from_checkpoint=checkpoint)
+    stopped_after = trainer.run_log.stopped_after
+    if stopped_after is None:
+        trainer.save_model(str(out / FINAL_DIR))
     if trainer.accelerator.is_main_process:
-        trainer.state.save_to_json(str(out / "trl" / "trainer_state.json"))
+        trainer.state.save_to_json(str(out / TRL_DIR / "trainer_state.json"))
     trainer.accelerator.end_training()  # trackers finished, process group destroyed
+    if stopped_after is not None:
+        raise KeyboardInterrupt(interrupted_message(out, stopped_after))
     return out
 
 
 __all__ = [
     "CovGRPOTrainer",
-    "EntropyProbeCallback",
-    "ProbeOptions",
+    "EntropyProbe",
+    "ProbedGRPOConfig",
+    "RunLogCallback",
+    "StepMeans",
     "grpo_config",
     "train_with_trl",
     "trl_dataset",

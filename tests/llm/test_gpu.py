@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_bridge import ProbedGRPOTrainer, TrainConfig
+from llm_bridge import ProbedGRPOTrainer, TrainConfig, load_task
 from llm_bridge.head import head_entropy_and_logprobs
 from llm_bridge.token_stats import entropy_and_logprobs, token_probe_stats
 from softmax_theory.attribution import CLIP_PARTS, SIGN_PARTS
@@ -83,7 +83,7 @@ def test_a_probed_step_with_bf16_weights(tiny_model, tmp_path):
         warmup_steps=0,
         micro_batch_size=8,
     )
-    trainer = ProbedGRPOTrainer(cfg, tmp_path / "run")
+    trainer = ProbedGRPOTrainer(cfg, tmp_path / "run", load_task(cfg))
     assert next(trainer.model.parameters()).dtype == torch.bfloat16
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").open()]

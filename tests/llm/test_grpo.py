@@ -259,7 +259,7 @@ def test_fixed_seed_repeats_and_resume_neither_loses_nor_repeats(tiny_model, tmp
     trainer = ProbedGRPOTrainer(cfg, tmp_path / "killed", task=EVEN_FIRST_DIGIT)
     for _ in range(3):
         trainer.step()
-    trainer.writer.close()
+    trainer.run_dir.close()
     assert len(read_run(tmp_path / "killed").steps) == 3
     train(cfg, tmp_path / "killed", resume=True, task=EVEN_FIRST_DIGIT)
     resumed = read_run(tmp_path / "killed").steps
@@ -280,7 +280,7 @@ def test_bad_train_config_is_named(tiny_model):
     with pytest.raises(ValueError, match="optimizer"):
         _cfg(tiny_model, optimizer="lion")
     with pytest.raises(ValueError, match="model"):
-        ProbedGRPOTrainer(TrainConfig(), "unused")
+        ProbedGRPOTrainer(TrainConfig(), "unused", EVEN_FIRST_DIGIT)
 
 
 def test_compare_reports_every_predictor(tiny_model, tmp_path):

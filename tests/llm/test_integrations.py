@@ -70,8 +70,7 @@ def test_import_trl_log_history(tmp_path):
 @pytest.mark.parametrize("loss", ["vanilla", "clip_higher", "clip_cov", "kl_cov"])
 def test_trl_engine_runs_our_losses_and_writes_the_probe(tiny_model, tmp_path, loss):
     pytest.importorskip("trl")
-    from llm_bridge import TrainConfig
-    from llm_bridge.integrations.trl import train_with_trl
+    from llm_bridge import TrainConfig, train
     from softmax_theory.policy import PolicyLossConfig
 
     ratios = {"clip_cov": {"clip_cov_ratio": 0.05}, "kl_cov": {"kl_cov_ratio": 0.05}}
@@ -84,8 +83,9 @@ def test_trl_engine_runs_our_losses_and_writes_the_probe(tiny_model, tmp_path, l
         val_every=1,
         val_prompts=2,
         policy_loss=PolicyLossConfig(loss_mode=loss, **ratios.get(loss, {})),
+        engine="trl",
     )
-    out = train_with_trl(cfg, tmp_path / "run")
+    out = train(cfg, tmp_path / "run")
     run = read_run(out)
     assert [s["step"] for s in run.steps] == [0, 1]  # GRPO steps, 2 optimiser updates each
     for rec in run.steps:
@@ -104,8 +104,7 @@ def test_trl_engine_runs_our_losses_and_writes_the_probe(tiny_model, tmp_path, l
 
 def test_trl_engine_resumes_from_its_checkpoint_and_refuses_other_settings(tiny_model, tmp_path):
     pytest.importorskip("trl")
-    from llm_bridge import TrainConfig
-    from llm_bridge.integrations.trl import train_with_trl
+    from llm_bridge import TrainConfig, train
 
     base = dict(
         model=str(tiny_model),
@@ -116,11 +115,11 @@ def test_trl_engine_resumes_from_its_checkpoint_and_refuses_other_settings(tiny_
         engine="trl",
     )
     out = tmp_path / "run"
-    train_with_trl(TrainConfig(steps=2, **base), out)
+    train(TrainConfig(steps=2, **base), out)
     with pytest.raises(ValueError, match="resume:.*lr 0.0005 → 0.01"):
-        train_with_trl(TrainConfig(steps=3, lr=0.01, **base), out, resume=True)
+        train(TrainConfig(steps=3, lr=0.01, **base), out, resume=True)
     messages = []
-    train_with_trl(TrainConfig(steps=3, **base), out, resume=True, log=messages.append)
+    train(TrainConfig(steps=3, **base), out, resume=True, log=messages.append)
     assert any("steps 2 → 3" in m for m in messages)
     assert [s["step"] for s in read_run(out).steps] == [0, 1, 2]
 

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from llm_bridge import ProbedGRPOTrainer, TrainConfig, train
+from llm_bridge.run_dir import CHECKPOINT_DIR
 from llm_bridge.tasks import synthetic_task
-from llm_bridge.trainer import CHECKPOINT_DIR
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_run
 
@@ -48,7 +48,7 @@ def _kill_after(trainer, n_steps):
     """A run killed (SIGKILL: no chance to clean up) after logging n_steps steps."""
     for _ in range(n_steps):
         trainer.step()
-    trainer.writer.close()
+    trainer.run_dir.close()
 
 
 def test_resume_before_the_first_checkpoint_restarts_cleanly(tiny_model, tmp_path):

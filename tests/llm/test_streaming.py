@@ -5,13 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from llm_bridge import LossInputs, PolicyLossConfig, TrainConfig, agg_loss, compute_policy_loss
-from llm_bridge.forward import response_logits, stream_token_stats
+from llm_bridge import (
+    LossInputs,
+    PolicyLossConfig,
+    ProbedGRPOTrainer,
+    TrainConfig,
+    agg_loss,
+    compute_policy_loss,
+    mini_batch_loss,
+    train,
+)
+from llm_bridge.forward import response_logits, stream_entropy_logp
 from llm_bridge.probe import measure_tokens, parameter_delta, probe_record, snapshot
 from llm_bridge.reference import naive_token_stats, reference_probe_record
 from llm_bridge.rollout import HFBackend, concat_rollouts, generate_in_calls
 from llm_bridge.tasks import synthetic_task
-from llm_bridge.trainer import ProbedGRPOTrainer, train
 from softmax_theory.runlog import read_run
 
 TASK = synthetic_task("addition", n_train=300, n_test=16)
@@ -58,7 +66,9 @@ def test_a_probed_step_streamed_equals_the_whole_batch_reference(tiny_model, tmp
     # the gradient of the mini-batch loss: streamed, and through a full log_softmax graph
     params_before = snapshot(trainer.model)
     trainer.model.zero_grad()
-    trainer._mini_batch_loss(batch, slice(0, 16), 0.01, {})
+    mini_batch_loss(
+        trainer.model, batch, slice(0, 16), trainer.cfg, 0.01, trainer.gen, trainer.max_new_tokens
+    )
     streamed = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
     trainer.model.zero_grad()
     logp_all = torch.log_softmax(response_logits(trainer.model, roll, t), dim=-1)
@@ -76,7 +86,9 @@ def test_a_probed_step_streamed_equals_the_whole_batch_reference(tiny_model, tmp
 
     # one update, then the probe: streamed, and from whole-batch logits
     trainer.model.zero_grad()
-    trainer._mini_batch_loss(batch, slice(0, 16), 0.01, {})
+    mini_batch_loss(
+        trainer.model, batch, slice(0, 16), trainer.cfg, 0.01, trainer.gen, trainer.max_new_tokens
+    )
     trainer.opt.step()
     delta = parameter_delta(trainer.model, params_before)
     group = torch.as_tensor(batch.group)
@@ -138,9 +150,9 @@ def test_generation_in_calls_scores_every_response_as_alone(tiny_model, tmp_path
     assert len({p.prompt_length for p in parts}) > 1
     assert joined.texts == tuple(t for p in parts for t in p.texts)
     assert torch.equal(joined.response_ids, torch.cat([p.response_ids for p in parts]))
-    h, logp = stream_token_stats(trainer.model, joined, 3)
+    h, logp = stream_entropy_logp(trainer.model, joined, 3)
     h_parts, logp_parts = zip(
-        *(stream_token_stats(trainer.model, p, None) for p in parts), strict=True
+        *(stream_entropy_logp(trainer.model, p, None) for p in parts), strict=True
     )
     mask = joined.response_mask.bool()
     torch.testing.assert_close(h[mask], torch.cat(h_parts)[mask], rtol=1e-5, atol=1e-6)

@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from llm_bridge import PolicyLossConfig, TrainConfig
-from llm_bridge.forward import stream_token_stats
+from llm_bridge import PolicyLossConfig, ProbedGRPOTrainer, StepBatch, TrainConfig, mini_batch_loss
+from llm_bridge.forward import stream_entropy_logp
 from llm_bridge.rollout import Rollouts
 from llm_bridge.tasks import synthetic_task
 from llm_bridge.tiny import load_model
-from llm_bridge.trainer import ProbedGRPOTrainer, StepBatch
 
 trl = pytest.importorskip("trl")
 from llm_bridge.integrations.trl import (  # noqa: E402
     CovGRPOTrainer,
-    EntropyProbeCallback,
-    ProbeOptions,
+    EntropyProbe,
+    ProbedGRPOConfig,
     trl_dataset,
     trl_reward,
 )
@@ -27,7 +26,7 @@ TASK = synthetic_task("addition", n_train=64, n_test=8)
 
 
 def _trainer(cls, model, tokenizer, tmp_path, temperature=1.0, **kw):
-    args = trl.GRPOConfig(
+    args = ProbedGRPOConfig(
         output_dir=str(tmp_path / "trl"),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
@@ -141,12 +140,14 @@ def test_one_step_through_both_engines_is_the_same(tiny_model, tmp_path, loss_mo
     roll = _rollouts(engine.tokenizer, seed=2)
     adv_resp = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, 0.0, -1.0, -1.0])
     adv = adv_resp[:, None] * roll.response_mask
-    ent, old = stream_token_stats(engine.model, roll, None, temperature)
+    ent, old = stream_entropy_logp(engine.model, roll, None, temperature)
     old = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(3))
     batch = StepBatch(roll, np.zeros(8), np.repeat([0, 1], 4), adv, ent, old, None)
     engine.model.zero_grad()
     engine.model.train()
-    loss_ours = engine._mini_batch_loss(batch, slice(0, 8), 0.0, {})
+    loss_ours = mini_batch_loss(
+        engine.model, batch, slice(0, 8), cfg, 0.0, engine.gen, engine.max_new_tokens
+    )
     grad_ours = {n: p.grad.clone() for n, p in engine.model.named_parameters()}
 
     model, tok = load_model(tiny_model)
@@ -169,11 +170,9 @@ def test_one_step_through_both_engines_is_the_same(tiny_model, tmp_path, loss_mo
         "advantages": adv_resp,
     }
     trl_engine.updates_per_step = 1
-    callback = EntropyProbeCallback(
-        trl_engine, tmp_path / "probe", ProbeOptions(cov_table_steps=()), {}
-    )
-    callback.on_generation(out, np.zeros(8), np.repeat([0, 1], 4))
-    record = callback._measure(trl_engine.probe_pending)
+    probe = EntropyProbe(trl_engine)
+    probe.begin(out, roll.response_mask, np.repeat([0, 1], 4))
+    record, _ = probe.measure(step=0)
     mask = roll.response_mask.bool()
     assert record["entropy"] == pytest.approx(float(ent[mask].double().mean()), rel=1e-5)
 

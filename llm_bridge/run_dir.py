@@ -1,0 +1,175 @@
+"""What an LM run directory holds and how it resumes; both engines write through this module.
+
+::
+
+    OUT/
+      config.json              the settings (``softmax_theory.runlog.RunWriter``)
+      steps.jsonl              one record per GRPO step, appended and fsynced as the step ends
+      cov_tables.jsonl         Table 1 (top-covariance means) on the listed steps: every valid
+                               token of the step's batch, at θ_old
+      tokens/step_NNNNNN.npz   the probe's per-token arrays (``response`` included) on every
+                               ``token_steps_every``-th probed step
+      checkpoint/              our engine's latest whole checkpoint (``COMPLETE`` written last)
+      trl/checkpoint-N/        the TRL engine's checkpoints, in TRL's own layout
+      final/                   the trained model (``save_pretrained``)
+
+A run resumed from a checkpoint recomputes the steps after it from the same state, so their
+records, tables and token files are dropped first (``truncate_run``). Every rewrite of a file is
+atomic (a temporary file, then ``os.replace``): a kill mid-write leaves the old file whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softmax_theory.runlog import (
+    STEPS_FILE,
+    RunWriter,
+    atomic_write_text,
+    check_resumable,
+    truncate_steps,
+)
+from softmax_theory.stats import top_covariance_means
+
+CHECKPOINT_DIR = "checkpoint"
+# Written last into a checkpoint folder: a folder without it is not whole.
+CHECKPOINT_COMPLETE = "COMPLETE"
+TOKENS_DIR = "tokens"
+COV_TABLES_FILE = "cov_tables.jsonl"
+TRL_DIR = "trl"
+FINAL_DIR = "final"
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` already holds a run's records (so a new run there would splice two)."""
+    steps = out / STEPS_FILE
+    return steps.exists() and steps.stat().st_size > 0
+
+
+def check_resume(
+    out: Path, config: dict[str, Any], free: Iterable[str], log: Callable[[str], None]
+) -> None:
+    """Refuse a resume that changes a setting outside ``free``; say which free ones changed."""
+    for line in check_resumable(out, config, frozenset(free)):
+        log(f"resume: changed a setting that does not change results: {line}")
+
+
+def truncate_run(out: Path, first_step: int) -> None:
+    """Drop the records, covariance tables and token files of steps ≥ ``first_step``."""
+    truncate_steps(out, first_step)
+    tables = out / COV_TABLES_FILE
+    if tables.exists():
+        kept = [t for t in tables.read_text().splitlines() if json.loads(t)["step"] < first_step]
+        atomic_write_text(tables, "".join(t + "\n" for t in kept))
+    for path in (out / TOKENS_DIR).glob("step_*.npz"):
+        if int(path.stem.split("_")[1]) >= first_step:
+            path.unlink()
+
+
+class RunDirectory:
+    """The run directory of one LM run: its step records and side files.
+
+    ``resume_from``: the first step a resumed run recomputes (the records of that step and
+    later are dropped); None for a new run, which refuses a directory that holds one.
+    """
+
+    def __init__(self, out: str | os.PathLike, config: Any, resume_from: int | None = None):
+        self.out = Path(out)
+        if resume_from is not None:
+            truncate_run(self.out, resume_from)
+        self.writer = RunWriter(self.out, config, resume=resume_from is not None)
+
+    def write_step(self, record: dict[str, Any]) -> None:
+        self.writer.write(record)
+
+    def write_cov_table(self, step: int, cov: np.ndarray) -> None:
+        """Table 1 of the step: ``cov`` is the paper's token covariance of every valid token."""
+        table = {"step": step, "n_tokens": int(cov.size), **top_covariance_means(cov)}
+        with open(self.out / COV_TABLES_FILE, "a") as f:
+            f.write(json.dumps(table) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_tokens(self, step: int, arrays: dict[str, np.ndarray]) -> None:
+        """The probe's per-token arrays of one step (float64, [n_tokens]; ``response`` indexes
+        the step's responses)."""
+        d = self.out / TOKENS_DIR
+        d.mkdir(exist_ok=True)
+        final = d / f"step_{step:06d}.npz"
+        tmp = d / f"step_{step:06d}.tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, final)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def write_checkpoint(out: Path, save: Callable[[Path], None], step: int) -> Path:
+    """Write a whole checkpoint: ``save(folder)`` fills ``checkpoint.tmp``, ``COMPLETE`` marks it
+    whole, and only then does it replace the previous one. A kill between the last two moves
+    leaves a whole ``checkpoint.tmp``, which ``recover_checkpoint`` puts in place."""
+    tmp = out / (CHECKPOINT_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    (tmp / CHECKPOINT_COMPLETE).write_text(f"{step}\n")
+    final = out / CHECKPOINT_DIR
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def recover_checkpoint(out: Path) -> Path | None:
+    """The newest whole checkpoint of our engine in ``out``, or None. A whole
+    ``checkpoint.tmp`` (a kill after it was written, before it was moved) is moved into place
+    first, so this may rename folders."""
+    final, tmp = out / CHECKPOINT_DIR, out / (CHECKPOINT_DIR + ".tmp")
+    if (tmp / CHECKPOINT_COMPLETE).exists():
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final if (final / CHECKPOINT_COMPLETE).exists() else None
+
+
+def latest_trl_checkpoint(out: Path) -> tuple[Path, int] | None:
+    """The TRL engine's newest checkpoint folder and its global (optimiser) step, or None."""
+    ckpts = [
+        p
+        for p in (out / TRL_DIR).glob("checkpoint-*")
+        if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
+    ]
+    if not ckpts:
+        return None
+    newest = max(ckpts, key=lambda p: int(p.name.split("-")[1]))
+    return newest, int(json.loads((newest / "trainer_state.json").read_text())["global_step"])
+
+
+def checkpoint_size(folder: Path) -> int:
+    """Bytes on disk of a checkpoint folder."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+__all__ = [
+    "CHECKPOINT_COMPLETE",
+    "CHECKPOINT_DIR",
+    "COV_TABLES_FILE",
+    "FINAL_DIR",
+    "TOKENS_DIR",
+    "TRL_DIR",
+    "RunDirectory",
+    "check_resume",
+    "checkpoint_size",
+    "holds_run",
+    "latest_trl_checkpoint",
+    "recover_checkpoint",
+    "truncate_run",
+    "write_checkpoint",
+]

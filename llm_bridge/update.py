@@ -1,0 +1,222 @@
+"""One GRPO step's optimiser updates on its batch: ``epochs × mini_batches`` updates, each
+accumulating the gradient of one mini-batch's loss over micro-batches of ``micro_batch_size``
+responses.
+
+``mini_batch_loss`` is the seam both the trainer and the tests call: the aggregation's normalisers
+are the mini-batch's, not the micro-batch's, so the sum of the micro-batch losses is the
+mini-batch loss whatever the split. token-mean divides by the step's valid tokens ÷ the number of
+mini-batches: TRL's ``num_items_in_batch`` rule, under which every token of a step weighs the
+same in each of its updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llm_bridge.config import TrainConfig
+from llm_bridge.forward import micro_slices, response_entropy_logp
+from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, select_by_scope
+from llm_bridge.probe import optimizer_update
+from llm_bridge.rollout import Rollouts
+from softmax_theory.policy import CovScope
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """A step's rollouts and what every pass over them reads; tensors [B, R] unless noted."""
+
+    roll: Rollouts
+    rewards: np.ndarray  # [B]
+    group: np.ndarray  # [B] prompt index of each response
+    advantages: torch.Tensor  # per token (the response's advantage on its valid tokens)
+    entropy: torch.Tensor  # H(π_old(·|s_t)), nats
+    old_logp: torch.Tensor  # log π_old(y_t|s_t)
+    ref_logp: torch.Tensor | None  # log π_ref(y_t|s_t), when a KL penalty needs it
+    # the token's own-update entropy term at θ_old (``own_entropy_term``), when a covariance
+    # loss selects by it (the oracle) or measures its selection against it (probed steps)
+    score: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.roll.response_mask
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """``metrics``: the loss's metrics, token-weighted over all the step's updates, and
+    ``actor/pg_loss``, the mean mini-batch loss; ``forecast``: Δθ of the step's only update,
+    known before it (None unless asked for); ``clipped``: [B, R] bool, clipped at some update."""
+
+    metrics: dict[str, float]
+    n_updates: int
+    forecast: dict[int, torch.Tensor] | None
+    clipped: torch.Tensor
+
+
+def loss_inputs(model, batch: StepBatch, rows: slice, temperature: float, grad: bool) -> LossInputs:
+    """The loss's inputs on ``rows`` at the model's current parameters; with ``grad`` log π and
+    H carry the graph."""
+    with torch.set_grad_enabled(grad):
+        entropy, logp = response_entropy_logp(model, batch.roll, rows, temperature)
+    return LossInputs(
+        log_prob=logp,
+        old_log_prob=batch.old_logp[rows],
+        advantages=batch.advantages[rows],
+        response_mask=batch.mask[rows],
+        entropy=entropy,
+        ref_log_prob=None if batch.ref_logp is None else batch.ref_logp[rows],
+        score=None if batch.score is None else batch.score[rows],
+    )
+
+
+def select_step_tokens(
+    batch: StepBatch, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Clip-Cov/KL-Cov tokens chosen once per step over the whole batch at θ_old
+    (``cov_scope`` global), or None for the other scopes."""
+    if cfg.policy_loss.cov_scope is not CovScope.GLOBAL:
+        return None
+    inp = LossInputs(
+        batch.old_logp, batch.old_logp, batch.advantages, batch.mask, score=batch.score
+    )
+    return select_by_scope(inp, cfg.policy_loss, generator)
+
+
+def select_mini_batch_tokens(
+    model, batch: StepBatch, rows: slice, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Clip-Cov/KL-Cov tokens chosen over the whole mini-batch ``rows`` at the current
+    parameters (``cov_scope`` mini), or None for the other scopes."""
+    if cfg.policy_loss.cov_scope is not CovScope.MINI:
+        return None
+    parts = [
+        loss_inputs(
+            model, batch, slice(rows.start + s.start, rows.start + s.stop), cfg.temperature, False
+        )
+        for s in micro_slices(rows.stop - rows.start, cfg.micro_batch_size)
+    ]
+    inp = LossInputs(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in ("log_prob", "old_log_prob")),
+        advantages=batch.advantages[rows],
+        response_mask=batch.mask[rows],
+        score=None if batch.score is None else batch.score[rows],
+    )
+    return select_by_scope(inp, cfg.policy_loss, generator)
+
+
+def mini_batch_loss(
+    model,
+    batch: StepBatch,
+    rows: slice,
+    cfg: TrainConfig,
+    entropy_coeff: float,
+    generator: torch.Generator,
+    response_budget: int,
+    totals: dict[str, float] | None = None,
+    clipped: torch.Tensor | None = None,
+    selected_step: torch.Tensor | None = None,
+) -> float:
+    """Accumulate (``backward``) the gradient of one mini-batch's loss over its micro-batches;
+    returns the loss. ``totals`` gathers the loss metrics weighted by tokens (``_tokens``
+    holds the weight); ``clipped`` [B, R] is or-ed with the clipped tokens; ``selected_step``
+    is the step's global selection. ``response_budget`` is the token budget of a response
+    (the ``seq-mean-token-sum-norm`` scale when the loss config gives none)."""
+    lc = cfg.policy_loss
+    selected = select_mini_batch_tokens(model, batch, rows, cfg, generator)
+    if selected_step is not None:
+        selected = selected_step[rows]
+    mask = batch.mask[rows]
+    norms = {
+        "batch_num_tokens": float(batch.mask.sum()) / cfg.mini_batches,
+        "global_batch_size": float((mask.sum(-1) > 0).sum()),
+        "loss_scale_factor": lc.loss_scale_factor or float(response_budget),
+    }
+    total = 0.0
+    for sl in micro_slices(rows.stop - rows.start, cfg.micro_batch_size):
+        sub = slice(rows.start + sl.start, rows.start + sl.stop)
+        out = compute_policy_loss(
+            loss_inputs(model, batch, sub, cfg.temperature, True),
+            lc,
+            entropy_coeff=entropy_coeff,
+            generator=generator,
+            selected=None if selected is None else selected[sl],
+        )
+        loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
+        loss.backward()
+        if out.clipped is not None and clipped is not None:
+            clipped[sub] |= out.clipped.to(clipped.device)
+        total += float(loss.detach())
+        if totals is not None:
+            # metrics are token means: weigh each micro-batch's by its tokens, so that the
+            # update's metrics do not depend on how it was split
+            n_tokens = float(batch.mask[sub].sum())
+            for key, val in out.metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(val) * n_tokens
+            totals["_tokens"] = totals.get("_tokens", 0.0) + n_tokens
+    return total
+
+
+def update(
+    model,
+    opt: torch.optim.Optimizer,
+    schedule,
+    batch: StepBatch,
+    cfg: TrainConfig,
+    entropy_coeff: float,
+    generator: torch.Generator,
+    response_budget: int,
+    forecast: bool = False,
+) -> UpdateResult:
+    """The step's ``epochs × mini_batches`` optimiser updates. With ``forecast`` (the probe's
+    JVP on a step of one update) Δθ is computed from the optimiser before its only update; on a
+    step of several updates the probe measures the actual Δθ instead, so none is computed."""
+    model.train()
+    per_mini = cfg.mini_batch_responses
+    totals: dict[str, float] = {}
+    losses: list[float] = []
+    delta = None
+    clipped = torch.zeros(batch.mask.shape, dtype=torch.bool, device=batch.mask.device)
+    selected_step = select_step_tokens(batch, cfg, generator)
+    want_forecast = forecast and cfg.updates_per_step == 1
+    for _ in range(cfg.epochs):
+        for mb in range(cfg.mini_batches):
+            opt.zero_grad(set_to_none=True)
+            rows = slice(mb * per_mini, (mb + 1) * per_mini)
+            losses.append(
+                mini_batch_loss(
+                    model,
+                    batch,
+                    rows,
+                    cfg,
+                    entropy_coeff,
+                    generator,
+                    response_budget,
+                    totals,
+                    clipped,
+                    selected_step,
+                )
+            )
+            if want_forecast:
+                delta = optimizer_update(opt)
+            opt.step()
+            schedule.step()
+    model.eval()
+    n_tokens = totals.pop("_tokens")
+    metrics = {key: val / n_tokens for key, val in totals.items()}
+    metrics["actor/pg_loss"] = float(np.mean(losses))
+    # a loss without a clip clips nothing: clipped stays all False
+    return UpdateResult(metrics, len(losses), delta, clipped)
+
+
+__all__ = [
+    "StepBatch",
+    "UpdateResult",
+    "loss_inputs",
+    "mini_batch_loss",
+    "select_mini_batch_tokens",
+    "select_step_tokens",
+    "update",
+]
