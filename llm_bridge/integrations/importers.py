@@ -103,8 +103,8 @@ PROFILES = (RUN_LOG, VERL, TRL_STREAM)
 VERL_FORMATS = (LogFormat.CONSOLE, LogFormat.TENSORBOARD, LogFormat.JSONL, LogFormat.CSV)
 TENSORBOARD_FORMATS = (LogFormat.TENSORBOARD,)
 WANDB_FORMATS = (LogFormat.CSV, LogFormat.JSONL, LogFormat.WANDB_RUN)
-# W&B's own bookkeeping columns, never a metric
-WANDB_INTERNAL = ("_runtime", "_timestamp", "_wandb")
+# W&B's own bookkeeping columns (_step, _runtime, _timestamp, _wandb) are never a metric
+WANDB_INTERNAL = "_"
 
 
 @dataclass(frozen=True)
