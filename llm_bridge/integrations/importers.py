@@ -18,6 +18,7 @@ written: a step without a key leaves it absent.
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import os
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_bridge.integrations.log_formats import LogFormat, Rows, read_log
-from softmax_theory.runlog import RunWriter, read_json
+from softmax_theory.runlog import STEPS_FILE, RunWriter, read_json, to_jsonable
 
 # How many of the keys found an error message lists.
 KEYS_LISTED = 30
@@ -303,12 +304,9 @@ def rows_to_run(
         "profile": chosen.profile.name,
         "keys": {"step": chosen.step} | mapping,
     }
-    n = 0
-    with RunWriter(out, config) as writer:
-        for step in sorted(merged):
-            if merged[step]:
-                writer.write({"step": step, **merged[step]})
-                n += 1
+    records = [{"step": step, **merged[step]} for step in sorted(merged) if merged[step]]
+    write_run(out, config, records)
+    n = len(records)
     return ImportResult(
         out=Path(out),
         source=source,
@@ -318,6 +316,22 @@ def rows_to_run(
         steps=n,
         notes=chosen.notes + notes,
     )
+
+
+def write_run(
+    out: str | os.PathLike, config: dict[str, Any], records: list[dict[str, Any]]
+) -> None:
+    """Write a finished run at once: ``RunWriter`` makes the directory, refuses one that holds a
+    run and writes ``config.json``; the steps then go in one write and one fsync. (``RunWriter``
+    fsyncs each step, as a live run must; for a log read whole, 1,120 fsyncs took 4 s on a
+    busy disk where the reading took 0.1 s.)"""
+    lines = "".join(json.dumps(to_jsonable(r)) + "\n" for r in records)  # refuses NaN / inf
+    with RunWriter(out, config):
+        pass
+    with (Path(out) / STEPS_FILE).open("w", encoding="utf-8") as f:
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def import_verl(
