@@ -110,6 +110,12 @@ def section(rows: list[str]) -> str:
             "GRPO on GSM8K, 105 to 1,120 steps, with their own settings (not the paper's); the "
             "numbers are as the fit gives them, nothing tuned.",
             "",
+            "The same on a run of yours: `llm-bridge import verl LOG --out RUN` (a console log, "
+            "an event file or folder, JSON lines, CSV: the format is read from the content; "
+            "`--val-key` picks a data source), `llm-bridge import tensorboard` or `import wandb` "
+            "for other trainers' event files and W&B histories, `llm-bridge import trl` for "
+            "TRL's `trainer_state.json`; then `softmax-theory fit RUN`.",
+            "",
             "| file | source (repository @ commit : path) | model, algorithm, task | points | a "
             "| b | ceiling b − a | R² | 15% forecast RMSE |",
             "|---|---|---|---:|---:|---:|---:|---:|---|",
