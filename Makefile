@@ -77,6 +77,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_estimators.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_token_stats.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_import.py --out docs/benchmarks.md
 	$(LB) pretrain-tiny --out $(TINY)
 	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
 	$(LB) pretrain-tiny --task running-sum --terms 13 --vocab-size 151936 --out $(REAL_VOCAB)

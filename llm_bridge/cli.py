@@ -150,38 +150,115 @@ import_app = typer.Typer(
 app.add_typer(import_app, name="import")
 
 
+# Options every log importer shares: the source key of each run-log key.
+StepKey = Annotated[str | None, typer.Option(help="step key (default: the trainer's own)")]
+EntropyKey = Annotated[
+    str | None, typer.Option(help="entropy key or tag (default: actor/entropy, entropy, …)")
+]
+RewardKey = Annotated[
+    str | None, typer.Option(help="training reward key or tag (default: critic/score/mean, …)")
+]
+ValKey = Annotated[
+    str | None,
+    typer.Option(
+        help="validation key or tag, or a glob such as 'val-core/*/reward/mean@1' "
+        "(default: the first data source, said in the output)"
+    ),
+]
+LrKey = Annotated[str | None, typer.Option(help="learning-rate key or tag")]
+Out = Annotated[Path, typer.Option(help="run directory to write")]
+
+
+def _say(text: str) -> None:
+    """Print as is: paths and keys hold brackets that rich would read as markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _keys(
+    step: str | None, entropy: str | None, reward: str | None, val: str | None, lr: str | None
+):
+    from llm_bridge.integrations.importers import KeyMap
+
+    return KeyMap(step=step, entropy=entropy, reward=reward, val=val, lr=lr)
+
+
 @import_app.command("trl")
 def import_trl_cmd(
     trainer_state: Annotated[Path, typer.Argument(help="trainer_state.json or its folder")],
-    out: Annotated[Path, typer.Option(help="run directory to write")],
+    out: Out,
+    updates_per_step: Annotated[
+        int | None,
+        typer.Option(
+            help="optimiser updates per GRPO step (default: from <run>/config.json when the "
+            "state sits in <run>/trl/, else 1)"
+        ),
+    ] = None,
 ) -> None:
-    """TRL's log_history (entropy, reward, eval_reward, learning_rate) → a run directory."""
+    """TRL's log_history (entropy, reward, eval_reward, learning_rate) → a run directory, with
+    TRL's optimiser steps put on the GRPO-step axis."""
     from llm_bridge.integrations.importers import import_trl
 
-    import_trl(trainer_state, out)
-    console.print(f"wrote {out}")
+    _say(import_trl(trainer_state, out, updates_per_step).describe())
 
 
 @import_app.command("verl")
 def import_verl_cmd(
-    metrics: Annotated[Path, typer.Argument(help="verl metrics as CSV or JSON lines")],
-    out: Annotated[Path, typer.Option(help="run directory to write")],
-    step_key: Annotated[str | None, typer.Option(help="step column")] = None,
-    entropy_key: Annotated[str | None, typer.Option(help="entropy column")] = None,
-    reward_key: Annotated[str | None, typer.Option(help="training reward column")] = None,
-    val_key: Annotated[
-        str | None, typer.Option(help="validation column, or a prefix ending in /")
-    ] = None,
+    path: Annotated[
+        Path, typer.Argument(help="verl console log, TensorBoard event file or folder, JSONL, CSV")
+    ],
+    out: Out,
+    step_key: StepKey = None,
+    entropy_key: EntropyKey = None,
+    reward_key: RewardKey = None,
+    val_key: ValKey = None,
+    lr_key: LrKey = None,
 ) -> None:
-    """verl metrics (actor/entropy, critic/score/mean, val-core/...) → a run directory."""
-    from dataclasses import replace
+    """A verl log (format told from its content) → a run directory."""
+    from llm_bridge.integrations.importers import import_verl
 
-    from llm_bridge.integrations.importers import VERL_KEYS, import_verl
+    keys = _keys(step_key, entropy_key, reward_key, val_key, lr_key)
+    _say(import_verl(path, out, keys).describe())
 
-    given = {"step": step_key, "entropy": entropy_key, "reward": reward_key, "val": val_key}
-    keys = replace(VERL_KEYS, **{k: v for k, v in given.items() if v is not None})
-    import_verl(metrics, out, keys)
-    console.print(f"wrote {out}")
+
+@import_app.command("tensorboard")
+def import_tensorboard_cmd(
+    path: Annotated[Path, typer.Argument(help="an event file, or a folder of them")],
+    out: Out,
+    step_key: StepKey = None,
+    entropy_key: EntropyKey = None,
+    reward_key: RewardKey = None,
+    val_key: ValKey = None,
+    lr_key: LrKey = None,
+) -> None:
+    """Any trainer's TensorBoard scalars (this tool's, verl's, TRL's report_to) → a run."""
+    from llm_bridge.integrations.importers import import_tensorboard
+
+    keys = _keys(step_key, entropy_key, reward_key, val_key, lr_key)
+    _say(import_tensorboard(path, out, keys).describe())
+
+
+@import_app.command("wandb")
+def import_wandb_cmd(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="W&B history: the UI's CSV export, wandb-history.jsonl, or an offline run "
+            "(its folder or run-<id>.wandb)"
+        ),
+    ],
+    out: Out,
+    run: Annotated[str | None, typer.Option(help="the run of a CSV export of several")] = None,
+    step_key: StepKey = None,
+    entropy_key: EntropyKey = None,
+    reward_key: RewardKey = None,
+    val_key: ValKey = None,
+    lr_key: LrKey = None,
+) -> None:
+    """A W&B history (this tool's, verl's, TRL's report_to) → a run directory."""
+    from llm_bridge.integrations.importers import import_wandb
+
+    keys = _keys(step_key, entropy_key, reward_key, val_key, lr_key)
+    _say(import_wandb(path, out, keys, run).describe())
 
 
 def main(argv: list[str] | None = None) -> None:

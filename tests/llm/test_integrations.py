@@ -30,24 +30,18 @@ def test_import_verl_csv_and_jsonl(tmp_path):
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)
-    run = read_run(import_verl(path, tmp_path / "a"))
+    run = read_run(import_verl(path, tmp_path / "a").out)
     assert [s["step"] for s in run.steps] == [1, 2, 3]
     assert run.steps[0] == {"step": 1, "entropy": 0.9, "reward": 0.2, "val_reward": 0.25}
     assert "val_reward" not in run.steps[1]  # not measured: absent, not zero
     # verl's file logger nests metrics under "data"
     jsonl = tmp_path / "metrics.jsonl"
     jsonl.write_text("\n".join(json.dumps({"step": r["step"], "data": r}) for r in rows))
-    assert read_run(import_verl(jsonl, tmp_path / "b")).steps == run.steps
-    keys = KeyMap(
-        step="step",
-        entropy="actor/entropy",
-        reward="critic/score/mean",
-        val="val-core/openai/gsm8k/reward/mean@1",
-        lr=None,
-    )
-    assert read_run(import_verl(path, tmp_path / "c", keys)).steps[2]["val_reward"] == 0.35
-    with pytest.raises(ValueError, match="entropy"):
-        import_verl(path, tmp_path / "d", KeyMap("step", "H", "r", None, None))
+    assert read_run(import_verl(jsonl, tmp_path / "b").out).steps == run.steps
+    keys = KeyMap(val="val-core/openai/gsm8k/reward/mean@1")
+    assert read_run(import_verl(path, tmp_path / "c", keys).out).steps[2]["val_reward"] == 0.35
+    with pytest.raises(ValueError, match="--entropy-key: .* has no 'H'"):
+        import_verl(path, tmp_path / "d", KeyMap(entropy="H"))
 
 
 def test_import_trl_log_history(tmp_path):
@@ -60,10 +54,12 @@ def test_import_trl_log_history(tmp_path):
         ]
     }
     (tmp_path / "trainer_state.json").write_text(json.dumps(state))
-    run = read_run(import_trl(tmp_path, tmp_path / "run"))
+    run = read_run(import_trl(tmp_path, tmp_path / "run").out)
+    # the evaluation after update 2 measured the policy GRPO step 2 samples from
     assert run.steps == (
         {"step": 0, "entropy": 0.5, "reward": 0.1, "lr": 1e-6},
-        {"step": 1, "entropy": 0.4, "reward": 0.2, "lr": 1e-6, "val_reward": 0.3},
+        {"step": 1, "entropy": 0.4, "reward": 0.2, "lr": 1e-6},
+        {"step": 2, "val_reward": 0.3},
     )
 
 
@@ -98,8 +94,15 @@ def test_trl_engine_runs_our_losses_and_writes_the_probe(tiny_model, tmp_path, l
     log = json.loads((out / "trl" / "trainer_state.json").read_text())["log_history"]
     assert any("probe/delta_entropy" in r for r in log)  # the probe in TRL's own log stream
     # the TRL log imports as a run too
-    imported = read_run(import_trl(out / "trl", tmp_path / "imported"))
-    assert len(imported.steps) >= 4
+    # the TRL log imports as a run too, on the engine's own GRPO-step axis (2 updates a step,
+    # read from the run's config.json)
+    result = import_trl(out / "trl", tmp_path / "imported")
+    assert any("2 optimiser updates per GRPO step" in note for note in result.notes)
+    imported = {s["step"]: s for s in read_run(result.out).steps}
+    assert [k for k, s in imported.items() if "entropy" in s] == [0, 1]
+    for rec in run.steps:
+        assert imported[rec["step"]]["val_reward"] == pytest.approx(rec["val_reward"])
+        assert imported[rec["step"]]["reward"] == pytest.approx(rec["reward"])
 
 
 def test_trl_engine_resumes_from_its_checkpoint_and_refuses_other_settings(tiny_model, tmp_path):
