@@ -11,6 +11,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from llm_bridge.reporters import parse_report_to
 from llm_bridge.rollout import BackendName
 from llm_bridge.tasks import DEFAULT_TERMS, TaskName
 from softmax_theory.group_advantages import AdvantageEstimator, check_w_reinforce_lambda
@@ -130,6 +131,13 @@ class TrainConfig:
     engine: Engine = field(
         default=Engine.OURS, metadata=_help("ours (exact probes) or trl (TRL's GRPOTrainer)")
     )
+    report_to: str = field(
+        default="none",
+        metadata=_help(
+            "also report every run-log key to: none, or a comma list of tensorboard, wandb, "
+            "trackio (under OUT/)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name, enum_cls in (
@@ -182,6 +190,7 @@ class TrainConfig:
             )
         if self.task != TaskName.RUNNING_SUM.value and self.terms != DEFAULT_TERMS:
             raise ValueError(f"terms: has no effect with task {self.task} (running-sum reads it)")
+        parse_report_to(self.report_to)  # a bad target fails before anything runs
         if any(s < 0 for s in self.cov_table_steps):
             raise ValueError(f"cov_table_steps: steps are ≥ 0, got {self.cov_table_steps}")
 
@@ -228,6 +237,7 @@ RESUME_FREE = frozenset(
         "token_steps_every",
         "cov_table_steps",
         "micro_batch_size",
+        "report_to",
     }
 )
 

@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from llm_bridge.reporters import ReportTarget, open_reporters
 from softmax_theory.runlog import (
     STEPS_FILE,
     RunWriter,
     atomic_write_text,
     check_resumable,
+    to_jsonable,
     truncate_steps,
 )
 from softmax_theory.stats import top_covariance_means
@@ -80,14 +82,23 @@ class RunDirectory:
     later are dropped); None for a new run, which refuses a directory that holds one.
     """
 
-    def __init__(self, out: str | os.PathLike, config: Any, resume_from: int | None = None):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        config: Any,
+        resume_from: int | None = None,
+        report_to: Iterable[ReportTarget] = (),
+    ):
         self.out = Path(out)
         if resume_from is not None:
             truncate_run(self.out, resume_from)
         self.writer = RunWriter(self.out, config, resume=resume_from is not None)
+        # every record also goes to the trackers chosen with report_to, under its own keys
+        self.reporters = open_reporters(report_to, self.out, to_jsonable(config))
 
     def write_step(self, record: dict[str, Any]) -> None:
         self.writer.write(record)
+        self.reporters.log(record, record["step"])
 
     def write_cov_table(self, step: int, cov: np.ndarray) -> None:
         """Table 1 of the step: ``cov`` is the paper's token covariance of every valid token."""
@@ -109,6 +120,7 @@ class RunDirectory:
 
     def close(self) -> None:
         self.writer.close()
+        self.reporters.close()
 
 
 # -- checkpoints -------------------------------------------------------------------------------

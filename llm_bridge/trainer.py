@@ -42,6 +42,7 @@ from llm_bridge.probe import (
     stream_own_entropy_term,
     token_arrays,
 )
+from llm_bridge.reporters import parse_report_to
 from llm_bridge.rollout import Rollouts, generate_in_calls, make_backend
 from llm_bridge.run_dir import FINAL_DIR, RunDirectory, check_resume, recover_checkpoint
 from llm_bridge.tasks import Task, check_encodable, score
@@ -116,7 +117,10 @@ class ProbedGRPOTrainer:
         elif resume:
             log("resume: no checkpoint yet; starting again at step 0")
         self.run_dir = RunDirectory(
-            self.out, self.run_config, resume_from=self.state.step if resume else None
+            self.out,
+            self.run_config,
+            resume_from=self.state.step if resume else None,
+            report_to=parse_report_to(cfg.report_to),
         )
         self._checkpoints_written = 0
 

@@ -50,6 +50,7 @@ from llm_bridge.probe import (
     snapshot,
     token_arrays,
 )
+from llm_bridge.reporters import parse_report_to, trl_report_to
 from llm_bridge.rollout import Rollouts
 from llm_bridge.run_dir import (
     FINAL_DIR,
@@ -149,6 +150,8 @@ class ProbedGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "our run directory (config.json, steps.jsonl); None: no run log"},
     )
+    # the trackers our run log also reports to (TRL's own metrics go to ``report_to``)
+    report_to_ours: tuple[str, ...] = ()
     probe: bool = dataclasses.field(default=_train_default("probe"))
     probe_every: int = dataclasses.field(default=_train_default("probe_every"))
     probe_responses: int | None = dataclasses.field(default=_train_default("probe_responses"))
@@ -510,7 +513,9 @@ class RunLogCallback(TrainerCallback):
         resume_from = None
         if self.resume_step is not None and holds_run(self.out):
             resume_from = self.resume_step // t.updates_per_step
-        self.run_dir = RunDirectory(self.out, config, resume_from=resume_from)
+        self.run_dir = RunDirectory(
+            self.out, config, resume_from=resume_from, report_to=args.report_to_ours
+        )
 
     def on_generation(self, out: dict[str, Any], rewards: np.ndarray, group: np.ndarray) -> None:
         """Called by the trainer with each training generation batch, before its updates;
@@ -721,7 +726,8 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[ProbedGRPOCon
         save_strategy="steps" if cfg.checkpoint_every else "no",
         save_steps=max(1, cfg.checkpoint_every * updates),
         save_total_limit=1,  # the latest state only, as our engine
-        report_to="none",
+        report_to=trl_report_to(parse_report_to(cfg.report_to)),
+        report_to_ours=parse_report_to(cfg.report_to),
         seed=cfg.seed,
         use_cpu=not on_gpu,
         bf16=on_gpu,

@@ -96,7 +96,7 @@ def test_compare_reports_a_trl_run_an_ours_run_and_an_imported_run(tiny_model, t
         {"step": k, "actor/entropy": 1.0 - 0.1 * k, "critic/score/mean": 0.1 * k} for k in range(8)
     ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    imported = import_verl(metrics, tmp_path / "imported")
+    imported = import_verl(metrics, tmp_path / "imported").out
     reports = compare_runs([ours, trl, imported], tmp_path / "cmp", n_boot=20)
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert [r.name for r in reports] == ["ours", "trl", "imported"]
@@ -204,3 +204,21 @@ def test_the_packages_import_graph_has_no_circle():
         if node not in state:
             visit(node)
     assert "llm_bridge.engines" in graph and "llm_bridge.trainer" in graph["llm_bridge.engines"]
+
+
+@pytest.mark.parametrize("engine", ["ours", "trl"])
+def test_report_to_tensorboard_round_trips_the_run_log(tiny_model, tmp_path, engine):
+    """--report-to tensorboard in either engine: the event files read back with
+    `import tensorboard` give the run log's values, the probe's keys included."""
+    if engine == "trl":
+        pytest.importorskip("trl")
+    pytest.importorskip("tensorboard")
+    from llm_bridge.integrations.importers import import_tensorboard
+
+    out = train(_cfg(tiny_model, engine, report_to="tensorboard"), tmp_path / "run")
+    back = read_run(import_tensorboard(out / "tensorboard", tmp_path / "back").out)
+    rows = read_run(out).steps
+    assert [r["step"] for r in back.steps] == [r["step"] for r in rows]
+    for mine, theirs in zip(rows, back.steps, strict=True):
+        for key in ("entropy", "reward", "delta_entropy", "pred_lemma1"):
+            assert theirs[key] == pytest.approx(mine[key], rel=1e-12, abs=1e-15), key
