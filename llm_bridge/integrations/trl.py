@@ -621,7 +621,7 @@ def train_with_trl(
     callback. Constant learning rate, Adam (``adamw_torch``, no weight decay) or SGD, no gradient
     clipping. The probe's ``step`` counts GRPO steps (generation batches), as ours.
     """
-    from llm_bridge.tiny import load_model
+    from llm_bridge.models import load_model
     from llm_bridge.trainer import RESUME_FREE, load_task
 
     if cfg.val_k is not None:

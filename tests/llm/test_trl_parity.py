@@ -9,9 +9,9 @@ import torch
 
 from llm_bridge import PolicyLossConfig, TrainConfig
 from llm_bridge.forward import stream_token_stats
+from llm_bridge.models import load_model
 from llm_bridge.rollout import Rollouts
 from llm_bridge.tasks import synthetic_task
-from llm_bridge.tiny import load_model
 from llm_bridge.trainer import ProbedGRPOTrainer, StepBatch
 
 trl = pytest.importorskip("trl")
