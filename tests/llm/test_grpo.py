@@ -49,7 +49,7 @@ def test_dataset_task_and_math_reward(tmp_path):
     assert task.reward("5", "5") == 1.0
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}))
-    with pytest.raises(ValueError, match="prompt"):
+    with pytest.raises(ValueError, match="answer_key"):
         dataset_task(bad)
 
 
