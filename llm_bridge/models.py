@@ -80,7 +80,8 @@ def load_config(path: str | os.PathLike):
     if not causal:
         what = ", ".join(architectures) or model_type
         raise ValueError(
-            f"model: {path} holds a {what}, not a causal language model (AutoModelForCausalLM); "
+            f"model: {path} holds a {what} model, not a causal language model "
+            "(AutoModelForCausalLM); "
             "give a decoder-only LM folder (Qwen2, Llama, GPT-2, …)"
         )
     return config
