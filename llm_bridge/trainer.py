@@ -43,6 +43,7 @@ from llm_bridge.memory import (
     check_step_fits,
     estimate_step_memory,
 )
+from llm_bridge.models import load_model
 from llm_bridge.probe import (
     measure_tokens,
     optimizer_update,
@@ -53,7 +54,6 @@ from llm_bridge.probe import (
 )
 from llm_bridge.rollout import Rollouts, generate_in_calls, make_backend
 from llm_bridge.tasks import Task, check_encodable, dataset_task, score, synthetic_task
-from llm_bridge.models import load_model
 from llm_bridge.token_stats import token_covariance
 from softmax_theory.group_advantages import compute_advantages
 from softmax_theory.policy import COV_LOSSES, CovScope, adaptive_entropy_coef
