@@ -26,10 +26,11 @@ from llm_bridge.losses import (
     get_policy_loss,
     kl_penalty,
 )
+from llm_bridge.models import load_model
 from llm_bridge.probe import ProbeTokens, measure_tokens, probe_record, stream_own_entropy_term
 from llm_bridge.rollout import Rollouts
 from llm_bridge.tasks import Task, dataset_task, synthetic_task
-from llm_bridge.tiny import TinyConfig, load_model, pretrain_tiny
+from llm_bridge.tiny import TinyConfig, pretrain_tiny
 from llm_bridge.token_stats import (
     entropy_and_logprobs,
     group_covariance,

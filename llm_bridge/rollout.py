@@ -1,12 +1,27 @@
 """Rollout backends: sample responses to prompts. ``hf`` (transformers ``generate``, the
-default) and ``vllm`` (optional extra; a clear error when it is missing)."""
+default) and ``vllm`` (optional extra; a clear error when it is missing).
+
+What every backend holds to, so that the probe, the losses and the old log-probs (which all
+assume plain softmax(z/T) sampling) describe the samples:
+
+- prompts: a string, or a conversation (a list of ``{"role", "content"}`` messages), rendered with
+  the tokenizer's chat template (``add_generation_prompt=True``) when ``chat_template`` is
+  ``auto`` and the tokenizer has one, exactly as TRL renders a conversational prompt; else BOS +
+  the raw text. ``max_prompt_tokens`` cuts a prompt from the left.
+- sampling: softmax(z/T) and nothing else. The model folder's ``generation_config`` is not
+  inherited: no top-k, top-p, min-p, repetition penalty or other logits processor
+  (``sampling_overrides`` names what it would have changed).
+- stops: a response ends at its first stop token, any of the tokenizer's EOS and the
+  ``generation_config``'s ``eos_token_id`` list; the response mask ends there too.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -19,14 +34,35 @@ class BackendName(str, enum.Enum):
     VLLM = "vllm"
 
 
+class ChatTemplate(str, enum.Enum):
+    AUTO = "auto"  # the tokenizer's chat template when it has one, else the raw text
+    NONE = "none"  # the raw text, template or not
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a prompt becomes token ids: the chat-template mode, and the most prompt tokens kept
+    (cut from the left, the end of the prompt kept; None: no cut)."""
+
+    chat_template: ChatTemplate = ChatTemplate.AUTO
+    max_prompt_tokens: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(
+            self, "chat_template", parse_choice(ChatTemplate, self.chat_template, "chat_template")
+        )
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens: at least 1, got {self.max_prompt_tokens}")
+
+
 @dataclass(frozen=True)
 class Rollouts:
     """Prompt-major responses: row i·n + j is the j-th response to prompt i.
 
     input_ids: [B, P + R] prompt (left-padded) followed by the response (right-padded).
     attention_mask: [B, P + R].
-    response_mask: [B, R], 1 on response tokens up to and including the first EOS.
-    texts: decoded responses (without EOS and padding), B strings.
+    response_mask: [B, R], 1 on response tokens up to and including the first stop token.
+    texts: decoded responses (without the stop token and padding), B strings.
     """
 
     input_ids: torch.Tensor
@@ -119,16 +155,73 @@ def generate_in_calls(
     return concat_rollouts(parts, pad_token_id)
 
 
-def encode_prompts(
-    tokenizer, prompts: Sequence[str], n: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BOS + prompt, left-padded, each prompt repeated n times: ids and attention mask [B, P]."""
-    rows = []
-    for p in prompts:
-        ids = tokenizer.encode(p, add_special_tokens=False)
+def is_conversation(prompt) -> bool:
+    """A prompt given as a list of messages (TRL's conversational format), not a string."""
+    return isinstance(prompt, (list, tuple))
+
+
+def uses_chat_template(tokenizer, prompt, chat_template: str | ChatTemplate = "auto") -> bool:
+    """Whether ``prompt`` is rendered with the tokenizer's chat template. A conversation needs
+    the template: with ``chat_template none``, or a tokenizer without one, it is refused."""
+    mode = parse_choice(ChatTemplate, chat_template, "chat_template")
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if is_conversation(prompt):
+        if mode is ChatTemplate.NONE:
+            raise ValueError(
+                "chat_template: none feeds raw text, but a prompt is a list of messages, which "
+                "only a chat template can render; use auto, or give the prompts as strings"
+            )
+        if not has_template:
+            raise ValueError(
+                "chat_template: a prompt is a list of messages, but the tokenizer has no chat "
+                "template; add one (chat_template.jinja) to the model folder, or give strings"
+            )
+        return True
+    return mode is ChatTemplate.AUTO and has_template
+
+
+def as_messages(prompt) -> list[dict[str, Any]]:
+    """A conversation's messages (as plain dicts), or a string as one user message."""
+    if is_conversation(prompt):
+        return [dict(m) for m in prompt]
+    return [{"role": "user", "content": prompt}]
+
+
+def render_prompt(tokenizer, prompt, chat_template: str | ChatTemplate = "auto") -> str:
+    """The prompt's text: rendered with the chat template (``add_generation_prompt=True``, the
+    way TRL's ``maybe_apply_chat_template`` renders a prompt whose last message is the user's),
+    or the raw text (to which encoding adds BOS)."""
+    if uses_chat_template(tokenizer, prompt, chat_template):
+        return tokenizer.apply_chat_template(
+            as_messages(prompt), tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+def prompt_token_ids(tokenizer, prompt, fmt: PromptFormat = PromptFormat()) -> list[int]:
+    """The ids the model reads for ``prompt``: the rendered template as it is (the template
+    writes its own special tokens; encoded with ``add_special_tokens=False``, as
+    ``apply_chat_template(tokenize=True)`` does), else BOS + the raw text; then the last
+    ``max_prompt_tokens`` of them."""
+    if uses_chat_template(tokenizer, prompt, fmt.chat_template):
+        ids = tokenizer.encode(render_prompt(tokenizer, prompt), add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
         if tokenizer.bos_token_id is not None:
             ids = [tokenizer.bos_token_id] + ids
-        rows.extend([ids] * n)
+    if fmt.max_prompt_tokens is not None:
+        ids = ids[-fmt.max_prompt_tokens :]
+    return ids
+
+
+def encode_prompts(
+    tokenizer, prompts: Sequence, n: int, device, fmt: PromptFormat = PromptFormat()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prompt's ids (``prompt_token_ids``), left-padded, repeated n times: ids and
+    attention mask [B, P]."""
+    rows = []
+    for p in prompts:
+        rows.extend([prompt_token_ids(tokenizer, p, fmt)] * n)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
@@ -136,20 +229,214 @@ def encode_prompts(
     return ids, mask
 
 
+def check_prompt_lengths(
+    tokenizer,
+    prompts: Sequence,
+    max_new_tokens: int,
+    positions: int | None,
+    fmt: PromptFormat = PromptFormat(),
+) -> int:
+    """Refuse, before the first step, prompts that with ``max_new_tokens`` response tokens
+    need more positions than the model has (``models.model_positions``; a model with learned
+    positions fails mid-generation with an index error, a rotary one reads positions it never
+    saw). Returns the longest prompt in tokens (after the cut)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: at least 1, got {max_new_tokens}")
+    if not prompts:
+        return 0
+    lengths = [len(prompt_token_ids(tokenizer, p, fmt)) for p in prompts]
+    longest = max(lengths)
+    if positions is None:
+        return longest
+    if max_new_tokens >= positions:
+        raise ValueError(
+            f"max_new_tokens: {max_new_tokens} response tokens leave no room for a prompt in the "
+            f"model's {positions} positions; lower max_new_tokens"
+        )
+    room = positions - max_new_tokens
+    if longest > room:
+        i = lengths.index(longest)
+        raise ValueError(
+            f"max_prompt_tokens: prompt {i} is {longest} tokens, and with max_new_tokens "
+            f"{max_new_tokens} needs {longest + max_new_tokens} positions, more than the model's "
+            f"{positions}; set max_prompt_tokens to at most {room} (cuts prompts from the left) "
+            "or lower max_new_tokens"
+        )
+    return longest
+
+
+def rendered_example(tokenizer, prompt, fmt: PromptFormat = PromptFormat()) -> dict[str, Any]:
+    """What the model reads for ``prompt`` (for ``config.json``): the text of its ids with the
+    special tokens written out, their number, and whether the chat template rendered it."""
+    ids = prompt_token_ids(tokenizer, prompt, fmt)
+    return {
+        "text": tokenizer.decode(ids, skip_special_tokens=False),
+        "tokens": len(ids),
+        "chat_template": uses_chat_template(tokenizer, prompt, fmt.chat_template),
+    }
+
+
+def trl_prompt(tokenizer, prompt, fmt: PromptFormat = PromptFormat()) -> str | list[dict]:
+    """The ``prompt`` field of the TRL engine's dataset for ``prompt``, such that TRL's own
+    tokenization gives exactly ``prompt_token_ids``: the conversation when the chat template
+    renders it (TRL applies the template itself, ``add_generation_prompt=True``), else the text
+    that TRL's ``tokenizer(text)`` encodes to BOS + the raw text. TRL has no prompt cut, so a
+    prompt that ``max_prompt_tokens`` would cut is refused."""
+    ids = prompt_token_ids(tokenizer, prompt, fmt)
+    if fmt.max_prompt_tokens is not None:
+        whole = prompt_token_ids(tokenizer, prompt, PromptFormat(fmt.chat_template))
+        if len(whole) > len(ids):
+            raise ValueError(
+                f"max_prompt_tokens: the TRL engine cannot cut prompts, and one is {len(whole)} "
+                f"tokens (> {fmt.max_prompt_tokens}); shorten the dataset's prompts, or use "
+                "--engine ours"
+            )
+    if uses_chat_template(tokenizer, prompt, fmt.chat_template):
+        return as_messages(prompt)
+    # TRL encodes a text prompt with add_special_tokens=True: a tokenizer whose post-processor
+    # writes BOS needs the bare text, one without it the BOS token's text in front
+    for text in (prompt, (tokenizer.bos_token or "") + prompt):
+        if tokenizer(text)["input_ids"] == ids:
+            return text
+    raise ValueError(
+        "chat_template: the TRL engine cannot be given this raw prompt so that it reads the "
+        f"same tokens as ours ({prompt[:40]!r}); use --engine ours, or a chat template"
+    )
+
+
+def stop_token_ids(generation_config, tokenizer) -> tuple[int, ...]:
+    """The tokens that end a response: the tokenizer's EOS, then the ``generation_config``'s
+    ``eos_token_id`` (an id or a list; Qwen2.5-Instruct's ends at ``<|im_end|>`` and
+    ``<|endoftext|>``), without repeats. Empty when neither has any."""
+    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    more = getattr(generation_config, "eos_token_id", None)
+    for t in [more] if isinstance(more, int) else list(more or []):
+        if int(t) not in ids:
+            ids.append(int(t))
+    return tuple(ids)
+
+
+# generation_config settings that change what is sampled (or where a response ends) away from
+# softmax(z/T) until a stop token: each with the test "does this value change it". A value of
+# None is unset (transformers' own default, which sampling_config sets to a neutral value).
+SAMPLING_SETTINGS: dict[str, Callable[[Any, float], bool]] = {
+    "do_sample": lambda v, _: v is False,
+    "num_beams": lambda v, _: v > 1,
+    "penalty_alpha": lambda v, _: v > 0,
+    "temperature": lambda v, t: v != t,
+    "top_k": lambda v, _: v != 0,
+    "top_p": lambda v, _: v < 1.0,
+    "min_p": lambda v, _: v > 0.0,
+    "typical_p": lambda v, _: v < 1.0,
+    "epsilon_cutoff": lambda v, _: v > 0.0,
+    "eta_cutoff": lambda v, _: v > 0.0,
+    "top_h": lambda v, _: True,
+    "repetition_penalty": lambda v, _: v != 1.0,
+    "encoder_repetition_penalty": lambda v, _: v != 1.0,
+    "no_repeat_ngram_size": lambda v, _: v > 0,
+    "encoder_no_repeat_ngram_size": lambda v, _: v > 0,
+    "bad_words_ids": lambda v, _: bool(v),
+    "sequence_bias": lambda v, _: bool(v),
+    "suppress_tokens": lambda v, _: bool(v),
+    "begin_suppress_tokens": lambda v, _: bool(v),
+    "forced_bos_token_id": lambda v, _: True,
+    "forced_eos_token_id": lambda v, _: True,
+    "min_length": lambda v, _: v > 0,
+    "min_new_tokens": lambda v, _: v > 0,
+    "exponential_decay_length_penalty": lambda v, _: True,
+    "guidance_scale": lambda v, _: v != 1.0,
+    "watermarking_config": lambda v, _: True,
+    "stop_strings": lambda v, _: bool(v),
+    "max_time": lambda v, _: True,
+}
+
+
+def sampling_overrides(generation_config, temperature: float) -> list[str]:
+    """The model's ``generation_config`` settings that sampling at softmax(z/T) overrides, as
+    ``name=value`` (e.g. ``repetition_penalty=5.0``); empty when it sets none."""
+    if generation_config is None:
+        return []
+    out = []
+    for name, changes in SAMPLING_SETTINGS.items():
+        value = getattr(generation_config, name, None)
+        if value is not None and changes(value, temperature):
+            out.append(f"{name}={value!r}")
+    return out
+
+
+def sampling_warning(overrides: Sequence[str], temperature: float) -> str | None:
+    """The one line the trainer logs once about ``sampling_overrides`` (None: nothing)."""
+    if not overrides:
+        return None
+    return (
+        f"model: generation_config sets {', '.join(overrides)}; ignored: responses are sampled "
+        f"from softmax(z/T) at temperature {temperature:g}, as the probe and the losses assume"
+    )
+
+
+def sampling_config(
+    temperature: float, max_new_tokens: int, stop_ids: Sequence[int], pad_token_id: int
+):
+    """A ``GenerationConfig`` built from scratch for plain softmax(z/T) sampling: every setting
+    of ``SAMPLING_SETTINGS`` that transformers fills in when unset (top_k = 50 among them) is set
+    to its neutral value here; the rest stay unset, and ``plain_sampling`` keeps the model's own
+    ``generation_config`` from filling them."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True,
+        num_beams=1,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        min_length=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(stop_ids) or None,
+        pad_token_id=pad_token_id,
+    )
+
+
+@contextmanager
+def plain_sampling(model, config) -> Iterator[None]:
+    """``model.generation_config`` is ``config`` inside the block (restored after): transformers
+    fills every setting a passed ``GenerationConfig`` leaves unset from the model's own, so a
+    ``suppress_tokens`` or ``min_p`` in the model folder would otherwise still apply."""
+    own = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = own
+
+
 def finish(
-    tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    stop_ids: Sequence[int] | None = None,
 ) -> Rollouts:
-    """Mask everything after the first EOS, decode, and assemble the rollouts."""
-    eos = tokenizer.eos_token_id
-    is_eos = response_ids == eos
-    # positions after the first EOS are padding; the EOS itself is a response token
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    response_mask = (~after_eos).long()
+    """Mask everything after the first stop token (``stop_ids``, default the tokenizer's EOS),
+    decode, and assemble the rollouts."""
+    if stop_ids is None:
+        stop_ids = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    stops = torch.tensor(list(stop_ids), dtype=response_ids.dtype, device=response_ids.device)
+    is_stop = torch.isin(response_ids, stops)  # [B, R]
+    # positions after the first stop token are padding; the stop token is a response token
+    after_stop = (is_stop.cumsum(dim=1) - is_stop.long()) > 0
+    response_mask = (~after_stop).long()
     pad = tokenizer.pad_token_id
-    response_ids = torch.where(after_eos, torch.full_like(response_ids, pad), response_ids)
+    response_ids = torch.where(after_stop, torch.full_like(response_ids, pad), response_ids)
     texts = []
-    for row, m in zip(response_ids, response_mask, strict=True):
-        toks = [t for t, keep in zip(row.tolist(), m.tolist(), strict=True) if keep and t != eos]
+    for row, keep in zip(response_ids, (response_mask.bool() & ~is_stop), strict=True):
+        toks = [t for t, k in zip(row.tolist(), keep.tolist(), strict=True) if k]
         texts.append(tokenizer.decode(toks, skip_special_tokens=True))
     return Rollouts(
         input_ids=torch.cat([prompt_ids, response_ids], dim=1),
@@ -161,49 +448,56 @@ def finish(
 
 
 class HFBackend:
-    """Sampling with ``model.generate`` (full softmax at ``temperature``; no top-k or top-p)."""
+    """Sampling with ``model.generate``: softmax(z/T) at ``temperature`` and nothing else (the
+    model's ``generation_config`` is not inherited), ending at any of ``stop_ids``."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, prompt_format: PromptFormat = PromptFormat()):
+        self.model, self.tokenizer, self.prompt_format = model, tokenizer, prompt_format
+        self.stop_ids = stop_token_ids(model.generation_config, tokenizer)
 
     @torch.no_grad()
     def generate(self, prompts, n, max_new_tokens, temperature, generator) -> Rollouts:
         device = next(self.model.parameters()).device
-        ids, mask = encode_prompts(self.tokenizer, prompts, n, device)
+        ids, mask = encode_prompts(self.tokenizer, prompts, n, device, self.prompt_format)
+        pad = self.tokenizer.pad_token_id
+        config = sampling_config(temperature, max_new_tokens, self.stop_ids, pad)
         # generate draws from torch's global generator; seed it from ours so runs repeat
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            plain_sampling(self.model, config),
+        ):
             torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         response = out[:, ids.shape[1] :]
         if response.shape[1] < max_new_tokens:  # generation stopped early for every row
             fill = torch.full(
                 (response.shape[0], max_new_tokens - response.shape[1]),
-                self.tokenizer.pad_token_id,
+                pad,
                 device=device,
                 dtype=response.dtype,
             )
             response = torch.cat([response, fill], dim=1)
-        return finish(self.tokenizer, ids, mask, response)
+        return finish(self.tokenizer, ids, mask, response, self.stop_ids)
 
 
 class VLLMBackend:
-    """Sampling with a vLLM engine (``pip install 'entropy-mechanism[vllm]'``, CUDA only).
+    """Sampling with a vLLM engine (``pip install 'entropy-mechanism[vllm]'``, CUDA only), with
+    every penalty and truncation of ``SamplingParams`` set to its neutral value and the stop
+    tokens given explicitly (the model folder's defaults are not applied).
 
     ``engine`` may be passed in (tests pass a fake with vLLM's ``generate`` interface).
     """
 
-    def __init__(self, model_path: str, tokenizer, engine=None, sampling_params_cls=None):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        engine=None,
+        sampling_params_cls=None,
+        prompt_format: PromptFormat = PromptFormat(),
+        stop_ids: Sequence[int] | None = None,
+    ):
         if engine is None or sampling_params_cls is None:
             try:
                 from vllm import LLM, SamplingParams
@@ -219,6 +513,8 @@ class VLLMBackend:
             sampling_params_cls,
             tokenizer,
         )
+        self.prompt_format = prompt_format
+        self.stop_ids = tuple(stop_token_ids(None, tokenizer) if stop_ids is None else stop_ids)
 
     def generate(self, prompts, n, max_new_tokens, temperature, generator) -> Rollouts:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -227,10 +523,16 @@ class VLLMBackend:
             temperature=temperature,
             top_k=-1,
             top_p=1.0,
+            min_p=0.0,
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            min_tokens=0,
+            stop_token_ids=list(self.stop_ids),
             max_tokens=max_new_tokens,
             seed=seed,
         )
-        ids, mask = encode_prompts(self.tokenizer, prompts, n, "cpu")
+        ids, mask = encode_prompts(self.tokenizer, prompts, n, "cpu", self.prompt_format)
         prompt_token_ids = [ids[i * n][mask[i * n].bool()].tolist() for i in range(len(prompts))]
         outputs = self.engine.generate(
             [{"prompt_token_ids": t} for t in prompt_token_ids], params, use_tqdm=False
@@ -241,14 +543,26 @@ class VLLMBackend:
             for completion in request.outputs:
                 toks = list(completion.token_ids)[:max_new_tokens]
                 rows.append(toks + [pad] * (max_new_tokens - len(toks)))
-        return finish(self.tokenizer, ids, mask, torch.tensor(rows))
+        return finish(self.tokenizer, ids, mask, torch.tensor(rows), self.stop_ids)
 
 
 BACKENDS: dict[BackendName, Callable[..., RolloutBackend]] = {
-    BackendName.HF: lambda model, tokenizer, model_path: HFBackend(model, tokenizer),
-    BackendName.VLLM: lambda model, tokenizer, model_path: VLLMBackend(str(model_path), tokenizer),
+    BackendName.HF: lambda model, tokenizer, model_path, fmt: HFBackend(model, tokenizer, fmt),
+    BackendName.VLLM: lambda model, tokenizer, model_path, fmt: VLLMBackend(
+        str(model_path),
+        tokenizer,
+        prompt_format=fmt,
+        stop_ids=stop_token_ids(getattr(model, "generation_config", None), tokenizer),
+    ),
 }
 
 
-def make_backend(name: str | BackendName, model, tokenizer, model_path) -> RolloutBackend:
-    return BACKENDS[parse_choice(BackendName, name, "backend")](model, tokenizer, model_path)
+def make_backend(
+    name: str | BackendName,
+    model,
+    tokenizer,
+    model_path,
+    prompt_format: PromptFormat = PromptFormat(),
+) -> RolloutBackend:
+    backend = BACKENDS[parse_choice(BackendName, name, "backend")]
+    return backend(model, tokenizer, model_path, prompt_format)

@@ -2,19 +2,30 @@
 
 Synthetic tasks are generated from a seed and need nothing from outside: ``addition`` and
 ``multiplication`` (short answers, exact match) and ``running-sum`` (K terms, every partial sum
-written: long responses, 5K tokens; the reward is the share of partial sums right). A local
-dataset (JSONL or parquet with ``prompt`` and ``answer``) is checked with math-verify (optional
-extra ``math``) when its answers are math.
+written: long responses, 5K tokens; the reward is the share of partial sums right); each has
+its own response budget (its longest answer and EOS, one token per character).
+
+A local dataset (``.json``: a list of objects or JSON lines; ``.jsonl``; ``.csv``; ``.parquet``)
+gives a prompt and a reference answer per row, under ``prompt_key`` and ``answer_key``
+(``prompt``/``answer``; GSM8K's ``question`` is taken when there is no ``prompt``). A prompt is a
+string or a conversation (TRL's format: a list of ``{"role", "content"}`` messages ending with the
+user's). An answer written GSM8K's way (reasoning, then ``#### N``) is cut to ``N``: the text
+after the last ``####``, commas removed. Answers are checked with math-verify (optional extra
+``math``) or exact match. A dataset has no response budget of its own: responses get
+``DEFAULT_REASONING_TOKENS`` unless the run sets one.
 """
 
 from __future__ import annotations
 
+import csv
 import enum
 import importlib.util
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,22 +40,69 @@ class TaskName(str, enum.Enum):
     RUNNING_SUM = "running-sum"  # a+b+…= (K two-digit terms) → every partial sum, 4 digits each
 
 
+# A prompt: a string, or a conversation (messages with "role" and "content", the last the user's).
+Prompt = str | tuple[Mapping[str, Any], ...]
+
+# The response budget of a dataset task unless the run sets one: room for a reasoning chain
+# (GSM8K's reference solutions run to about 400 tokens; a model's own are often longer).
+DEFAULT_REASONING_TOKENS = 1024
+
+
 @dataclass(frozen=True)
 class Example:
-    prompt: str
+    prompt: Prompt
     answer: str
+
+
+class AnswerFormat(str, enum.Enum):
+    AUTO = "auto"  # GSM8K's rule for answers that hold '####', the others as written
+    GSM8K = "gsm8k"  # every answer holds '####' (an answer without one is refused)
+    RAW = "raw"  # every answer as written
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset task came from, for ``config.json``: the file, the fields read, and how
+    its answers were read."""
+
+    path: str
+    prompt_key: str
+    answer_key: str
+    answer_format: AnswerFormat
+    rows: int
+    conversational: bool  # the prompts are lists of messages
+    gsm8k_answers: int  # answers cut at their last '####'
 
 
 @dataclass(frozen=True)
 class Task:
-    """A task: its examples, the answer length (for generation) and its reward function."""
+    """A task: its examples, its reward function, and its own response budget in tokens
+    (EOS included; None: none of its own, ``response_budget`` gives the default)."""
 
     name: str
     train: tuple[Example, ...]
     test: tuple[Example, ...]
-    max_answer_chars: int
     reward: Callable[[str, str], float]  # (response text, reference answer) → reward
+    response_tokens: int | None = None
     max_reward: float | None = 1.0  # the largest reward possible (None: unknown)
+    dataset: DatasetSource | None = None  # a dataset task's file and fields
+
+    @property
+    def max_answer_chars(self) -> int:
+        """Transitional, for callers that budget ``max_answer_chars + 1`` tokens: the response
+        budget less EOS (a synthetic task's longest answer; for a dataset,
+        ``DEFAULT_REASONING_TOKENS − 1``). Call ``response_budget`` instead."""
+        return response_budget(self) - 1
+
+
+def response_budget(task: Task, max_new_tokens: int | None = None) -> int:
+    """The most tokens a response may have, EOS included: ``max_new_tokens`` when set, else the
+    task's own (a synthetic task's answer and EOS), else ``DEFAULT_REASONING_TOKENS``."""
+    if max_new_tokens is not None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: at least 1, got {max_new_tokens}")
+        return max_new_tokens
+    return task.response_tokens or DEFAULT_REASONING_TOKENS
 
 
 def exact_match(response: str, answer: str) -> float:
@@ -126,8 +184,8 @@ def synthetic_task(
         name=name.value,
         train=tuple(train),
         test=tuple(test),
-        max_answer_chars=answer_chars(name, terms),
         reward=partial_sums_right if name is TaskName.RUNNING_SUM else exact_match,
+        response_tokens=answer_chars(name, terms) + 1,  # one token per character, and EOS
     )
 
 
@@ -147,14 +205,19 @@ def math_verify_reward(response: str, answer: str) -> float:
     return float(bool(gold) and bool(pred) and verify(gold, pred))
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            return [
-                parse_json_line(line, f"dataset: {path} line {i}")
-                for i, line in enumerate(f, start=1)
-                if line.strip()
-            ]
+DATASET_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+GSM8K_MARK = "####"
+DEFAULT_PROMPT_KEY, DEFAULT_ANSWER_KEY = "prompt", "answer"
+GSM8K_PROMPT_KEY = "question"  # GSM8K's name for the prompt
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a dataset file, as dicts: ``.json`` (a list of objects, or JSON lines),
+    ``.jsonl``, ``.csv`` (every cell a string, as written: the csv module, so "007" and "NA"
+    stay text) or ``.parquet`` (pyarrow)."""
+    path = Path(path)
+    if path.suffix not in DATASET_SUFFIXES:
+        raise ValueError(f"dataset: {path} must be one of {', '.join(DATASET_SUFFIXES)}")
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -162,45 +225,161 @@ def _read_rows(path: Path) -> list[dict]:
             raise MissingExtra(
                 "dataset: reading parquet needs pyarrow: pip install pyarrow"
             ) from None
-        return pq.read_table(path).to_pylist()
-    raise ValueError(f"dataset: {path} must be .jsonl or .parquet")
+        rows = pq.read_table(path).to_pylist()
+    elif path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        text = path.read_text(encoding="utf-8")
+        try:
+            whole = json.loads(text) if path.suffix == ".json" else None
+        except json.JSONDecodeError:
+            whole = None  # not one JSON value: JSON lines
+        if whole is not None and not isinstance(whole, list):
+            raise ValueError(
+                f"dataset: {path} holds one JSON {type(whole).__name__}; give a list of objects "
+                "or one object per line"
+            )
+        rows = (
+            whole
+            if whole is not None
+            else [
+                parse_json_line(line, f"dataset: {path} line {i}")
+                for i, line in enumerate(text.splitlines(), start=1)
+                if line.strip()
+            ]
+        )
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict):
+            raise ValueError(f"dataset: row {i} of {path} is a {type(r).__name__}, not an object")
+    return rows
+
+
+def gsm8k_answer(solution: str) -> str:
+    """The reference answer of a GSM8K-style solution: the text after its last ``####``,
+    stripped, commas removed ("… #### 1,234" → "1234")."""
+    if GSM8K_MARK not in solution:
+        raise ValueError(f"answer_format: gsm8k, but the answer {solution[-60:]!r} has no '####'")
+    return solution.rsplit(GSM8K_MARK, 1)[1].strip().replace(",", "")
+
+
+def _prompt(value: Any, where: str) -> Prompt:
+    """A row's prompt: a non-empty string, or a conversation ending with the user's message."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where}: the prompt is empty")
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"{where}: the prompt must be a string or a list of messages, got "
+            f"{type(value).__name__}"
+        )
+    for m in value:
+        if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and "content" in m):
+            raise ValueError(f"{where}: each message needs 'role' and 'content', got {m!r:.80}")
+    if value[-1]["role"] != "user":
+        # the response is the assistant's next message: TRL would continue a final assistant
+        # message instead of starting one, and the engines would read different prompts
+        raise ValueError(
+            f"{where}: the conversation must end with the user's message, not {value[-1]['role']!r}"
+        )
+    return tuple(dict(m) for m in value)
+
+
+def _answer(value: Any, fmt: AnswerFormat, where: str) -> tuple[str, bool]:
+    """A row's reference answer and whether GSM8K's rule cut it."""
+    if value is None or isinstance(value, (list, dict, bool)):
+        raise ValueError(f"{where}: the answer must be text or a number, got {value!r:.60}")
+    text = str(value)
+    cut = fmt is AnswerFormat.GSM8K or (fmt is AnswerFormat.AUTO and GSM8K_MARK in text)
+    if cut:
+        try:
+            text = gsm8k_answer(text)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    if not text.strip():
+        raise ValueError(f"{where}: the answer is empty")
+    return text, cut
 
 
 def dataset_task(
     path: str | os.PathLike,
     test_fraction: float = 0.1,
     seed: int = 0,
-    max_answer_chars: int = 64,
     reward: str = "math",
+    prompt_key: str = DEFAULT_PROMPT_KEY,
+    answer_key: str = DEFAULT_ANSWER_KEY,
+    answer_format: str | AnswerFormat = AnswerFormat.AUTO,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Task:
-    """A task from a local file with ``prompt`` and ``answer`` per row.
+    """A task from a local file with a prompt and a reference answer per row (see the module
+    docstring); a shuffled ``test_fraction`` of the rows (at least one) is held out.
 
     Args:
       reward: ``math`` (math-verify) or ``exact`` (exact string match).
+      prompt_key, answer_key: the fields to read. With the default ``prompt`` absent and
+        ``question`` present (GSM8K), ``question`` is read, and ``log`` says so.
+      answer_format: ``auto`` (GSM8K's ``#### N`` rule where an answer holds ``####``),
+        ``gsm8k`` (every answer must) or ``raw``.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset: {path} does not exist")
-    rows = _read_rows(path)
-    if not rows:
-        raise ValueError(f"dataset: {path} holds no rows")
-    for i, r in enumerate(rows, start=1):
-        if "prompt" not in r or "answer" not in r:
-            raise ValueError(f"dataset: row {i} of {path} needs 'prompt' and 'answer'")
     if reward not in ("math", "exact"):
         raise ValueError(f"dataset_reward: 'math' or 'exact', got {reward!r}")
+    fmt = parse_choice(AnswerFormat, answer_format, "answer_format")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction: between 0 and 1, got {test_fraction}")
+    rows = read_rows(path)
+    if not rows:
+        raise ValueError(f"dataset: {path} holds no rows")
+    if (
+        prompt_key == DEFAULT_PROMPT_KEY
+        and prompt_key not in rows[0]
+        and GSM8K_PROMPT_KEY in rows[0]
+    ):
+        prompt_key = GSM8K_PROMPT_KEY
+        log(f"dataset: {path.name} has no 'prompt' field; reading GSM8K's 'question' as the prompt")
+    examples, cut = [], 0
+    for i, r in enumerate(rows, start=1):
+        where = f"dataset: row {i} of {path}"
+        for key, setting in ((prompt_key, "prompt_key"), (answer_key, "answer_key")):
+            if key not in r:
+                found = ", ".join(map(str, r))
+                raise ValueError(f"{where} has no {key!r} field ({setting}); its fields: {found}")
+        answer, was_cut = _answer(r[answer_key], fmt, where)
+        examples.append(Example(_prompt(r[prompt_key], where), answer))
+        cut += was_cut
+    if len(rows) < 2:
+        raise ValueError(f"dataset: {path} holds 1 row; at least 2 (train and test)")
+    if cut:
+        log(f"dataset: {cut} of {len(rows)} answers cut to the text after their last '####'")
     if reward == "math" and importlib.util.find_spec("math_verify") is None:
         raise MissingExtra(MATH_EXTRA)  # now, not at the first reward
-    examples = [Example(str(r["prompt"]), str(r["answer"])) for r in rows]
     order = np.random.default_rng(seed).permutation(len(examples))
     n_test = max(1, int(test_fraction * len(examples)))
     return Task(
         name=path.stem,
         train=tuple(examples[i] for i in order[n_test:]),
         test=tuple(examples[i] for i in order[:n_test]),
-        max_answer_chars=max_answer_chars,
         reward=math_verify_reward if reward == "math" else exact_match,
+        dataset=DatasetSource(
+            path=str(path),
+            prompt_key=prompt_key,
+            answer_key=answer_key,
+            answer_format=fmt,
+            rows=len(rows),
+            conversational=any(not isinstance(e.prompt, str) for e in examples),
+            gsm8k_answers=cut,
+        ),
     )
+
+
+def prompt_texts(prompt: Prompt) -> list[str]:
+    """The texts a prompt holds: the string, or each message's content."""
+    if isinstance(prompt, str):
+        return [prompt]
+    return [str(m["content"]) for m in prompt]
 
 
 def check_encodable(task: Task, tokenizer) -> None:
@@ -212,7 +391,8 @@ def check_encodable(task: Task, tokenizer) -> None:
         return
     for split, examples in (("train", task.train), ("test", task.test)):
         for i, e in enumerate(examples):
-            for field, text in (("prompt", e.prompt), ("answer", e.answer)):
+            fields = [("prompt", t) for t in prompt_texts(e.prompt)] + [("answer", e.answer)]
+            for field, text in fields:
                 if unk in tokenizer.encode(text, add_special_tokens=False):
                     bad = sorted(
                         {c for c in text if unk in tokenizer.encode(c, add_special_tokens=False)}

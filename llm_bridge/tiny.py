@@ -237,19 +237,3 @@ def quiet_progress_bars() -> None:
 
     hf_logging.disable_progress_bar()
     disable_progress_bars()
-
-
-def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
-    """A local Hugging Face causal LM and its tokenizer (left padding for generation)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    quiet_progress_bars()
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"model: {path} is not a saved Hugging Face model folder")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
-    return model, tokenizer

@@ -33,6 +33,7 @@ from llm_bridge.memory import (
     check_step_fits,
     estimate_step_memory,
 )
+from llm_bridge.models import load_model
 from llm_bridge.probe import (
     measure_tokens,
     parameter_delta,
@@ -46,7 +47,6 @@ from llm_bridge.reporters import parse_report_to
 from llm_bridge.rollout import Rollouts, generate_in_calls, make_backend
 from llm_bridge.run_dir import FINAL_DIR, RunDirectory, check_resume, recover_checkpoint
 from llm_bridge.tasks import Task, check_encodable, score
-from llm_bridge.tiny import load_model
 from llm_bridge.token_stats import token_covariance
 from llm_bridge.update import StepBatch, UpdateResult, update
 from softmax_theory.group_advantages import compute_advantages

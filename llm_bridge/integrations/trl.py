@@ -767,7 +767,7 @@ def train_with_trl(
     the current GRPO step, writes a TRL checkpoint and raises KeyboardInterrupt naming it.
     """
     from llm_bridge.config import RESUME_FREE
-    from llm_bridge.tiny import load_model
+    from llm_bridge.models import load_model
 
     if cfg.val_k is not None:
         raise ValueError(

@@ -13,10 +13,11 @@ from llm_bridge import ProbedGRPOTrainer, TrainConfig, train
 from llm_bridge.cli import main
 from llm_bridge.compare import compare_runs
 from llm_bridge.forward import forward_tangent
+from llm_bridge.models import load_model
 from llm_bridge.probe import optimizer_update
 from llm_bridge.rollout import HFBackend, VLLMBackend, make_backend
 from llm_bridge.tasks import dataset_task, exact_match, math_verify_reward, synthetic_task
-from llm_bridge.tiny import build_tokenizer, load_model
+from llm_bridge.tiny import build_tokenizer
 from llm_bridge.token_stats import token_probe_stats
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_run
@@ -48,7 +49,7 @@ def test_dataset_task_and_math_reward(tmp_path):
     assert task.reward("5", "5") == 1.0
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}))
-    with pytest.raises(ValueError, match="prompt"):
+    with pytest.raises(ValueError, match="answer_key"):
         dataset_task(bad)
 
 

@@ -9,9 +9,9 @@ import torch
 
 from llm_bridge import PolicyLossConfig, ProbedGRPOTrainer, StepBatch, TrainConfig, mini_batch_loss
 from llm_bridge.forward import stream_entropy_logp
+from llm_bridge.models import load_model
 from llm_bridge.rollout import Rollouts
 from llm_bridge.tasks import synthetic_task
-from llm_bridge.tiny import load_model
 
 trl = pytest.importorskip("trl")
 from llm_bridge.integrations.trl import (  # noqa: E402
