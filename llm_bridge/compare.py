@@ -62,10 +62,34 @@ class RunReport:
     law_error: str | None
     # Σ over the run's steps of each attribution part and of pred_lemma1 (empty: not logged)
     attribution: dict[str, float] = field(default_factory=dict)
+    # (steps with a learning signal, steps that logged it); None: the run does not log it
+    signal: tuple[int, int] | None = None
+
+
+# The share of responses with a non-zero advantage: 0 means a step without learning signal.
+SIGNAL_KEY = "adv/nonzero_frac"
+
+
+def has_signal(step: dict) -> bool:
+    """Whether a step had a learning signal (some non-zero advantage); a run that does not log
+    ``adv/nonzero_frac`` is taken to have one."""
+    return step.get(SIGNAL_KEY, 1.0) > 0
+
+
+def signal_steps(run: RunLog) -> tuple[int, int] | None:
+    """(steps with a learning signal, steps that logged whether they had one), or None."""
+    logged = [s for s in run.steps if SIGNAL_KEY in s]
+    return (sum(has_signal(s) for s in logged), len(logged)) if logged else None
 
 
 def _aligned(run: RunLog, key: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = [s for s in run.steps if key in s and "delta_entropy" in s and s[key] is not None]
+    """ΔH and the predictor on the steps that measured both and had a learning signal (on a
+    step whose advantages are all 0 nothing is learnt, and a prediction holds trivially)."""
+    rows = [
+        s
+        for s in run.steps
+        if key in s and "delta_entropy" in s and s[key] is not None and has_signal(s)
+    ]
     return (
         np.array([s["delta_entropy"] for s in rows], dtype=np.float64),
         np.array([s[key] for s in rows], dtype=np.float64),
@@ -86,13 +110,19 @@ def predictor_stats(run: RunLog, key: str) -> PredictorStats | None:
     rel = None
     if key in DIRECT_PREDICTORS:
         # the probe measures from fp32 logits: below its resolution a change is a zero
-        entropy = np.array([s["entropy"] for s in run.steps if key in s and "delta_entropy" in s])
+        entropy = np.array(
+            [
+                s["entropy"]
+                for s in run.steps
+                if key in s and "delta_entropy" in s and s[key] is not None and has_signal(s)
+            ]
+        )
         errors = relative_errors(measured, pred, entropy, eps=FP32_EPS)
         rel = float(np.nanmedian(errors)) if np.isfinite(errors).any() else None
     token_key = {"pred_lemma1": "token_corr/lemma1", "pred_jvp": "token_corr/jvp"}.get(key)
     token = None
     if token_key is not None:
-        values = [s[token_key] for s in run.steps if s.get(token_key) is not None]
+        values = [s[token_key] for s in run.steps if s.get(token_key) is not None and has_signal(s)]
         token = float(np.median(values)) if values else None
     windows = {
         w: correlation(_window_sums(measured, w), _window_sums(pred, w))
@@ -180,6 +210,7 @@ def compare_run(
         law=law,
         law_error=law_error,
         attribution=attribution_totals(run),
+        signal=signal_steps(run),
     )
 
 
@@ -202,6 +233,15 @@ def _runs_conclusion(r: RunReport) -> str:
         parts.append(f"training reward from {r.reward_start:.3f} to {r.reward_end:.3f}")
     if r.val_reward_start is not None and r.val_reward_end is not None:
         parts.append(f"validation reward from {r.val_reward_start:.3f} to {r.val_reward_end:.3f}")
+    if r.signal is not None:
+        with_signal, logged = r.signal
+        if with_signal == 0:
+            parts.append(
+                f"and no step had a learning signal (every advantage 0 on all {logged} steps: "
+                "nothing was learnt, and no prediction is judged)"
+            )
+        else:
+            parts.append(f"learning signal on {with_signal} of {logged} steps")
     return " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + "."
 
 
@@ -215,12 +255,14 @@ def _runs_section(reports: list[RunReport]) -> list[str]:
         "",
         "![entropy and reward against step](curves.png)",
         "",
-        "| run | steps | H start → end | reward start → end | val_reward start → end |",
-        "|---|---:|---|---|---|",
+        "| run | steps | with signal | H start → end | reward start → end | "
+        "val_reward start → end |",
+        "|---|---:|---:|---|---|---|",
     ]
     for r in reports:
+        signal = "n/a" if r.signal is None else f"{r.signal[0] / r.signal[1]:.0%}"
         lines.append(
-            f"| {r.name} | {r.steps} | {_f(r.entropy_start)} → {_f(r.entropy_end)} | "
+            f"| {r.name} | {r.steps} | {signal} | {_f(r.entropy_start)} → {_f(r.entropy_end)} | "
             f"{_f(r.reward_start)} → {_f(r.reward_end)} | "
             f"{_f(r.val_reward_start)} → {_f(r.val_reward_end)} |"
         )
@@ -229,6 +271,11 @@ def _runs_section(reports: list[RunReport]) -> list[str]:
 
 def _lemma1_conclusion(r: RunReport) -> str | None:
     stats = {p.key: p for p in r.predictors}
+    if r.signal is not None and r.signal[0] == 0:
+        return (
+            f"**{r.name}**: no update happened (every advantage was 0 on every step), so Lemma 1 "
+            "is not judged: a zero change predicted as zero proves nothing."
+        )
     lemma = stats.get("pred_lemma1")
     if lemma is None or lemma.token_correlation is None:
         return None

@@ -12,8 +12,15 @@ import math
 from dataclasses import dataclass, field
 
 from llm_bridge.reporters import parse_report_to
-from llm_bridge.rollout import BackendName
-from llm_bridge.tasks import DEFAULT_TERMS, TaskName
+from llm_bridge.rollout import BackendName, ChatTemplate
+from llm_bridge.tasks import (
+    DEFAULT_ANSWER_KEY,
+    DEFAULT_PROMPT_KEY,
+    DEFAULT_REASONING_TOKENS,
+    DEFAULT_TERMS,
+    AnswerFormat,
+    TaskName,
+)
 from softmax_theory.group_advantages import AdvantageEstimator, check_w_reinforce_lambda
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.registry import parse_choice
@@ -57,6 +64,36 @@ class TrainConfig:
         metadata=_help("local JSONL/parquet with prompt and answer (overrides task)"),
     )
     dataset_reward: str = field(default="math", metadata=_help("dataset reward: math or exact"))
+    prompt_key: str = field(
+        default=DEFAULT_PROMPT_KEY,
+        metadata=_help("dataset field of the prompt (GSM8K's 'question' is read without 'prompt')"),
+    )
+    answer_key: str = field(
+        default=DEFAULT_ANSWER_KEY, metadata=_help("dataset field of the reference answer")
+    )
+    answer_format: AnswerFormat = field(
+        default=AnswerFormat.AUTO,
+        metadata=_help("auto: GSM8K's '#### N' rule where an answer holds '####'; gsm8k; raw"),
+    )
+    chat_template: ChatTemplate = field(
+        default=ChatTemplate.AUTO,
+        metadata=_help("auto: the tokenizer's chat template when it has one; none: raw text"),
+    )
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata=_help(
+            f"response budget in tokens, EOS included (default: a synthetic task's own; "
+            f"{DEFAULT_REASONING_TOKENS} for a dataset)"
+        ),
+    )
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata=_help("keep a prompt's last N tokens (cut from the left; default: no cut)"),
+    )
+    mask_truncated: bool = field(
+        default=False,
+        metadata=_help("leave responses cut at the budget out of the loss (TRL's name)"),
+    )
     steps: int = field(default=120, metadata=_help("GRPO steps"))
     prompts_per_step: int = field(default=64, metadata=_help("prompts P per step"))
     group_size: int = field(default=8, metadata=_help("responses G per prompt"))
@@ -64,7 +101,10 @@ class TrainConfig:
         default=1.0, metadata=_help("sampling temperature T; the policy is softmax(z/T)")
     )
     optimizer: OptimizerName = field(default=OptimizerName.ADAM, metadata=_help("adam or sgd"))
-    lr: float = field(default=5e-4, metadata=_help("learning rate"))
+    lr: float = field(
+        default=5e-4,
+        metadata=_help("learning rate (5e-4 suits the tiny model; 0.5-7B models: 1e-6)"),
+    )
     warmup_steps: int = field(
         default=10,
         metadata=_help(
@@ -124,7 +164,10 @@ class TrainConfig:
     cov_table_steps: tuple[int, ...] = field(
         default=(0,), metadata=_help("steps at which to write the covariance table")
     )
-    checkpoint_every: int = field(default=25, metadata=_help("steps between checkpoints"))
+    checkpoint_every: int = field(
+        default=25, metadata=_help("steps between checkpoints (the latest one is kept)")
+    )
+    save_final: bool = field(default=True, metadata=_help("write the trained model to OUT/final"))
     seed: int = field(default=0, metadata=_help("seed of prompts, sampling and selection"))
     device: Device = field(default=Device.AUTO, metadata=_help("auto, cpu or cuda"))
     backend: BackendName = field(default=BackendName.HF, metadata=_help("rollout backend"))
@@ -146,6 +189,8 @@ class TrainConfig:
             ("device", Device),
             ("backend", BackendName),
             ("engine", Engine),
+            ("answer_format", AnswerFormat),
+            ("chat_template", ChatTemplate),
         ):
             object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
         for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "probe_every"):
@@ -169,7 +214,13 @@ class TrainConfig:
             raise ValueError(f"val_k: must be ≥ 1, got {self.val_k}")
         if self.val_k is not None and (self.val_samples or self.val_k) < self.val_k:
             raise ValueError(f"val_samples: must be ≥ val_k = {self.val_k}, got {self.val_samples}")
-        for name in ("micro_batch_size", "probe_responses", "generate_batch_size"):
+        for name in (
+            "micro_batch_size",
+            "probe_responses",
+            "generate_batch_size",
+            "max_new_tokens",
+            "max_prompt_tokens",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.group_size < 2:
@@ -238,6 +289,10 @@ RESUME_FREE = frozenset(
         "cov_table_steps",
         "micro_batch_size",
         "report_to",
+        "save_final",
+        # what the model read, recorded beside the settings it follows from
+        "rendered_prompt",
+        "rendered_prompt_tokens",
     }
 )
 

@@ -14,10 +14,19 @@ from llm_bridge.config import RESUME_FREE, Engine, TrainConfig, resolve_device
 from llm_bridge.tasks import Task, dataset_task, synthetic_task
 
 
-def load_task(cfg: TrainConfig) -> Task:
-    """The task a config names: its dataset file, else its synthetic task."""
+def load_task(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Task:
+    """The task a config names: its dataset file (its fields and answer rule), else its
+    synthetic task."""
     if cfg.dataset:
-        return dataset_task(cfg.dataset, seed=cfg.seed, reward=cfg.dataset_reward)
+        return dataset_task(
+            cfg.dataset,
+            seed=cfg.seed,
+            reward=cfg.dataset_reward,
+            prompt_key=cfg.prompt_key,
+            answer_key=cfg.answer_key,
+            answer_format=cfg.answer_format,
+            log=log,
+        )
     return synthetic_task(cfg.task, seed=cfg.seed, terms=cfg.terms)
 
 
@@ -31,7 +40,7 @@ def train(
 ) -> Path:
     """Run GRPO with ``cfg.engine`` and write the run directory ``out``; returns its path.
     ``task`` overrides ``cfg.task``/``cfg.dataset`` (e.g. a task with a custom reward)."""
-    task = load_task(cfg) if task is None else task  # a bad dataset fails first
+    task = load_task(cfg, log) if task is None else task  # a bad dataset fails first
     if cfg.engine is Engine.TRL:
         from llm_bridge.integrations.trl import train_with_trl
 

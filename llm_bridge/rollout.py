@@ -63,6 +63,7 @@ class Rollouts:
     attention_mask: [B, P + R].
     response_mask: [B, R], 1 on response tokens up to and including the first stop token.
     texts: decoded responses (without the stop token and padding), B strings.
+    truncated: [B] bool, the responses cut at the budget (no stop token); None: not known.
     """
 
     input_ids: torch.Tensor
@@ -70,6 +71,7 @@ class Rollouts:
     prompt_length: int
     response_mask: torch.Tensor
     texts: tuple[str, ...]
+    truncated: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -84,6 +86,7 @@ class Rollouts:
             prompt_length=self.prompt_length,
             response_mask=self.response_mask[idx],
             texts=tuple(self.texts[i] for i in idx.tolist()) if self.texts else (),
+            truncated=None if self.truncated is None else self.truncated[idx],
         )
 
     @classmethod
@@ -131,6 +134,9 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
         prompt_length=width,
         response_mask=torch.cat([p.response_mask for p in parts]),
         texts=tuple(t for p in parts for t in p.texts),
+        truncated=None
+        if any(p.truncated is None for p in parts)
+        else torch.cat([p.truncated for p in parts]),
     )
 
 
@@ -444,6 +450,7 @@ def finish(
         prompt_length=prompt_ids.shape[1],
         response_mask=response_mask,
         texts=tuple(texts),
+        truncated=~is_stop.any(dim=1),
     )
 
 

@@ -181,7 +181,29 @@ __all__ = [
     "checkpoint_size",
     "holds_run",
     "latest_trl_checkpoint",
+    "recorded_config",
     "recover_checkpoint",
     "truncate_run",
     "write_checkpoint",
 ]
+
+
+def recorded_config(cfg, task, tokenizer) -> dict[str, Any]:
+    """What ``config.json`` records for an LM run, in both engines: the settings; for a dataset
+    run the dataset (file, fields, answer rule) in place of the synthetic task's name; the task's
+    largest reward (the law's ceiling check); and the first training prompt as the model reads
+    it (after the chat template and any cut), so a user can see what the model saw."""
+    from llm_bridge.rollout import PromptFormat, rendered_example
+
+    config = to_jsonable(cfg)
+    if task.dataset is not None:
+        config.pop("task", None)
+        config.pop("terms", None)
+        config["dataset_source"] = to_jsonable(task.dataset)
+    config["reward_max"] = task.max_reward
+    seen = rendered_example(
+        tokenizer, task.train[0].prompt, PromptFormat(cfg.chat_template, cfg.max_prompt_tokens)
+    )
+    config["rendered_prompt"] = seen["text"]
+    config["rendered_prompt_tokens"] = seen["tokens"]
+    return config

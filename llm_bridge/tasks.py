@@ -405,3 +405,39 @@ def check_encodable(task: Task, tokenizer) -> None:
 
 def score(task: Task, responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
     return np.array([task.reward(r, a) for r, a in zip(responses, answers, strict=True)])
+
+
+# Seeds each epoch's order of a dataset's prompts (with the run's seed and the epoch).
+EPOCH_SEED = 1_000_037
+
+
+def epoch_order(n: int, seed: int, positions: Sequence[int]) -> list[int]:
+    """Which of ``n`` training rows the draws at ``positions`` (0, 1, … over the whole run)
+    take: every epoch (n draws) is a fresh permutation of the rows, seeded by the run's seed and
+    the epoch, so a dataset's prompts are drawn without replacement within an epoch."""
+    orders: dict[int, list[int]] = {}
+    out = []
+    for i in positions:
+        epoch, k = divmod(i, n)
+        if epoch not in orders:
+            rng = np.random.default_rng(seed * EPOCH_SEED + epoch)
+            orders[epoch] = rng.permutation(n).tolist()
+        out.append(orders[epoch][k])
+    return out
+
+
+def data_notes(task: Task, prompts_per_step: int, val_prompts: int, val_every: int) -> list[str]:
+    """What a run should say once about its data before the first step: a step that asks for
+    more prompts than the dataset holds, or more held-out prompts than there are."""
+    notes = []
+    if task.dataset is not None and prompts_per_step > len(task.train):
+        notes.append(
+            f"prompts_per_step: {prompts_per_step} prompts a step from {len(task.train)} "
+            "training rows: each step spans more than one epoch (every row once per epoch)"
+        )
+    if val_every and val_prompts > len(task.test):
+        notes.append(
+            f"val_prompts: {val_prompts} asked for, the task holds {len(task.test)} held-out "
+            f"prompts; validating on those {len(task.test)}"
+        )
+    return notes

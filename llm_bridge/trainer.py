@@ -33,7 +33,7 @@ from llm_bridge.memory import (
     check_step_fits,
     estimate_step_memory,
 )
-from llm_bridge.models import load_model
+from llm_bridge.models import load_model, load_tokenizer, model_positions
 from llm_bridge.probe import (
     measure_tokens,
     parameter_delta,
@@ -44,14 +44,27 @@ from llm_bridge.probe import (
     token_arrays,
 )
 from llm_bridge.reporters import parse_report_to
-from llm_bridge.rollout import Rollouts, generate_in_calls, make_backend
-from llm_bridge.run_dir import FINAL_DIR, RunDirectory, check_resume, recover_checkpoint
-from llm_bridge.tasks import Task, check_encodable, score
+from llm_bridge.rollout import (
+    PromptFormat,
+    Rollouts,
+    check_prompt_lengths,
+    generate_in_calls,
+    make_backend,
+    sampling_overrides,
+    sampling_warning,
+)
+from llm_bridge.run_dir import (
+    FINAL_DIR,
+    RunDirectory,
+    check_resume,
+    recorded_config,
+    recover_checkpoint,
+)
+from llm_bridge.tasks import Task, check_encodable, data_notes, epoch_order, response_budget, score
 from llm_bridge.token_stats import token_covariance
-from llm_bridge.update import StepBatch, UpdateResult, update
+from llm_bridge.update import StepBatch, UpdateResult, rollout_stats, update
 from softmax_theory.group_advantages import compute_advantages
 from softmax_theory.policy import COV_LOSSES, adaptive_entropy_coef
-from softmax_theory.runlog import to_jsonable
 from softmax_theory.stats import pass_at_k
 
 
@@ -76,11 +89,10 @@ class ProbedGRPOTrainer:
             raise ValueError(
                 "val_k: the task's largest reward is unknown, so no sample can be called right"
             )
-        # reward_max: for the law's warnings (a ceiling above it is not reachable)
+        self.prompt_format = PromptFormat(cfg.chat_template, cfg.max_prompt_tokens)
         self.run_config = {
             "trainer": "llm_bridge.trainer",
-            **to_jsonable(cfg),
-            "reward_max": self.task.max_reward,
+            **recorded_config(cfg, task, load_tokenizer(cfg.model)),
         }
         if resume:  # refuse before the model is loaded or anything is written
             check_resume(self.out, self.run_config, RESUME_FREE, log)
@@ -93,7 +105,24 @@ class ProbedGRPOTrainer:
             self.ref_model, _ = load_model(cfg.model, self.device, dtype)
             self.ref_model.eval().requires_grad_(False)
         check_encodable(self.task, self.tokenizer)
-        self.backend = make_backend(cfg.backend, self.model, self.tokenizer, cfg.model)
+        self.max_new_tokens = response_budget(task, cfg.max_new_tokens)
+        self.prompt_length = check_prompt_lengths(
+            self.tokenizer,
+            [e.prompt for e in task.train + task.test[: cfg.val_prompts]],
+            self.max_new_tokens,
+            model_positions(self.model.config),
+            self.prompt_format,
+        )
+        warning = sampling_warning(
+            sampling_overrides(self.model.generation_config, cfg.temperature), cfg.temperature
+        )
+        if warning is not None:
+            log(warning)
+        self.backend = make_backend(
+            cfg.backend, self.model, self.tokenizer, cfg.model, self.prompt_format
+        )
+        for line in data_notes(task, cfg.prompts_per_step, cfg.val_prompts, cfg.val_every):
+            log(line)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = (
             torch.optim.Adam(params, lr=cfg.lr)
@@ -106,7 +135,6 @@ class ProbedGRPOTrainer:
         )
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState(step=0, entropy_coeff=cfg.policy_loss.entropy_coeff)
-        self.max_new_tokens = self.task.max_answer_chars + 1  # the answer and EOS
         self._check_memory()
         self.checkpointer = Checkpointer(
             self.out, self.model, self.tokenizer, self.opt, self.schedule, self.gen
@@ -127,16 +155,12 @@ class ProbedGRPOTrainer:
     def step_memory(self) -> StepMemory:
         """The estimated peak memory of one step with these settings (``llm_bridge.memory``)."""
         cfg = self.cfg
-        prompts = self.task.train[:2000] + self.task.test[: cfg.val_prompts]
-        prompt_length = 1 + max(
-            len(self.tokenizer.encode(e.prompt, add_special_tokens=False)) for e in prompts
-        )
         return estimate_step_memory(
             ModelShape.of(self.model),
             responses=cfg.responses_per_step,
             micro_batch=cfg.micro_batch_size or cfg.mini_batch_responses,
             generate_batch=cfg.generate_batch_size,
-            prompt_length=prompt_length,
+            prompt_length=self.prompt_length,
             response_length=self.max_new_tokens,
             adam=cfg.optimizer is OptimizerName.ADAM,
             probe=cfg.probe,
@@ -160,8 +184,15 @@ class ProbedGRPOTrainer:
     # -- one step ------------------------------------------------------------------------------
 
     def _sample_prompts(self, n: int) -> list:
-        idx = torch.randint(0, len(self.task.train), (n,), generator=self.gen).tolist()
-        return [self.task.train[i] for i in idx]
+        """A dataset's prompts are drawn without replacement within an epoch (each epoch its
+        own seeded order, so a resumed run draws the same); a synthetic task, which stands for
+        an endless supply of problems, draws with replacement from the run's generator."""
+        train = self.task.train
+        if self.task.dataset is None:
+            idx = torch.randint(0, len(train), (n,), generator=self.gen).tolist()
+            return [train[i] for i in idx]
+        first = self.state.step * n
+        return [train[i] for i in epoch_order(len(train), self.cfg.seed, range(first, first + n))]
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -212,6 +243,12 @@ class ProbedGRPOTrainer:
         rewards = score(self.task, roll.texts, [a for a in answers for _ in range(cfg.group_size)])
         group = np.repeat(np.arange(len(answers)), cfg.group_size)
         adv_resp = compute_advantages(cfg.advantage, rewards, group, cfg.w_reinforce_lambda)
+        stats = rollout_stats(roll, adv_resp)
+        if cfg.mask_truncated and roll.truncated is not None:
+            # TRL's mask_truncated_completions: a response cut at the budget leaves the loss
+            # (and every per-token statistic of the step) entirely
+            keep = (~roll.truncated).to(roll.response_mask.dtype)[:, None]
+            roll = replace(roll, response_mask=roll.response_mask * keep)
         mask = roll.response_mask
         adv = torch.tensor(adv_resp, dtype=torch.float32, device=self.device)[:, None] * mask
         micro, t = cfg.micro_batch_size, cfg.temperature
@@ -219,7 +256,7 @@ class ProbedGRPOTrainer:
         ref_logp = None
         if self.ref_model is not None:
             ref_logp = stream_entropy_logp(self.ref_model, roll, micro, t)[1]
-        return StepBatch(roll, rewards, group, adv, entropy, old_logp, ref_logp)
+        return StepBatch(roll, rewards, group, adv, entropy, old_logp, ref_logp, stats=stats)
 
     def step(self) -> dict[str, Any]:
         cfg, k = self.cfg, self.state.step
@@ -237,11 +274,7 @@ class ProbedGRPOTrainer:
             record.update(self.validate())
         mask = batch.mask.bool()
         h_batch = float(batch.entropy[mask].double().mean())
-        record.update(
-            entropy=h_batch,
-            reward=float(batch.rewards.mean()),
-            response_length=float(batch.mask.sum(-1).float().mean()),
-        )
+        record.update(entropy=h_batch, reward=float(batch.rewards.mean()), **batch.stats)
         self.state.entropy_coeff, coeff_now = adaptive_entropy_coef(
             self.state.entropy_coeff, h_batch, cfg.policy_loss
         )
@@ -336,8 +369,9 @@ class ProbedGRPOTrainer:
                         raise KeyboardInterrupt(interrupted_message(self.out, self.state.step - 1))
                 if self.cfg.checkpoint_every:
                     self.save_checkpoint()
-                self.model.save_pretrained(self.out / FINAL_DIR)
-                self.tokenizer.save_pretrained(self.out / FINAL_DIR)
+                if self.cfg.save_final:
+                    self.model.save_pretrained(self.out / FINAL_DIR)
+                    self.tokenizer.save_pretrained(self.out / FINAL_DIR)
             finally:
                 self.run_dir.close()
 

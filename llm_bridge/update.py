@@ -11,7 +11,7 @@ same in each of its updates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,10 +38,26 @@ class StepBatch:
     # the token's own-update entropy term at θ_old (``own_entropy_term``), when a covariance
     # loss selects by it (the oracle) or measures its selection against it (probed steps)
     score: torch.Tensor | None = None
+    # the rollouts' own statistics for the run log (``rollout_stats``)
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def mask(self) -> torch.Tensor:
         return self.roll.response_mask
+
+
+def rollout_stats(roll: Rollouts, advantages: np.ndarray) -> dict[str, float]:
+    """The step's rollouts in the run log's keys: ``response_length`` (mean response tokens),
+    ``response/clip_frac`` (share cut at the response budget, as the peers log it) and
+    ``adv/nonzero_frac`` (share of responses with a non-zero advantage: 0 means the step had
+    no learning signal, and its update moved nothing but through the controls)."""
+    stats = {
+        "response_length": float(roll.response_mask.sum(-1).float().mean()),
+        "adv/nonzero_frac": float(np.mean(np.asarray(advantages) != 0)),
+    }
+    if roll.truncated is not None:
+        stats["response/clip_frac"] = float(roll.truncated.float().mean())
+    return stats
 
 
 @dataclass(frozen=True)
@@ -216,6 +232,7 @@ __all__ = [
     "UpdateResult",
     "loss_inputs",
     "mini_batch_loss",
+    "rollout_stats",
     "select_mini_batch_tokens",
     "select_step_tokens",
     "update",

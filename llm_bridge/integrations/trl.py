@@ -51,7 +51,17 @@ from llm_bridge.probe import (
     token_arrays,
 )
 from llm_bridge.reporters import parse_report_to, trl_report_to
-from llm_bridge.rollout import Rollouts
+from llm_bridge.rollout import (
+    PromptFormat,
+    Rollouts,
+    check_prompt_lengths,
+    plain_sampling,
+    sampling_config,
+    sampling_overrides,
+    sampling_warning,
+    stop_token_ids,
+    trl_prompt,
+)
 from llm_bridge.run_dir import (
     FINAL_DIR,
     TRL_DIR,
@@ -59,6 +69,7 @@ from llm_bridge.run_dir import (
     check_resume,
     holds_run,
     latest_trl_checkpoint,
+    recorded_config,
 )
 from softmax_theory.group_advantages import (
     AdvantageEstimator,
@@ -283,7 +294,7 @@ class CovGRPOTrainer(GRPOTrainer):
             out["completion_ids"].device
         )
         if self.model.training and self.run_log is not None:
-            self.run_log.on_generation(out, total, group[local])
+            self.run_log.on_generation(out, total, group[local], adv)
         return out
 
     # -- the loss ------------------------------------------------------------------------------
@@ -494,6 +505,8 @@ class RunLogCallback(TrainerCallback):
         self.cov: np.ndarray | None = None
         self.val_reward: float | None = None  # measured before the next step's first update
         self.interrupted: Callable[[], bool] = lambda: False
+        # the tokens that end a response (a response without one was cut at the budget)
+        self.stop_ids: tuple[int, ...] = ()
         self.stopped_after: int | None = None
 
     @property
@@ -517,16 +530,23 @@ class RunLogCallback(TrainerCallback):
             self.out, config, resume_from=resume_from, report_to=args.report_to_ours
         )
 
-    def on_generation(self, out: dict[str, Any], rewards: np.ndarray, group: np.ndarray) -> None:
+    def on_generation(
+        self, out: dict[str, Any], rewards: np.ndarray, group: np.ndarray, adv_all: np.ndarray
+    ) -> None:
         """Called by the trainer with each training generation batch, before its updates;
-        ``rewards`` are every process's, ``group`` this process's responses' prompt groups."""
+        ``rewards`` and ``adv_all`` (the advantages) are every process's, ``group`` this
+        process's responses' prompt groups."""
         t, args = self.trainer, self.trainer.args
         k = self.step_index()
         mask = out["completion_mask"]
         if "tool_mask" in out:
             mask = mask * out["tool_mask"]
-        length_sum, n_responses = _all_sum(
-            [float(out["completion_mask"].sum()), float(out["completion_mask"].shape[0])]
+        ids = out["completion_ids"]
+        truncated = ~torch.isin(ids, torch.tensor(self.stop_ids, device=ids.device)).any(dim=1)
+        # a truncated response has the whole budget, also where mask_truncated zeroed its mask
+        lengths = torch.where(truncated, ids.shape[1], out["completion_mask"].sum(dim=1))
+        length_sum, n_truncated, n_responses = _all_sum(
+            [float(lengths.sum()), float(truncated.sum()), float(ids.shape[0])]
         )
         # the learning rate of the step's first update, as our trainer records it
         self.head = {
@@ -534,6 +554,8 @@ class RunLogCallback(TrainerCallback):
             "reward": float(rewards.mean()),
             "lr": self._lr(),
             "response_length": length_sum / n_responses,
+            "response/clip_frac": n_truncated / n_responses,
+            "adv/nonzero_frac": float(np.mean(np.asarray(adv_all) != 0)),
             "time/rollout_s": t.rollout_seconds,
         }
         if self.probe is not None and k % args.probe_every == 0:
@@ -587,6 +609,8 @@ class RunLogCallback(TrainerCallback):
             "algo": f"trl-grpo/{t.policy_loss.loss_mode.value}",
             "reward": head["reward"],
             "response_length": head["response_length"],
+            "response/clip_frac": head["response/clip_frac"],
+            "adv/nonzero_frac": head["adv/nonzero_frac"],
         }
         if self.val_reward is not None:
             record["val_reward"], self.val_reward = self.val_reward, None
@@ -655,14 +679,18 @@ def run_dir_config(
     }
 
 
-def trl_dataset(examples, tokenizer):
-    """Examples as TRL wants them: ``prompt`` (BOS + prompt text, the way our rollouts encode
-    it) and ``answer``."""
+def trl_dataset(examples, tokenizer, fmt: PromptFormat | None = None):
+    """Examples as TRL wants them: ``prompt`` such that TRL reads the tokens our rollouts read
+    (``trl_prompt``: the conversation when the chat template renders it, else the raw text) and
+    ``answer``."""
     from datasets import Dataset
 
-    bos = tokenizer.bos_token or ""
+    fmt = PromptFormat() if fmt is None else fmt
     return Dataset.from_dict(
-        {"prompt": [bos + e.prompt for e in examples], "answer": [e.answer for e in examples]}
+        {
+            "prompt": [trl_prompt(tokenizer, e.prompt, fmt) for e in examples],
+            "answer": [e.answer for e in examples],
+        }
     )
 
 
@@ -699,6 +727,7 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[ProbedGRPOCon
     """The GRPOConfig that honours ``cfg`` (see ``train_with_trl``), and the number of held-out
     prompts it validates on."""
     from llm_bridge.config import OptimizerName, resolve_device
+    from llm_bridge.tasks import response_budget
 
     on_gpu = resolve_device(cfg.device).type == "cuda"
     updates = cfg.mini_batches * cfg.epochs
@@ -708,7 +737,8 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[ProbedGRPOCon
         **trl_batch_shape(cfg, num_processes),
         num_iterations=cfg.epochs,
         num_generations=cfg.group_size,
-        max_completion_length=task.max_answer_chars + 1,
+        max_completion_length=response_budget(task, cfg.max_new_tokens),
+        mask_truncated_completions=cfg.mask_truncated,
         temperature=cfg.temperature,
         top_k=0,
         learning_rate=cfg.lr,
@@ -767,7 +797,8 @@ def train_with_trl(
     the current GRPO step, writes a TRL checkpoint and raises KeyboardInterrupt naming it.
     """
     from llm_bridge.config import RESUME_FREE
-    from llm_bridge.models import load_model
+    from llm_bridge.models import load_model, model_positions
+    from llm_bridge.tasks import data_notes
 
     if cfg.val_k is not None:
         raise ValueError(
@@ -799,28 +830,54 @@ def train_with_trl(
     elif holds_run(out):
         raise FileExistsError(f"out: {out} already holds a run; choose a new directory or resume")
     model, tokenizer = load_model(cfg.model)
-    trainer = CovGRPOTrainer(
-        model=model,
-        reward_funcs=trl_reward(task),
-        args=args,
-        train_dataset=trl_dataset(task.train, tokenizer),
-        eval_dataset=trl_dataset(task.test[:val_prompts], tokenizer) if cfg.val_every else None,
-        processing_class=tokenizer,
-        policy_loss=cfg.policy_loss,
-        advantage=cfg.advantage,
-        w_reinforce_lambda=cfg.w_reinforce_lambda,
-        run_config=to_jsonable(cfg),
-        resume_step=resume_step,
-        progress=progress,
+    fmt = PromptFormat(cfg.chat_template, cfg.max_prompt_tokens)
+    budget = args.max_completion_length
+    check_prompt_lengths(
+        tokenizer,
+        [e.prompt for e in task.train + task.test[:val_prompts]],
+        budget,
+        model_positions(model.config),
+        fmt,
     )
-    if progress is not None:  # our progress line only: TRL's bars and printed log dicts go
-        trainer.remove_callback(ProgressCallback)
-        trainer.remove_callback(PrinterCallback)
-    with deferred_interrupts(log) as interrupted:
-        trainer.run_log.interrupted = interrupted
-        trainer.train(resume_from_checkpoint=checkpoint)
+    warning = sampling_warning(
+        sampling_overrides(model.generation_config, cfg.temperature), cfg.temperature
+    )
+    if warning is not None:
+        log(warning)
+    for line in data_notes(task, cfg.prompts_per_step, cfg.val_prompts, cfg.val_every):
+        log(line)
+    # TRL's sampling, like ours, is softmax(z/T) ending at the model's stop tokens: TRL reads its
+    # stop ids from model.generation_config and leaves unset settings to the model's own, so the
+    # plain config stands in for the model's while TRL is built and trains
+    stops = stop_token_ids(model.generation_config, tokenizer)
+    with plain_sampling(
+        model, sampling_config(cfg.temperature, budget, stops, tokenizer.pad_token_id)
+    ):
+        trainer = CovGRPOTrainer(
+            model=model,
+            reward_funcs=trl_reward(task),
+            args=args,
+            train_dataset=trl_dataset(task.train, tokenizer, fmt),
+            eval_dataset=trl_dataset(task.test[:val_prompts], tokenizer, fmt)
+            if cfg.val_every
+            else None,
+            processing_class=tokenizer,
+            policy_loss=cfg.policy_loss,
+            advantage=cfg.advantage,
+            w_reinforce_lambda=cfg.w_reinforce_lambda,
+            run_config=recorded_config(cfg, task, tokenizer),
+            resume_step=resume_step,
+            progress=progress,
+        )
+        trainer.run_log.stop_ids = stops
+        if progress is not None:  # our progress line only: TRL's bars and printed log dicts go
+            trainer.remove_callback(ProgressCallback)
+            trainer.remove_callback(PrinterCallback)
+        with deferred_interrupts(log) as interrupted:
+            trainer.run_log.interrupted = interrupted
+            trainer.train(resume_from_checkpoint=checkpoint)
     stopped_after = trainer.run_log.stopped_after
-    if stopped_after is None:
+    if stopped_after is None and cfg.save_final:
         trainer.save_model(str(out / FINAL_DIR))
     if trainer.accelerator.is_main_process:
         trainer.state.save_to_json(str(out / TRL_DIR / "trainer_state.json"))
