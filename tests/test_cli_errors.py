@@ -61,7 +61,7 @@ ST_CASES = {
     "an unknown option": (lambda p, f, r: ["simulate", "--stepz", "3"], ("--stepz",)),
     "a setting the loss does not read": (
         lambda p, f, r: ["simulate", "--loss", "kl_cov", "--clip-ratio-low", "0.3"],
-        ("clip_ratio_low", "kl_cov"),
+        ("--clip-ratio-low", "kl_cov"),
     ),
     "fit a missing run": (lambda p, f, r: ["fit", p / "missing"], ("RUNS",)),
     "fit a CSV without the column": (

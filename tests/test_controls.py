@@ -16,7 +16,8 @@ from softmax_theory.attribution import (
     likely_tokens,
     own_entropy_term,
 )
-from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
+from softmax_theory.dynamics import SimConfig, simulate
+from softmax_theory.envs import EnvConfig, make_env
 from softmax_theory.estimators import first_order_entropy_change, log_softmax
 from softmax_theory.group_advantages import AdvantageEstimator, compute_advantages
 from softmax_theory.policy import PolicyLossConfig
