@@ -226,12 +226,3 @@ def domain_text(f: dataclasses.Field, integer: bool) -> str | None:
     if domain is None:
         return None
     return _describe(domain, integer)
-
-
-def check_option(value: Any, domain: Domain, flag: str, integer: bool = False) -> Any:
-    """A command-line option that is no config field, held to a domain like one: the value,
-    or a ``SettingError`` naming ``flag``."""
-    problem = domain_problem(value, domain, False, integer, False)
-    if problem is not None:
-        raise SettingError(flag, problem)
-    return value
