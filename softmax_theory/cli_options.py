@@ -203,7 +203,8 @@ def config_options(
 
     ``rename`` maps ``Class.field`` (or ``field``) to the parameter name used on the command
     line, for fields whose names collide or read badly (``EnvConfig.name`` → ``env``);
-    ``exclude`` names parameters the command declares itself or does not offer. The command
+    ``exclude`` names parameters the command declares itself or does not offer; a field whose
+    metadata has ``flags`` (``("--lr", "--lrs")``) is offered under those names. The command
     receives them in ``**options`` and builds its configs with ``build_config``.
     """
     rename = rename or {}
