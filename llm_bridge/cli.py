@@ -21,6 +21,7 @@ from softmax_theory.cli_options import (
     config_options,
     run_cli,
 )
+from softmax_theory.law import LawConfig
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_json
 
@@ -117,11 +118,10 @@ def progress_line(rec: dict[str, Any]) -> str:
 
 
 @app.command()
+@config_options(LawConfig)
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="run directories")],
     out: Annotated[Path | None, typer.Option(help="directory for report.md and figures")] = None,
-    fit_fraction: Annotated[float, typer.Option(help="law forecast: share fitted")] = 0.15,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the law")] = 1000,
     reward_key: Annotated[
         str | None,
         typer.Option(
@@ -129,15 +129,22 @@ def compare(
             "(default: val_reward where there are enough points, else reward)"
         ),
     ] = None,
+    **options: Any,
 ) -> None:
     """Hold each run's measured entropy change against the predictions; fit the law; split
     the predicted ΔH by token class."""
     from llm_bridge.compare import compare_runs, render_report
 
+    law = build_config(LawConfig, options)
     if out is not None:
         check_out_dir(out, "--out")
     reports = compare_runs(
-        runs, out, fit_fraction=fit_fraction, n_boot=n_boot, reward_key=reward_key
+        runs,
+        out,
+        fit_fraction=law.fit_fraction,
+        n_boot=law.n_boot,
+        seed=law.seed,
+        reward_key=reward_key,
     )
     console.print(render_report(reports))
     if out is not None:

@@ -8,7 +8,6 @@ field; the TRL engine (``llm_bridge.integrations.trl``) honours or refuses each 
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 
 from llm_bridge.reporters import parse_report_to
@@ -18,10 +17,16 @@ from llm_bridge.tasks import (
     DEFAULT_PROMPT_KEY,
     DEFAULT_REASONING_TOKENS,
     DEFAULT_TERMS,
+    MAX_TERMS,
     AnswerFormat,
     TaskName,
 )
-from softmax_theory.group_advantages import AdvantageEstimator, check_w_reinforce_lambda
+from softmax_theory.group_advantages import (
+    W_REINFORCE_LAMBDA_DOMAIN,
+    AdvantageEstimator,
+    check_w_reinforce_lambda,
+)
+from softmax_theory.inputs import Domain, SettingError, check_domains
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.registry import parse_choice
 
@@ -42,8 +47,15 @@ class Engine(str, enum.Enum):
     TRL = "trl"  # TRL's GRPOTrainer: accelerate, several processes, vLLM
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, domain: Domain | None = None) -> dict:
+    """A field's metadata: its help text and, for a number, its domain."""
+    return {"help": text} if domain is None else {"help": text, "domain": domain}
+
+
+AT_LEAST_0 = Domain(ge=0)
+# running-sum's partial sums have 4 digits: at most MAX_TERMS two-digit terms
+TERMS_DOMAIN = Domain(ge=1, le=MAX_TERMS)
+AT_LEAST_1 = Domain(ge=1)
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class TrainConfig:
     )
     terms: int = field(
         default=DEFAULT_TERMS,
-        metadata=_help("running-sum: terms per prompt (responses of 5·terms tokens)"),
+        metadata=_help("running-sum: terms per prompt (responses of 5·terms tokens)", TERMS_DOMAIN),
     )
     dataset: str | None = field(
         default=None,
@@ -83,51 +95,62 @@ class TrainConfig:
         default=None,
         metadata=_help(
             f"response budget in tokens, EOS included (default: a synthetic task's own; "
-            f"{DEFAULT_REASONING_TOKENS} for a dataset)"
+            f"{DEFAULT_REASONING_TOKENS} for a dataset)",
+            AT_LEAST_1,
         ),
     )
     max_prompt_tokens: int | None = field(
         default=None,
-        metadata=_help("keep a prompt's last N tokens (cut from the left; default: no cut)"),
+        metadata=_help(
+            "keep a prompt's last N tokens (cut from the left; default: no cut)", AT_LEAST_1
+        ),
     )
     mask_truncated: bool = field(
         default=False,
         metadata=_help("leave responses cut at the budget out of the loss (TRL's name)"),
     )
-    steps: int = field(default=120, metadata=_help("GRPO steps"))
-    prompts_per_step: int = field(default=64, metadata=_help("prompts P per step"))
-    group_size: int = field(default=8, metadata=_help("responses G per prompt"))
+    steps: int = field(default=120, metadata=_help("GRPO steps", AT_LEAST_1))
+    prompts_per_step: int = field(default=64, metadata=_help("prompts P per step", AT_LEAST_1))
+    # a group of one has no baseline to compare against
+    group_size: int = field(default=8, metadata=_help("responses G per prompt", Domain(ge=2)))
     temperature: float = field(
-        default=1.0, metadata=_help("sampling temperature T; the policy is softmax(z/T)")
+        default=1.0,
+        metadata=_help("sampling temperature T; the policy is softmax(z/T)", Domain(gt=0)),
     )
     optimizer: OptimizerName = field(default=OptimizerName.ADAM, metadata=_help("adam or sgd"))
     lr: float = field(
         default=5e-4,
-        metadata=_help("learning rate (5e-4 suits the tiny model; 0.5-7B models: 1e-6)"),
+        metadata=_help(
+            "learning rate (5e-4 suits the tiny model; 0.5-7B models: 1e-6)", Domain(gt=0)
+        ),
     )
     warmup_steps: int = field(
         default=10,
         metadata=_help(
             "GRPO steps of linear learning-rate warm-up (Adam's first updates move every "
-            "weight by about lr, whatever its gradient)"
+            "weight by about lr, whatever its gradient)",
+            AT_LEAST_0,
         ),
     )
-    epochs: int = field(default=1, metadata=_help("PPO epochs over each step's batch"))
+    epochs: int = field(default=1, metadata=_help("PPO epochs over each step's batch", AT_LEAST_1))
     mini_batches: int = field(
-        default=2, metadata=_help("optimiser updates per epoch (KL-Cov acts from the 2nd)")
+        default=2,
+        metadata=_help("optimiser updates per epoch (KL-Cov acts from the 2nd)", AT_LEAST_1),
     )
     micro_batch_size: int | None = field(
         default=None,
         metadata=_help(
             "responses per forward/backward pass (TRL's per_device_train_batch_size, verl's "
-            "ppo_micro_batch_size_per_gpu); memory is set by it (default: the whole mini-batch)"
+            "ppo_micro_batch_size_per_gpu); memory is set by it (default: the whole mini-batch)",
+            AT_LEAST_1,
         ),
     )
     generate_batch_size: int | None = field(
         default=None,
         metadata=_help(
             "responses per generate call, a multiple of group_size (the KV cache and the sampling "
-            "logits are held for this many at once; default: the whole batch in one call)"
+            "logits are held for this many at once; default: the whole batch in one call)",
+            Domain(ge=2),  # whole groups, and a group has at least 2
         ),
     )
     advantage: AdvantageEstimator = field(
@@ -135,40 +158,54 @@ class TrainConfig:
     )
     w_reinforce_lambda: float | None = field(
         default=None,
-        metadata=_help("w_reinforce: λ, the weight of right responses (default 0.1; 0: NSR)"),
+        metadata=_help(
+            "w_reinforce: λ, the weight of right responses (default 0.1; 0: NSR)",
+            W_REINFORCE_LAMBDA_DOMAIN,
+        ),
     )
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
-    val_every: int = field(default=10, metadata=_help("steps between validations (0: never)"))
-    val_prompts: int = field(default=128, metadata=_help("held-out prompts per validation"))
+    val_every: int = field(
+        default=10, metadata=_help("steps between validations (0: never)", AT_LEAST_0)
+    )
+    # no validation is val_every 0; a validation has at least one prompt
+    val_prompts: int = field(
+        default=128, metadata=_help("held-out prompts per validation", AT_LEAST_1)
+    )
     val_k: int | None = field(
         default=None,
         metadata=_help(
             "also log val_pass@K: K for the unbiased pass@k estimator over --val-samples "
-            "samples per held-out prompt (default: off)"
+            "samples per held-out prompt (default: off)",
+            AT_LEAST_1,
         ),
     )
     val_samples: int | None = field(
         default=None,
-        metadata=_help("samples n ≥ K per held-out prompt for pass@K (default: K)"),
+        metadata=_help("samples n ≥ K per held-out prompt for pass@K (default: K)", AT_LEAST_1),
     )
     probe: bool = field(default=True, metadata=_help("measure ΔH and the predictions"))
     probe_jvp: bool = field(default=True, metadata=_help("also the JVP forecast, pred_jvp"))
-    probe_every: int = field(default=1, metadata=_help("probe every k-th step"))
+    probe_every: int = field(default=1, metadata=_help("probe every k-th step", AT_LEAST_1))
     probe_responses: int | None = field(
         default=None,
-        metadata=_help("probe a seeded random subset of n responses (default: all)"),
+        metadata=_help("probe a seeded random subset of n responses (default: all)", AT_LEAST_1),
     )
     token_steps_every: int = field(
-        default=0, metadata=_help("save per-token probe arrays every k steps (0: never)")
+        default=0,
+        metadata=_help("save per-token probe arrays every k steps (0: never)", AT_LEAST_0),
     )
     cov_table_steps: tuple[int, ...] = field(
-        default=(0,), metadata=_help("steps at which to write the covariance table")
+        default=(0,),
+        metadata=_help("steps at which to write the covariance table", AT_LEAST_0),
     )
     checkpoint_every: int = field(
-        default=25, metadata=_help("steps between checkpoints (the latest one is kept)")
+        default=25,
+        metadata=_help("steps between checkpoints, the latest one kept (0: never)", AT_LEAST_0),
     )
     save_final: bool = field(default=True, metadata=_help("write the trained model to OUT/final"))
-    seed: int = field(default=0, metadata=_help("seed of prompts, sampling and selection"))
+    seed: int = field(
+        default=0, metadata=_help("seed of prompts, sampling and selection", AT_LEAST_0)
+    )
     device: Device = field(default=Device.AUTO, metadata=_help("auto, cpu or cuda"))
     backend: BackendName = field(default=BackendName.HF, metadata=_help("rollout backend"))
     engine: Engine = field(
@@ -193,57 +230,38 @@ class TrainConfig:
             ("chat_template", ChatTemplate),
         ):
             object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
-        for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "probe_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
-        for name in (
-            "val_every",
-            "val_prompts",
-            "token_steps_every",
-            "checkpoint_every",
-            "warmup_steps",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
+        check_domains(self)
         check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
         if self.val_samples is not None and self.val_k is None:
-            raise ValueError("val_samples: has no effect without val_k")
+            raise SettingError("val_samples", "has no effect without val_k")
         if self.val_k is not None and self.val_every == 0:
-            raise ValueError("val_k: has no effect while val_every is 0 (no validation)")
-        if self.val_k is not None and self.val_k < 1:
-            raise ValueError(f"val_k: must be ≥ 1, got {self.val_k}")
+            raise SettingError("val_k", "has no effect while val_every is 0 (no validation)")
         if self.val_k is not None and (self.val_samples or self.val_k) < self.val_k:
-            raise ValueError(f"val_samples: must be ≥ val_k = {self.val_k}, got {self.val_samples}")
-        for name in (
-            "micro_batch_size",
-            "probe_responses",
-            "generate_batch_size",
-            "max_new_tokens",
-            "max_prompt_tokens",
-        ):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size: GRPO needs at least 2 responses, got {self.group_size}")
-        if self.generate_batch_size is not None and self.generate_batch_size % self.group_size:
-            raise ValueError(
-                f"generate_batch_size: {self.generate_batch_size} is not a multiple of group_size "
-                f"{self.group_size} (a call generates whole groups)"
+            raise SettingError(
+                "val_samples", f"must be ≥ val_k = {self.val_k}, got {self.val_samples}"
             )
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature: must be a finite number > 0, got {self.temperature}")
+        if self.generate_batch_size is not None and self.generate_batch_size % self.group_size:
+            raise SettingError(
+                "generate_batch_size",
+                f"{self.generate_batch_size} is not a multiple of group_size {self.group_size} "
+                "(a call generates whole groups)",
+            )
         if self.prompts_per_step % self.mini_batches:
-            raise ValueError(
-                f"mini_batches: {self.mini_batches} must divide prompts_per_step "
-                f"{self.prompts_per_step}"
+            raise SettingError(
+                "mini_batches",
+                f"{self.mini_batches} must divide prompts_per_step {self.prompts_per_step}",
             )
         if self.task != TaskName.RUNNING_SUM.value and self.terms != DEFAULT_TERMS:
-            raise ValueError(f"terms: has no effect with task {self.task} (running-sum reads it)")
+            raise SettingError(
+                "terms", f"has no effect with task {self.task} (running-sum reads it)"
+            )
         parse_report_to(self.report_to)  # a bad target fails before anything runs
-        if any(s < 0 for s in self.cov_table_steps):
-            raise ValueError(f"cov_table_steps: steps are ≥ 0, got {self.cov_table_steps}")
+        late = [s for s in self.cov_table_steps if s >= self.steps]
+        if late:
+            raise SettingError(
+                "cov_table_steps",
+                f"step {late[0]} is past the last step {self.steps - 1} (steps start at 0)",
+            )
 
     @property
     def responses_per_step(self) -> int:

@@ -468,15 +468,15 @@ def compute_policy_loss(
 ) -> PolicyLossOutput:
     """The configured policy loss plus the composable controls, per token:
 
-    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  entropy_coeff·H_t  +  β·KL_t(π‖π_ref)
 
     with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A).
 
     Args:
       inp: the batch's tensors.
       cfg: the loss and the controls.
-      entropy_coeff: α in force this step (adaptive entropy control passes its current value);
-        ``cfg.entropy_coeff`` when omitted.
+      entropy_coeff: the bonus coefficient in force this step (adaptive entropy control passes
+        its current value); ``cfg.entropy_coeff`` when omitted.
       generator: randomness of Clip-Cov's draw.
       selected: Clip-Cov/KL-Cov tokens chosen over a larger scope (``cov_scope`` mini, global).
     """
@@ -499,11 +499,11 @@ def compute_policy_loss(
         keep = top_entropy_mask(inp.entropy, inp.response_mask, cfg.top_entropy_ratio)
         loss = loss * keep.to(loss.dtype)
         metrics["actor/top_entropy_frac"] = _frac(keep, inp)
-    alpha = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
-    if alpha > 0:
+    entropy_coeff = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
+    if entropy_coeff > 0:
         if inp.entropy is None:
             raise ValueError("entropy: an entropy bonus needs the per-token entropy")
-        loss = loss - alpha * inp.entropy
+        loss = loss - entropy_coeff * inp.entropy
     if inp.entropy is not None:
         metrics["actor/entropy"] = masked_mean(inp.entropy.detach(), inp.response_mask)
     if cfg.kl_loss_coef > 0:

@@ -18,7 +18,16 @@ from pathlib import Path
 import torch
 
 from llm_bridge.head import head_entropy_and_logprobs
-from llm_bridge.tasks import DEFAULT_TERMS, TASK_ALPHABET, Task, synthetic_task, task_alphabet
+from llm_bridge.tasks import (
+    DEFAULT_TERMS,
+    MAX_TERMS,
+    TASK_ALPHABET,
+    Task,
+    TaskName,
+    synthetic_task,
+    task_alphabet,
+)
+from softmax_theory.inputs import Domain, SettingError, check_domains
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 # Qwen2.5's vocabulary size, the real-vocabulary option of the benchmarks and tests.
@@ -52,34 +61,55 @@ def build_tokenizer(alphabet: str = TASK_ALPHABET, vocab_size: int | None = None
     )
 
 
+def _tiny(text: str, domain: Domain) -> dict:
+    return {"help": text, "domain": domain}
+
+
 @dataclass(frozen=True)
 class TinyConfig:
-    """The tiny model and its supervised pre-training; the only home of these defaults."""
+    """The tiny model and its supervised pre-training; the only home of these defaults and
+    domains."""
 
     task: str = field(default="addition", metadata={"help": "synthetic task to pre-train on"})
-    terms: int = field(default=DEFAULT_TERMS, metadata={"help": "running-sum: terms per prompt"})
-    hidden_size: int = field(default=128, metadata={"help": "model width"})
-    layers: int = field(default=2, metadata={"help": "transformer layers"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
-    intermediate_size: int = field(default=256, metadata={"help": "MLP width"})
-    steps: int = field(default=1150, metadata={"help": "supervised steps (pinned)"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per step"})
-    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
-    warmup: int = field(default=50, metadata={"help": "linear warm-up steps"})
-    seed: int = field(default=0, metadata={"help": "seed of data, init and order"})
+    terms: int = field(
+        default=DEFAULT_TERMS,
+        metadata=_tiny("running-sum: terms per prompt", Domain(ge=1, le=MAX_TERMS)),
+    )
+    hidden_size: int = field(default=128, metadata=_tiny("model width", Domain(ge=1)))
+    layers: int = field(default=2, metadata=_tiny("transformer layers", Domain(ge=1)))
+    heads: int = field(default=4, metadata=_tiny("attention heads", Domain(ge=1)))
+    intermediate_size: int = field(default=256, metadata=_tiny("MLP width", Domain(ge=1)))
+    steps: int = field(default=1150, metadata=_tiny("supervised steps (pinned)", Domain(ge=1)))
+    batch_size: int = field(default=64, metadata=_tiny("sequences per step", Domain(ge=1)))
+    lr: float = field(default=3e-3, metadata=_tiny("peak AdamW learning rate", Domain(gt=0)))
+    warmup: int = field(default=50, metadata=_tiny("linear warm-up steps", Domain(ge=0)))
+    seed: int = field(default=0, metadata=_tiny("seed of data, init and order", Domain(ge=0)))
     vocab_size: int | None = field(
         default=None,
-        metadata={
-            "help": "pad the vocabulary to this size (151936: Qwen2.5's) with unused tokens, "
-            "then train the full-vocabulary head for --pad-steps (default: the task's alphabet)"
-        },
+        metadata=_tiny(
+            "pad the vocabulary to this size (151936: Qwen2.5's) with unused tokens, "
+            "then train the full-vocabulary head for --pad-steps (default: the task's alphabet)",
+            Domain(ge=1),
+        ),
     )
     pad_steps: int = field(
-        default=200, metadata={"help": "steps at the padded vocabulary (pushes unused rows down)"}
+        default=200,
+        metadata=_tiny("steps at the padded vocabulary (pushes unused rows down)", Domain(ge=0)),
     )
     pad_batch_size: int = field(
-        default=16, metadata={"help": "sequences per step at the padded vocabulary"}
+        default=16, metadata=_tiny("sequences per step at the padded vocabulary", Domain(ge=1))
     )
+
+    def __post_init__(self) -> None:
+        check_domains(self)
+        if self.hidden_size % self.heads:
+            raise SettingError(
+                "heads", f"must divide hidden_size {self.hidden_size}, got {self.heads}"
+            )
+        if self.task != TaskName.RUNNING_SUM.value and self.terms != DEFAULT_TERMS:
+            raise SettingError(
+                "terms", f"has no effect with task {self.task} (running-sum reads it)"
+            )
 
 
 def _encode(tokenizer, text: str) -> list[int]:

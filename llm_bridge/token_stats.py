@@ -283,20 +283,6 @@ def _map_row_pairs(
     return _finite(out.reshape(a.shape[:-1]), "/".join(names))
 
 
-def lemma1_from_delta(
-    logits: torch.Tensor,
-    delta: torch.Tensor,
-    chunk_size: int | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """ΔH ≈ −Cov_π(log π, δ) per token for a given logit change δ [..., V] (Lemma 1).
-
-    Use this when δ is known directly (a Jacobian-vector product): forming z + δ first would
-    round δ to the precision of z.
-    """
-    return _map_row_pairs(logits, delta, _lemma1_rows, ("logits", "delta"), chunk_size, dtype)
-
-
 def lemma1_prediction(
     logits_before: torch.Tensor,
     logits_after: torch.Tensor,

@@ -22,6 +22,7 @@ from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, select_
 from llm_bridge.probe import optimizer_update
 from llm_bridge.rollout import Rollouts
 from softmax_theory.policy import CovScope
+from softmax_theory.stats import token_weighted_means
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,16 @@ def mini_batch_loss(
     entropy_coeff: float,
     generator: torch.Generator,
     response_budget: int,
-    totals: dict[str, float] | None = None,
+    parts: list[tuple[dict[str, float], float]] | None = None,
     clipped: torch.Tensor | None = None,
     selected_step: torch.Tensor | None = None,
 ) -> float:
     """Accumulate (``backward``) the gradient of one mini-batch's loss over its micro-batches;
-    returns the loss. ``totals`` gathers the loss metrics weighted by tokens (``_tokens``
-    holds the weight); ``clipped`` [B, R] is or-ed with the clipped tokens; ``selected_step``
-    is the step's global selection. ``response_budget`` is the token budget of a response
-    (the ``seq-mean-token-sum-norm`` scale when the loss config gives none)."""
+    returns the loss. ``parts`` gathers each micro-batch's loss metrics with its valid tokens
+    (``softmax_theory.stats.token_weighted_means`` reduces them); ``clipped`` [B, R] is or-ed
+    with the clipped tokens; ``selected_step`` is the step's global selection.
+    ``response_budget`` is the token budget of a response (the ``seq-mean-token-sum-norm``
+    scale when the loss config gives none)."""
     lc = cfg.policy_loss
     selected = select_mini_batch_tokens(model, batch, rows, cfg, generator)
     if selected_step is not None:
@@ -165,13 +167,12 @@ def mini_batch_loss(
         if out.clipped is not None and clipped is not None:
             clipped[sub] |= out.clipped.to(clipped.device)
         total += float(loss.detach())
-        if totals is not None:
-            # metrics are token means: weigh each micro-batch's by its tokens, so that the
-            # update's metrics do not depend on how it was split
-            n_tokens = float(batch.mask[sub].sum())
-            for key, val in out.metrics.items():
-                totals[key] = totals.get(key, 0.0) + float(val) * n_tokens
-            totals["_tokens"] = totals.get("_tokens", 0.0) + n_tokens
+        if parts is not None:
+            # metrics are token means: weighed by the micro-batch's tokens, so that the step's
+            # metrics do not depend on how it was split
+            parts.append(
+                ({k: float(v) for k, v in out.metrics.items()}, float(batch.mask[sub].sum()))
+            )
     return total
 
 
@@ -191,7 +192,7 @@ def update(
     step of several updates the probe measures the actual Δθ instead, so none is computed."""
     model.train()
     per_mini = cfg.mini_batch_responses
-    totals: dict[str, float] = {}
+    parts: list[tuple[dict[str, float], float]] = []
     losses: list[float] = []
     delta = None
     clipped = torch.zeros(batch.mask.shape, dtype=torch.bool, device=batch.mask.device)
@@ -210,7 +211,7 @@ def update(
                     entropy_coeff,
                     generator,
                     response_budget,
-                    totals,
+                    parts,
                     clipped,
                     selected_step,
                 )
@@ -220,8 +221,7 @@ def update(
             opt.step()
             schedule.step()
     model.eval()
-    n_tokens = totals.pop("_tokens")
-    metrics = {key: val / n_tokens for key, val in totals.items()}
+    metrics = token_weighted_means(parts)
     metrics["actor/pg_loss"] = float(np.mean(losses))
     # a loss without a clip clips nothing: clipped stays all False
     return UpdateResult(metrics, len(losses), delta, clipped)

@@ -76,7 +76,7 @@ def controls() -> None:
         "kl_cov, paper ratio 2e-3": {"loss_mode": "kl_cov"},
         "kl_cov, ratio 0.02": {"loss_mode": "kl_cov", "kl_cov_ratio": 0.02},
         "kl_cov, ratio 0.1": {"loss_mode": "kl_cov", "kl_cov_ratio": 0.1},
-        "entropy bonus α = 0.01": {"entropy_coeff": 0.01},
+        "entropy bonus, entropy_coeff = 0.01": {"entropy_coeff": 0.01},
         "KL to initial policy β = 0.1": {"kl_loss_coef": 0.1},
     }
     print("| env | variant | tokens selected | H end | J end |")

@@ -24,8 +24,16 @@ from softmax_theory.attribution import (
     own_entropy_term,
 )
 from softmax_theory.checks import CheckConfig, CheckReport, run_checks
-from softmax_theory.dynamics import EnvConfig, SimConfig, SimResult, make_env, simulate
-from softmax_theory.envs import Bandit, ContextualBandit, EntropyChange, TabularEnv, TokenTreeMDP
+from softmax_theory.dynamics import SimConfig, SimResult, simulate
+from softmax_theory.envs import (
+    Bandit,
+    ContextualBandit,
+    EntropyChange,
+    EnvConfig,
+    TabularEnv,
+    TokenTreeMDP,
+    make_env,
+)
 from softmax_theory.estimators import (
     advantages,
     covariance,

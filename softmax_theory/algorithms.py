@@ -2,9 +2,10 @@
 
 Each algorithm is a pure step function ``(env, logits, state, config, rng) → StepResult`` held in
 a registry keyed by ``Algo``. GRPO reads the shared policy losses (``softmax_theory.losses``, the
-numpy twins of ``llm_bridge.losses``) and advantage estimators (``softmax_theory.advantages``);
-every token loss is a function of the token's log-probability and its state's entropy, so the loss
-returns dℓ/d log π and dℓ/dH per token and the logit gradient is exact:
+numpy twins of ``llm_bridge.losses``) and advantage estimators
+(``softmax_theory.group_advantages``). Every token loss is a function of the token's
+log-probability and its state's entropy, so the loss returns dℓ/d log π and dℓ/dH per token and
+the logit gradient is exact:
 (dℓ/d log π)·(e_a − π(·|s)) + (dℓ/dH)·∂H(s)/∂z.
 """
 
@@ -20,11 +21,12 @@ from softmax_theory.attribution import attribution_parts, lemma1_weights, own_en
 from softmax_theory.envs import TabularEnv, TokenTreeMDP
 from softmax_theory.estimators import entropy, log_softmax
 from softmax_theory.group_advantages import (
+    W_REINFORCE_LAMBDA_DOMAIN,
     AdvantageEstimator,
     check_w_reinforce_lambda,
     compute_advantages,
 )
-from softmax_theory.inputs import check_lr
+from softmax_theory.inputs import Domain, check_domains, check_lr
 from softmax_theory.losses import (
     LossInputs,
     agg_weights,
@@ -38,6 +40,7 @@ from softmax_theory.policy import (
     adaptive_entropy_coef,
 )
 from softmax_theory.registry import parse_choice
+from softmax_theory.stats import token_weighted_means
 
 
 class Algo(str, enum.Enum):
@@ -49,26 +52,39 @@ class Algo(str, enum.Enum):
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    """One algorithm's settings; the only home of their defaults."""
+    """One algorithm's settings; the only home of their defaults and domains."""
 
     algo: Algo = field(default=Algo.GRPO, metadata={"help": "the update rule"})
-    group_size: int = field(default=8, metadata={"help": "grpo: responses G per prompt"})
-    samples: int = field(default=8, metadata={"help": "reinforce: samples N per prompt"})
+    # a group of one has no baseline to compare against
+    group_size: int = field(
+        default=8, metadata={"help": "grpo: responses G per prompt", "domain": Domain(ge=2)}
+    )
+    samples: int = field(
+        default=8, metadata={"help": "reinforce: samples N per prompt", "domain": Domain(ge=1)}
+    )
     epochs: int = field(
-        default=4, metadata={"help": "grpo: inner epochs K on each batch (KL-Cov needs K ≥ 2)"}
+        default=4,
+        metadata={
+            "help": "grpo: inner epochs K on each batch (KL-Cov needs K ≥ 2)",
+            "domain": Domain(ge=1),
+        },
     )
     advantage: AdvantageEstimator = field(
         default=AdvantageEstimator.GRPO, metadata={"help": "grpo: advantage estimator"}
     )
     w_reinforce_lambda: float | None = field(
         default=None,
-        metadata={"help": "w_reinforce: λ, the weight of right responses (default 0.1; 0: NSR)"},
+        metadata={
+            "help": "w_reinforce: λ, the weight of right responses (default 0.1; 0: NSR)",
+            "domain": W_REINFORCE_LAMBDA_DOMAIN,
+        },
     )
     micro_batches: int = field(
         default=1,
         metadata={
             "help": "grpo: micro-batches the responses are split into (clip_cov/kl_cov with "
-            "cov_scope micro select in each)"
+            "cov_scope micro select in each)",
+            "domain": Domain(ge=1),
         },
     )
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
@@ -78,17 +94,14 @@ class AlgoConfig:
         object.__setattr__(
             self, "advantage", parse_choice(AdvantageEstimator, self.advantage, "advantage")
         )
+        check_domains(self)
         check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
-        for name in ("group_size", "samples", "epochs", "micro_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
-        if self.algo is Algo.GRPO and self.group_size < 2:
-            raise ValueError("group_size: GRPO needs at least 2 responses per prompt")
 
 
 @dataclass(frozen=True)
 class AlgoState:
-    """What an algorithm carries between steps: the reference logits and the adaptive α."""
+    """What an algorithm carries between steps: the reference logits and the adaptive
+    ``entropy_coeff``."""
 
     ref_logits: np.ndarray
     entropy_coeff: float
@@ -309,7 +322,10 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
 
     Clip-Cov/KL-Cov select their tokens at each epoch (``cov_scope`` micro: in each of
     ``micro_batches`` slices; mini: over the batch) or once per step at θ_old (global). The
-    step's metrics carry the exact ΔH attribution (``softmax_theory.attribution``)."""
+    step's metrics carry the exact ΔH attribution (``softmax_theory.attribution``); its
+    ``actor/*`` metrics are the token-weighted mean over all K updates (``token_weighted_means``),
+    as the language-model trainer reports them, and ``actor/entropy_coeff`` is the entropy bonus
+    coefficient in force this step."""
     lc = cfg.policy_loss
     batch = sample_batch(env, logits, cfg.group_size, rng)
     adv_resp = compute_advantages(cfg.advantage, batch.reward, batch.group, cfg.w_reinforce_lambda)
@@ -323,7 +339,7 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
     # the token's own-update entropy term at θ_old: the oracle's score, and the yardstick of
     # every covariance selection (actor/cov_selected_value beside actor/cov_oracle_value)
     score = own_entropy_term(logits)[s_t, a_t] if lc.loss_mode in COV_LOSSES else None
-    alpha, bonus = adaptive_entropy_coef(state.entropy_coeff, env.entropy(logits), lc)
+    coeff_next, coeff_now = adaptive_entropy_coef(state.entropy_coeff, env.entropy(logits), lc)
     n_states = logits.shape[0]
 
     def loss_inputs(z_now: np.ndarray) -> LossInputs:
@@ -341,7 +357,7 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
     if lc.cov_scope is CovScope.GLOBAL:
         selected = _cov_selection(lc, loss_inputs(logits), 1, rng)
     z = logits.copy()
-    metrics: dict[str, float] = {}
+    updates: list[tuple[dict[str, float], float]] = []  # each update's metrics and tokens
     contrib = np.zeros(s_t.size)
     clipped_any = np.zeros(s_t.size, dtype=bool)
     for _ in range(cfg.epochs):
@@ -349,7 +365,9 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
         inp = loss_inputs(z)
         if lc.cov_scope is not CovScope.GLOBAL:
             selected = _cov_selection(lc, inp, cfg.micro_batches, rng)
-        out = compute_policy_loss(inp, lc, entropy_coeff=bonus, generator=rng, selected=selected)
+        out = compute_policy_loss(
+            inp, lc, entropy_coeff=coeff_now, generator=rng, selected=selected
+        )
         # the gradient of Σ_t w_t·ℓ_t: through log π(a_t|s_t) and through H(s_t)
         dlogit = (out.dlogp * weights).reshape(-1)
         dent = None if out.dentropy is None else (out.dentropy * weights).reshape(-1)
@@ -364,12 +382,13 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
         if out.clipped is not None:
             clipped_any |= out.clipped.reshape(-1)
         z = z - lr * grad
-        metrics = out.metrics
-    metrics["actor/entropy_coeff"] = bonus
+        updates.append((out.metrics, float(mask.sum())))
+    metrics = token_weighted_means(updates)
+    metrics["actor/entropy_coeff"] = coeff_now
     metrics.update(attribution_parts(contrib, adv, old_logp, entropy(logits)[s_t], clipped_any))
     return StepResult(
         logits=z,
-        state=replace(state, entropy_coeff=alpha),
+        state=replace(state, entropy_coeff=coeff_next),
         tokens=batch,
         token_logp=old_logp,
         token_adv=adv,

@@ -32,6 +32,7 @@ from softmax_theory.estimators import (
     pg_entropy_change,
     second_order_entropy_change,
 )
+from softmax_theory.inputs import Domain, check_domains
 from softmax_theory.stats import correlation, resolution
 
 
@@ -67,40 +68,53 @@ ABS_BOUND_MAX_LR = 0.03
 
 @dataclass(frozen=True)
 class CheckConfig:
-    """What `softmax-theory check` runs; every default lives here."""
+    """What `softmax-theory check` runs; every default and domain lives here."""
 
+    # a slope needs two step sizes
     lrs: tuple[float, ...] = field(
         default=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-        metadata={"help": "ladder of step sizes η"},
+        metadata={"help": "ladder of step sizes η", "domain": Domain(gt=0, min_len=2)},
     )
     instances: int = field(
-        default=32, metadata={"help": "random instances (logits and rewards) per environment"}
+        default=32,
+        metadata={
+            "help": "random instances (logits and rewards) per environment",
+            "domain": Domain(ge=2),
+        },
     )
     logit_scales: tuple[float, ...] = field(
         default=(1.0, 2.0, 4.0),
         metadata={
             "help": "standard deviations of the random logits, cycled over instances; near 0 "
-            "the first-order term vanishes and relative errors grow (docs/theory.md, §5)"
+            "the first-order term vanishes and relative errors grow (docs/theory.md, §5)",
+            "domain": Domain(gt=0, min_len=1),
         },
     )
+    # a one-arm bandit has no entropy to change
     bandit_actions: tuple[int, ...] = field(
-        default=(4, 64, 1024), metadata={"help": "arm counts of the bandits checked"}
+        default=(4, 64, 1024),
+        metadata={"help": "arm counts of the bandits checked", "domain": Domain(ge=2, min_len=1)},
     )
     contextual_shape: tuple[int, int] = field(
-        default=(16, 16), metadata={"help": "(prompts, responses) of the contextual bandit"}
+        default=(16, 16),
+        metadata={
+            "help": "(prompts, responses) of the contextual bandit",
+            "domain": (Domain(ge=1), Domain(ge=2)),
+        },
     )
     tree_shape: tuple[int, int] = field(
-        default=(4, 3), metadata={"help": "(vocabulary, horizon) of the token-tree MDP"}
+        default=(4, 3),
+        metadata={
+            "help": "(vocabulary, horizon) of the token-tree MDP",
+            "domain": (Domain(ge=2), Domain(ge=1)),
+        },
     )
-    seed: int = field(default=0, metadata={"help": "seed of every random instance"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of every random instance", "domain": Domain(ge=0)}
+    )
 
     def __post_init__(self) -> None:
-        if len(self.lrs) < 2 or any(not (lr > 0) for lr in self.lrs):
-            raise ValueError(f"lrs: need at least two step sizes > 0, got {self.lrs}")
-        if self.instances < 2:
-            raise ValueError(f"instances: need at least 2, got {self.instances}")
-        if not self.logit_scales or any(s <= 0 for s in self.logit_scales):
-            raise ValueError(f"logit_scales: need positive scales, got {self.logit_scales}")
+        check_domains(self)
 
 
 @dataclass(frozen=True)

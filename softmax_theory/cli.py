@@ -23,21 +23,21 @@ from softmax_theory.cli_options import (
     check_out_dir,
     check_out_file,
     config_options,
-    parse_list,
     run_cli,
 )
-from softmax_theory.dynamics import EnvConfig, SimConfig
+from softmax_theory.dynamics import SimConfig
+from softmax_theory.envs import EnvConfig
 from softmax_theory.law import (
-    N_BOOT,
-    PAPER_FIT_FRACTION,
+    LawConfig,
     LawReport,
     law_report,
     series_from_csv,
     series_from_run,
 )
 from softmax_theory.policy import PolicyLossConfig
-from softmax_theory.runlog import STEPS_FILE, read_run
+from softmax_theory.runlog import STEPS_FILE, atomic_write_text, read_run
 from softmax_theory.stats import correlation
+from softmax_theory.sweep import SweepGrid
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 # Wide enough for the tables even when the output is a pipe or a log file (rich assumes 80).
@@ -119,7 +119,7 @@ def check(
     report = run_checks(config)
     print_check_report(report)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2))
         console.print(f"wrote {json_out}")
     failed = [r for r in report.rows if not r.passed]
     if failed:
@@ -215,13 +215,9 @@ def _law_dict(rep: LawReport) -> dict[str, Any]:
 
 
 @app.command()
+@config_options(LawConfig)
 def fit(
     runs: Annotated[list[Path], typer.Argument(help="run directories, or CSV files")],
-    fit_fraction: Annotated[
-        float, typer.Option(help="share of points (in step order) the forecast is fitted on")
-    ] = PAPER_FIT_FRACTION,
-    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the intervals")] = N_BOOT,
-    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
     entropy_col: Annotated[str, typer.Option(help="CSV: the entropy column")] = "entropy",
     reward_col: Annotated[
         str | None,
@@ -232,11 +228,13 @@ def fit(
     ] = None,
     step_col: Annotated[str, typer.Option(help="CSV: the step column, if any")] = "step",
     out: Annotated[Path | None, typer.Option(help="directory for law.png and law.json")] = None,
+    **options: Any,
 ) -> None:
     """Fit the entropy–performance law to runs; print a, b, the ceiling and the forecast error."""
+    cfg = build_config(LawConfig, options)
     if out is not None:
         check_out_dir(out, "--out")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seed)
     reports = []
     for path in runs:
         try:
@@ -245,19 +243,19 @@ def fit(
                 if path.suffix.lower() == ".csv"
                 else series_from_run(read_run(path), reward_col)
             )
-            reports.append(law_report(series, fit_fraction, n_boot, rng))
+            reports.append(law_report(series, cfg.fit_fraction, cfg.n_boot, rng))
         except (ValueError, FileNotFoundError) as err:
             message = str(err)
             raise ValueError(
                 f"RUNS: {message if str(path) in message else f'{path}: {message}'}"
             ) from None
-    print_law_reports(reports, fit_fraction)
+    print_law_reports(reports, cfg.fit_fraction)
     if out is not None:
         from softmax_theory.plots import plot_law
 
         fig, _ = plot_law(reports)
         fig.savefig(out / "law.png", dpi=120)
-        (out / "law.json").write_text(json.dumps([_law_dict(r) for r in reports], indent=2))
+        atomic_write_text(out / "law.json", json.dumps([_law_dict(r) for r in reports], indent=2))
         console.print(f"wrote {out / 'law.png'} and {out / 'law.json'}")
 
 
@@ -308,8 +306,8 @@ def simulate(
     **options: Any,
 ) -> None:
     """Run one algorithm on one environment; print the run's summary and write its run log."""
-    from softmax_theory.dynamics import make_env
     from softmax_theory.dynamics import simulate as run_simulation
+    from softmax_theory.envs import make_env
     from softmax_theory.sweep import summarise
 
     env_cfg, sim_cfg = _sim_configs(options)
@@ -390,6 +388,7 @@ def _sweep_table(rows: list, env_name: str, steps: int, seeds: int) -> Table:
 
 @app.command()
 @config_options(
+    SweepGrid,
     EnvConfig,
     SimConfig,
     AlgoConfig,
@@ -398,16 +397,6 @@ def _sweep_table(rows: list, env_name: str, steps: int, seeds: int) -> Table:
     exclude=SIM_EXCLUDE | {"algo", "lr"},
 )
 def sweep(
-    algo: Annotated[
-        str, typer.Option("--algo", "--algos", help="comma-separated algorithms")
-    ] = "pg,npg,grpo",
-    lr: Annotated[
-        str, typer.Option("--lr", "--lrs", help="comma-separated step sizes η")
-    ] = "0.01,0.1,1",
-    seeds: Annotated[
-        int,
-        typer.Option(help="sampling seeds per cell, from --seed on (pg and npg are exact: one)"),
-    ] = 1,
     out: Annotated[
         Path | None,
         typer.Option(help="directory for config.json, sweep.csv, runs/ and the figures"),
@@ -423,8 +412,8 @@ def sweep(
 
     from softmax_theory.sweep import run_sweep
 
-    algos = list(parse_list(algo, str, "--algo"))
-    lrs = list(parse_list(lr, float, "--lr"))
+    grid = build_config(SweepGrid, options)
+    algos, lrs, seeds = list(grid.algos), list(grid.lrs), grid.seeds
     env_cfg, base = _sim_configs(options)
     for x in lrs:  # every cell is valid before anything is written
         dataclasses.replace(base, lr=x)

@@ -2,8 +2,10 @@
 user errors, and checks of output paths made before any work starts.
 
 A command declares which config classes it builds; every scalar field becomes a ``--flag`` with
-the field's help string and its default (an absent flag leaves the dataclass default in force),
-so each default and each help text has exactly one home: the dataclass.
+the field's help string, its domain and its default (an absent flag leaves the dataclass default
+in force), so each default, domain and help text has exactly one home: the dataclass. The
+dataclass checks its settings (``softmax_theory.inputs.check_domains`` and its cross-field
+rules) as it is built, before any work starts; ``build_config`` names a refused one by its flag.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from softmax_theory.inputs import MissingExtra
+from softmax_theory.inputs import MissingExtra, SettingError, domain_text, numeric_fields
 
 # Exceptions that mean a user's mistake (each names the argument): one line and exit code 2.
 # Anything else is our bug and keeps its traceback. ENTROPY_MECHANISM_DEBUG=1 shows tracebacks
@@ -164,6 +166,17 @@ def scalar_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     ]
 
 
+def _field_help(cls: type, f: dataclasses.Field, default: Any) -> str:
+    """The field's help text, its domain ('an integer ≥ 1') and its default."""
+    help_text = f.metadata.get("help", "")
+    integer = {g.name: i for g, _, i, _ in numeric_fields(cls)}
+    if f.name in integer:
+        domain = domain_text(f, integer[f.name])
+        if domain:
+            help_text = f"{help_text}; {domain}" if help_text else domain
+    return _with_default(help_text, default)
+
+
 def _with_default(help_text: str, default: Any) -> str:
     """The help text with its default, unless the text already says it."""
     if "default" in help_text:
@@ -190,7 +203,8 @@ def config_options(
 
     ``rename`` maps ``Class.field`` (or ``field``) to the parameter name used on the command
     line, for fields whose names collide or read badly (``EnvConfig.name`` → ``env``);
-    ``exclude`` names parameters the command declares itself or does not offer. The command
+    ``exclude`` names parameters the command declares itself or does not offer; a field whose
+    metadata has ``flags`` (``("--lr", "--lrs")``) is offered under those names. The command
     receives them in ``**options`` and builds its configs with ``build_config``.
     """
     rename = rename or {}
@@ -215,14 +229,17 @@ def config_options(
                 taken.add(name)
                 default = f.default if f.default is not dataclasses.MISSING else None
                 base = _base_type(tp, default)
-                help_text = _with_default(f.metadata.get("help", ""), default)
+                help_text = _field_help(cls, f, default)
                 params.append(
                     inspect.Parameter(
                         name,
                         inspect.Parameter.KEYWORD_ONLY,
                         default=None,
                         annotation=Annotated[
-                            base | None, typer.Option(help=help_text, show_default=False)
+                            base | None,
+                            typer.Option(
+                                *f.metadata.get("flags", ()), help=help_text, show_default=False
+                            ),
                         ],
                     )
                 )
@@ -233,21 +250,42 @@ def config_options(
 
         wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        wrapper.__config_rename__ = rename  # type: ignore[attr-defined]
         return wrapper
 
     return decorator
 
 
+def option_flag(cls: type, field_name: str, rename: dict[str, str] | None = None) -> str:
+    """The ``--flag`` that sets ``cls.field_name`` on a command built with ``rename`` (the
+    first of the field's ``flags`` metadata where it names its own)."""
+    flags = next(f for f in dataclasses.fields(cls) if f.name == field_name).metadata.get("flags")
+    if flags:
+        return flags[0]
+    rename = rename or {}
+    name = rename.get(f"{cls.__name__}.{field_name}", rename.get(field_name, field_name))
+    return "--" + name.replace("_", "-")
+
+
 def build_config(
     cls: type, options: dict[str, Any], rename: dict[str, str] | None = None, **nested: Any
 ) -> Any:
-    """Build ``cls`` from the options the user gave (``None`` = not given) and nested configs."""
+    """Build ``cls`` from the options the user gave (``None`` = not given) and nested configs.
+
+    The config checks its own domains and cross-field rules (``__post_init__``); a setting it
+    refuses is named here by its flag (``--val-prompts: must be an integer ≥ 1, got 0``).
+    """
     rename = rename or {}
     given = {}
+    flags = {}
     for f, tp in scalar_fields(cls):
         name = rename.get(f"{cls.__name__}.{f.name}", rename.get(f.name, f.name))
+        flags[f.name] = option_flag(cls, f.name, rename)
         value = options.get(name)
         if value is not None:
-            given[f.name] = _parse(value, tp, "--" + name.replace("_", "-"))
-    return cls(**given, **nested)
+            given[f.name] = _parse(value, tp, flags[f.name])
+    try:
+        return cls(**given, **nested)
+    except SettingError as err:
+        if err.name not in flags:
+            raise
+        raise SettingError(flags[err.name], err.problem) from None

@@ -1,6 +1,7 @@
 """The training loop: run an algorithm on an environment and record the run log.
 
-Every step records what the design note's run-log contract names, all exact except ``cov_mean``
+Every step records the keys of the run-log contract (``docs/architecture.md``, "The run-log
+contract"; ``docs/dynamics.md`` lists the tabular keys), all exact except ``cov_mean``
 (the paper's estimator on the step's sampled tokens): ``entropy`` and ``reward`` before the
 update, ``entropy_after``, ``delta_entropy`` = ``delta_within`` + ``delta_shift`` (eq. 10),
 ``pred_lemma1`` (with the actual logit change), ``pred_pg`` and ``pred_npg`` (what Theorems 1 and
@@ -9,7 +10,6 @@ update, ``entropy_after``, ``delta_entropy`` = ``delta_within`` + ``delta_shift`
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from softmax_theory.algorithms import AlgoConfig, StepResult, initial_state, step
-from softmax_theory.envs import ContextualBandit, TabularEnv, TokenTreeMDP
+from softmax_theory.envs import ContextualBandit, TabularEnv
 from softmax_theory.estimators import (
     covariance,
     first_order_entropy_change,
@@ -26,8 +26,8 @@ from softmax_theory.estimators import (
     npg_entropy_change,
     pg_entropy_change,
 )
-from softmax_theory.registry import parse_choice
-from softmax_theory.runlog import RunWriter, to_jsonable
+from softmax_theory.inputs import Domain, SettingError, check_domains
+from softmax_theory.runlog import RunWriter, atomic_write_text, to_jsonable
 from softmax_theory.stats import top_covariance_means
 from softmax_theory.token_stats import token_covariance
 
@@ -41,27 +41,38 @@ def sampled_covariance(logp: np.ndarray, adv: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """A simulation run; the only home of its defaults."""
+    """A simulation run; the only home of its defaults and domains."""
 
-    steps: int = field(default=200, metadata={"help": "number of updates"})
-    lr: float = field(default=0.1, metadata={"help": "step size η"})
-    seed: int = field(default=0, metadata={"help": "seed of the environment and the sampling"})
+    steps: int = field(default=200, metadata={"help": "number of updates", "domain": Domain(ge=1)})
+    lr: float = field(default=0.1, metadata={"help": "step size η", "domain": Domain(gt=0)})
+    seed: int = field(
+        default=0,
+        metadata={"help": "seed of the environment and the sampling", "domain": Domain(ge=0)},
+    )
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     cov_table_steps: tuple[int, ...] = field(
-        default=(), metadata={"help": "steps at which to write the covariance table"}
+        default=(),
+        metadata={
+            "help": "steps at which to write the covariance table",
+            "domain": Domain(ge=0),
+        },
     )
     pass_k: int | None = field(
         default=None,
-        metadata={"help": "also record the exact pass@K before each update (default: off)"},
+        metadata={
+            "help": "also record the exact pass@K before each update (default: off)",
+            "domain": Domain(ge=1),
+        },
     )
 
     def __post_init__(self) -> None:
-        if self.pass_k is not None and self.pass_k < 1:
-            raise ValueError(f"pass_k: must be ≥ 1, got {self.pass_k}")
-        if self.steps < 1:
-            raise ValueError(f"steps: must be ≥ 1, got {self.steps}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: the step size must be a finite number > 0, got {self.lr}")
+        check_domains(self)
+        late = [s for s in self.cov_table_steps if s >= self.steps]
+        if late:
+            raise SettingError(
+                "cov_table_steps",
+                f"step {late[0]} is past the last step {self.steps - 1} (steps start at 0)",
+            )
 
 
 @dataclass(frozen=True)
@@ -177,8 +188,8 @@ def simulate(
             if result.tokens is not None and k in config.cov_table_steps:
                 tables.append(cov_table(k, env, z, result))
                 if out is not None:
-                    with open(os.path.join(out, COV_TABLES_FILE), "w") as f:
-                        json.dump(to_jsonable(tables), f, indent=2)
+                    text = json.dumps(to_jsonable(tables), indent=2)
+                    atomic_write_text(os.path.join(out, COV_TABLES_FILE), text)
             z, state = result.logits, result.state
     finally:
         if writer is not None:
@@ -192,90 +203,3 @@ def simulate(
         final_entropy=env.entropy(z),
         final_reward=env.expected_reward(z),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Environments by name
-# ---------------------------------------------------------------------------------------------
-
-
-class EnvName(str, enum.Enum):
-    BANDIT = "bandit"
-    CONTEXTUAL = "contextual"
-    TREE = "tree"
-    EXPLORE = "explore"
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Which environment, and its sizes; the only home of their defaults."""
-
-    name: EnvName = field(default=EnvName.CONTEXTUAL, metadata={"help": "environment"})
-    actions: int = field(default=16, metadata={"help": "bandit/contextual/explore: responses A"})
-    prompts: int = field(default=32, metadata={"help": "contextual/explore: prompts S"})
-    vocab: int = field(default=4, metadata={"help": "tree: vocabulary V"})
-    horizon: int = field(default=3, metadata={"help": "tree: horizon T"})
-    logit_scale: float = field(default=1.0, metadata={"help": "std of the initial logits"})
-    seed: int = field(default=0, metadata={"help": "seed of the rewards and initial logits"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "name", parse_choice(EnvName, self.name, "env"))
-        for name in ("actions", "prompts", "vocab", "horizon"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
-        if self.name is not EnvName.TREE and self.actions < 2:
-            raise ValueError("actions: need at least 2 responses")
-
-
-# Exploration env: the best response (reward 1) starts with logit EXPLORE_BEST_LOGIT, a decoy
-# (reward EXPLORE_DECOY_REWARD) with EXPLORE_DECOY_LOGIT; everything else 0.
-EXPLORE_BEST_LOGIT = -2.0
-EXPLORE_DECOY_LOGIT = 2.0
-EXPLORE_DECOY_REWARD = 0.6
-
-
-def make_env(cfg: EnvConfig) -> TabularEnv:
-    """Build an environment with seeded rewards and initial logits.
-
-    - bandit: A arms, rewards U(0, 1).
-    - contextual: S prompts × A responses with verifiable (0/1) rewards; prompt s has between
-      1 and A/2 correct responses, so prompts range from hard to easy.
-    - tree: V^T sequences, reward 1 on a random 10% of them (at least one).
-    - explore: like contextual, but each prompt's one correct response starts unlikely
-      (logit −2) and a decoy worth 0.6 starts likely (logit +2): exploration pays.
-    """
-    rng = np.random.default_rng(cfg.seed)
-    name = cfg.name
-    if name is EnvName.BANDIT:
-        init = cfg.logit_scale * rng.standard_normal((1, cfg.actions))
-        return ContextualBandit(
-            rng.random((1, cfg.actions)), name=f"bandit-{cfg.actions}", init_logits=init
-        )
-    if name is EnvName.TREE:
-        n_seq = cfg.vocab**cfg.horizon
-        rewards = np.zeros(n_seq)
-        rewards[rng.choice(n_seq, size=max(1, n_seq // 10), replace=False)] = 1.0
-        n_states = (cfg.vocab**cfg.horizon - 1) // (cfg.vocab - 1)  # prefixes of length < T
-        return TokenTreeMDP(
-            cfg.vocab,
-            cfg.horizon,
-            rewards,
-            name=f"tree-{cfg.vocab}^{cfg.horizon}",
-            init_logits=cfg.logit_scale * rng.standard_normal((n_states, cfg.vocab)),
-        )
-    s, a = cfg.prompts, cfg.actions
-    rewards = np.zeros((s, a))
-    if name is EnvName.CONTEXTUAL:
-        for i in range(s):
-            n_correct = rng.integers(1, max(1, a // 2) + 1)
-            rewards[i, rng.choice(a, size=n_correct, replace=False)] = 1.0
-        init = cfg.logit_scale * rng.standard_normal((s, a))
-        return ContextualBandit(rewards, name=f"contextual-{s}x{a}", init_logits=init)
-    init = cfg.logit_scale * rng.standard_normal((s, a))
-    for i in range(s):
-        best, decoy = rng.choice(a, size=2, replace=False)
-        rewards[i, best] = 1.0
-        rewards[i, decoy] = EXPLORE_DECOY_REWARD
-        init[i, best] = EXPLORE_BEST_LOGIT
-        init[i, decoy] = EXPLORE_DECOY_LOGIT
-    return ContextualBandit(rewards, name=f"explore-{s}x{a}", init_logits=init)

@@ -7,13 +7,15 @@ entropy, the advantages A(s, a), and the exact policy gradient ∂J/∂z.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from softmax_theory.estimators import advantages, entropy, log_softmax
-from softmax_theory.inputs import check_finite
+from softmax_theory.inputs import Domain, check_domains, check_finite
+from softmax_theory.registry import parse_choice
 
 
 @dataclass(frozen=True)
@@ -301,3 +303,97 @@ class TokenTreeMDP(TabularEnv):
     def max_reward(self) -> float:
         """The largest expected reward any policy reaches: the best sequence's."""
         return float(self.rewards.max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments by name
+# ---------------------------------------------------------------------------------------------
+
+
+class EnvName(str, enum.Enum):
+    BANDIT = "bandit"
+    CONTEXTUAL = "contextual"
+    TREE = "tree"
+    EXPLORE = "explore"
+
+
+def _meta(help_text: str, domain: Domain) -> dict:
+    return {"help": help_text, "domain": domain}
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment, and its sizes; the only home of their defaults and domains."""
+
+    name: EnvName = field(default=EnvName.CONTEXTUAL, metadata={"help": "environment"})
+    # one response has no entropy to change: every environment needs a choice
+    actions: int = field(
+        default=16, metadata=_meta("bandit/contextual/explore: responses A", Domain(ge=2))
+    )
+    prompts: int = field(default=32, metadata=_meta("contextual/explore: prompts S", Domain(ge=1)))
+    vocab: int = field(default=4, metadata=_meta("tree: vocabulary V", Domain(ge=2)))
+    horizon: int = field(default=3, metadata=_meta("tree: horizon T", Domain(ge=1)))
+    logit_scale: float = field(
+        default=1.0, metadata=_meta("std of the initial logits", Domain(ge=0))
+    )
+    seed: int = field(
+        default=0, metadata=_meta("seed of the rewards and initial logits", Domain(ge=0))
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", parse_choice(EnvName, self.name, "env"))
+        check_domains(self)
+
+
+# Exploration env: the best response (reward 1) starts with logit EXPLORE_BEST_LOGIT, a decoy
+# (reward EXPLORE_DECOY_REWARD) with EXPLORE_DECOY_LOGIT; everything else 0.
+EXPLORE_BEST_LOGIT = -2.0
+EXPLORE_DECOY_LOGIT = 2.0
+EXPLORE_DECOY_REWARD = 0.6
+
+
+def make_env(cfg: EnvConfig) -> TabularEnv:
+    """Build an environment with seeded rewards and initial logits.
+
+    - bandit: A arms, rewards U(0, 1).
+    - contextual: S prompts × A responses with verifiable (0/1) rewards; prompt s has between
+      1 and A/2 correct responses, so prompts range from hard to easy.
+    - tree: V^T sequences, reward 1 on a random 10% of them (at least one).
+    - explore: like contextual, but each prompt's one correct response starts unlikely
+      (logit −2) and a decoy worth 0.6 starts likely (logit +2): exploration pays.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    name = cfg.name
+    if name is EnvName.BANDIT:
+        init = cfg.logit_scale * rng.standard_normal((1, cfg.actions))
+        return ContextualBandit(
+            rng.random((1, cfg.actions)), name=f"bandit-{cfg.actions}", init_logits=init
+        )
+    if name is EnvName.TREE:
+        n_seq = cfg.vocab**cfg.horizon
+        rewards = np.zeros(n_seq)
+        rewards[rng.choice(n_seq, size=max(1, n_seq // 10), replace=False)] = 1.0
+        n_states = (cfg.vocab**cfg.horizon - 1) // (cfg.vocab - 1)  # prefixes of length < T
+        return TokenTreeMDP(
+            cfg.vocab,
+            cfg.horizon,
+            rewards,
+            name=f"tree-{cfg.vocab}^{cfg.horizon}",
+            init_logits=cfg.logit_scale * rng.standard_normal((n_states, cfg.vocab)),
+        )
+    s, a = cfg.prompts, cfg.actions
+    rewards = np.zeros((s, a))
+    if name is EnvName.CONTEXTUAL:
+        for i in range(s):
+            n_correct = rng.integers(1, max(1, a // 2) + 1)
+            rewards[i, rng.choice(a, size=n_correct, replace=False)] = 1.0
+        init = cfg.logit_scale * rng.standard_normal((s, a))
+        return ContextualBandit(rewards, name=f"contextual-{s}x{a}", init_logits=init)
+    init = cfg.logit_scale * rng.standard_normal((s, a))
+    for i in range(s):
+        best, decoy = rng.choice(a, size=2, replace=False)
+        rewards[i, best] = 1.0
+        rewards[i, decoy] = EXPLORE_DECOY_REWARD
+        init[i, best] = EXPLORE_BEST_LOGIT
+        init[i, decoy] = EXPLORE_DECOY_LOGIT
+    return ContextualBandit(rewards, name=f"explore-{s}x{a}", init_logits=init)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from softmax_theory.inputs import Domain, SettingError, domain_problem
+
 # Added to a group's reward std before dividing (GRPO's ε).
 ADV_EPS = 1e-6
 
@@ -105,11 +107,17 @@ def compute_advantages(
     return ADVANTAGES[estimator](reward, group)
 
 
+# λ, the weight of a right response against a wrong one's −1: the one home of its domain, read
+# by every config that offers it (AlgoConfig, TrainConfig) and by check_w_reinforce_lambda.
+W_REINFORCE_LAMBDA_DOMAIN = Domain(ge=0)
+
+
 def check_w_reinforce_lambda(estimator: AdvantageEstimator, lam: float | None) -> None:
     """Refuse λ outside [0, ∞) or with an estimator that does not read it (one line, by name)."""
     if lam is None:
         return
+    problem = domain_problem(lam, W_REINFORCE_LAMBDA_DOMAIN, False, False, False)
+    if problem is not None:
+        raise SettingError("w_reinforce_lambda", problem)
     if estimator is not AdvantageEstimator.W_REINFORCE:
-        raise ValueError(f"w_reinforce_lambda: has no effect with advantage {estimator.value}")
-    if not (np.isfinite(lam) and lam >= 0):
-        raise ValueError(f"w_reinforce_lambda: must be a finite number ≥ 0, got {lam}")
+        raise SettingError("w_reinforce_lambda", f"has no effect with advantage {estimator.value}")

@@ -11,18 +11,43 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
+from softmax_theory.inputs import Domain, check_domains
 from softmax_theory.runlog import RunLog
 
 MIN_POINTS = 3
 # The paper fits on the first ~15% of validation points (36 of 236) and predicts the rest.
 PAPER_FIT_FRACTION = 0.15
 N_BOOT = 1000
+MIN_BOOT = 10
 LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class LawConfig:
+    """How a law report is made (``softmax-theory fit``, ``llm-bridge compare``); the only home
+    of these defaults and domains."""
+
+    # the forecast needs points to fit and points to predict
+    fit_fraction: float = field(
+        default=PAPER_FIT_FRACTION,
+        metadata={
+            "help": "share of points (in step order) the forecast is fitted on",
+            "domain": Domain(gt=0, lt=1),
+        },
+    )
+    n_boot: int = field(
+        default=N_BOOT,
+        metadata={"help": "bootstrap resamples for the intervals", "domain": Domain(ge=MIN_BOOT)},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the bootstrap", "domain": Domain(ge=0)})
+
+    def __post_init__(self) -> None:
+        check_domains(self)
 
 
 def _paired(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +161,8 @@ def bootstrap_entropy_law(
       level: coverage of the two-sided percentile interval, in (0, 1).
     """
     h, r = _check_series(entropy, reward)
-    if n_boot < 10:
-        raise ValueError(f"n_boot: need at least 10 resamples, got {n_boot}")
+    if n_boot < MIN_BOOT:
+        raise ValueError(f"n_boot: need at least {MIN_BOOT} resamples, got {n_boot}")
     if not 0 < level < 1:
         raise ValueError(f"level: must lie in (0, 1), got {level}")
     rng = np.random.default_rng(0) if rng is None else rng

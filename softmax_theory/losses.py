@@ -12,7 +12,7 @@ tokens) with a ``response_mask``; the tabular world uses B responses of equal le
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -79,15 +79,17 @@ class LossInputs:
 
 @dataclass(frozen=True)
 class PolicyLossOutput:
-    """Per-token loss (0 on padding), metrics, and the exact derivatives of the loss."""
+    """Per-token loss (0 on padding), metrics and the clipped tokens: the torch twin's fields,
+    in its order. Then what only numpy has, keyword-only: the exact derivatives of the loss
+    (torch gets them from autograd)."""
 
     per_token_loss: np.ndarray  # [B, T]
-    metrics: Metrics
-    dlogp: np.ndarray  # [B, T] dℓ_t/d log π_t
-    dentropy: np.ndarray | None = None  # [B, T] dℓ_t/dH_t, where the entropy enters
+    metrics: Metrics = field(default_factory=dict)
     # [B, T] bool: the tokens whose ratio left the trust region on the side the loss restrains
     # (their gradient cut or bounded), for the ΔH attribution; None for a loss without a clip
     clipped: np.ndarray | None = None
+    dlogp: np.ndarray = field(kw_only=True)  # [B, T] dℓ_t/d log π_t
+    dentropy: np.ndarray | None = field(default=None, kw_only=True)  # [B, T] dℓ_t/dH_t
 
 
 def log_ratio(inp: LossInputs) -> np.ndarray:
@@ -157,7 +159,7 @@ def vanilla_loss(
     loss, grad, metrics, clipped = ppo_clip(
         inp, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
     )
-    return PolicyLossOutput(loss, metrics, grad, clipped=clipped)
+    return PolicyLossOutput(loss, metrics, clipped, dlogp=grad)
 
 
 def clip_higher_loss(
@@ -259,7 +261,7 @@ def clip_cov_loss(
         selected = select_cov_tokens(inp, cfg, generator)
     keep = (~selected).astype(np.float64)
     metrics.update(_selection_metrics(inp, selected))
-    return PolicyLossOutput(loss * keep, metrics, grad * keep, clipped=clipped)
+    return PolicyLossOutput(loss * keep, metrics, clipped, dlogp=grad * keep)
 
 
 def kl_cov_loss(
@@ -281,7 +283,7 @@ def kl_cov_loss(
         "actor/ppo_kl_abs": float(masked_mean(np.abs(diff), mask)),
         **_selection_metrics(inp, selected),
     }
-    return PolicyLossOutput(loss, metrics, grad)
+    return PolicyLossOutput(loss, metrics, dlogp=grad)
 
 
 def gppo_loss(
@@ -308,7 +310,7 @@ def gppo_loss(
     inside = _ratio_grad(inp, ratio) / ratio  # 1 inside the ±20 clamp, 0 outside
     clipped = high | low
     return PolicyLossOutput(
-        -adv * w, _clip_metrics(inp, lr, clipped), -adv * w * inside, clipped=clipped
+        -adv * w, _clip_metrics(inp, lr, clipped), clipped, dlogp=-adv * w * inside
     )
 
 
@@ -327,7 +329,7 @@ def cispo_loss(
     w = np.clip(ratio, 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high)
     clipped = ratio != w
     return PolicyLossOutput(
-        -w * adv * inp.log_prob, _clip_metrics(inp, lr, clipped), -w * adv, clipped=clipped
+        -w * adv * inp.log_prob, _clip_metrics(inp, lr, clipped), clipped, dlogp=-w * adv
     )
 
 
@@ -360,7 +362,7 @@ def gspo_loss(
     loss = np.maximum(loss1, loss2)
     grad = np.where(clipped | (seq > SEQ_LOG_RATIO_MAX), 0.0, -adv * s)
     metrics = _clip_metrics(inp, inp.log_prob - inp.old_log_prob, clipped)
-    return PolicyLossOutput(loss, metrics, grad, clipped=clipped)
+    return PolicyLossOutput(loss, metrics, clipped, dlogp=grad)
 
 
 def high_entropy_tokens(entropy: np.ndarray, mask: np.ndarray, quantile: float) -> np.ndarray:
@@ -398,7 +400,7 @@ def archer_loss(
     knowledge = (~high).astype(np.float64) * cfg.archer_kl_coef
     metrics["actor/archer_high_frac"] = float(masked_mean(high, _valid(inp)))
     metrics["actor/archer_kl"] = float(masked_mean(kl, _valid(inp) & ~high))
-    return PolicyLossOutput(loss + knowledge * kl, metrics, grad + knowledge * dkl, clipped=clipped)
+    return PolicyLossOutput(loss + knowledge * kl, metrics, clipped, dlogp=grad + knowledge * dkl)
 
 
 POLICY_LOSSES: dict[PolicyLoss, Callable[..., PolicyLossOutput]] = {
@@ -469,14 +471,15 @@ def compute_policy_loss(
 ) -> PolicyLossOutput:
     """The configured policy loss plus the composable controls, per token:
 
-    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  α·H_t  +  β·KL_t(π‖π_ref)
+    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  entropy_coeff·H_t  +  β·KL_t(π‖π_ref)
 
     with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A).
 
     Args:
       inp: the batch.
       cfg: the loss and the controls.
-      entropy_coeff: α in force (adaptive control passes its current value); cfg's when omitted.
+      entropy_coeff: the bonus coefficient in force (adaptive control passes its current
+        value); ``cfg.entropy_coeff`` when omitted.
       generator: randomness of Clip-Cov's draw.
       selected: Clip-Cov/KL-Cov tokens chosen over a larger scope.
     """
@@ -500,13 +503,13 @@ def compute_policy_loss(
         keep = top_entropy_mask(inp.entropy, mask, cfg.top_entropy_ratio).astype(np.float64)
         loss, grad = loss * keep, grad * keep
         metrics["actor/top_entropy_frac"] = float(masked_mean(keep, mask))
-    alpha = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
+    entropy_coeff = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
     dentropy = None
-    if alpha > 0:
+    if entropy_coeff > 0:
         if inp.entropy is None:
             raise ValueError("entropy: an entropy bonus needs the per-token entropy")
-        loss = loss - alpha * inp.entropy
-        dentropy = -alpha * mask
+        loss = loss - entropy_coeff * inp.entropy
+        dentropy = -entropy_coeff * mask
     if inp.entropy is not None:
         metrics["actor/entropy"] = float(masked_mean(inp.entropy, mask))
     if cfg.kl_loss_coef > 0:
@@ -516,7 +519,7 @@ def compute_policy_loss(
         loss, grad = loss + cfg.kl_loss_coef * kl, grad + cfg.kl_loss_coef * dkl
         metrics["actor/kl_loss"] = float(masked_mean(kl, mask))
     clipped = None if out.clipped is None else out.clipped & mask.astype(bool)
-    return PolicyLossOutput(loss * mask, metrics, grad * mask, dentropy, clipped)
+    return PolicyLossOutput(loss * mask, metrics, clipped, dlogp=grad * mask, dentropy=dentropy)
 
 
 def agg_loss(

@@ -16,6 +16,7 @@ import enum
 import math
 from dataclasses import dataclass, field, fields
 
+from softmax_theory.inputs import Domain, SettingError, check_domains
 from softmax_theory.registry import parse_choice
 
 
@@ -147,8 +148,18 @@ def _per_loss(name: str) -> str:
     return "default per loss: " + ", ".join(parts)
 
 
-def _help(text: str, name: str | None = None) -> dict[str, str]:
-    return {"help": text if name is None else f"{text} ({_per_loss(name)})"}
+def _help(text: str, name: str | None = None, domain: Domain | None = None) -> dict:
+    """A field's metadata: its help text (with the per-loss defaults of ``name``) and domain."""
+    meta: dict = {"help": text if name is None else f"{text} ({_per_loss(name)})"}
+    if domain is not None:
+        meta["domain"] = domain
+    return meta
+
+
+# Domains shared by several settings.
+NON_NEGATIVE = Domain(ge=0)
+POSITIVE = Domain(gt=0)
+FRACTION = Domain(gt=0, le=1)  # a share of the valid tokens: at least one is always taken
 
 
 @dataclass(frozen=True)
@@ -161,40 +172,53 @@ class PolicyLossConfig:
 
     loss_mode: PolicyLoss = field(default=PolicyLoss.VANILLA, metadata=_help("the policy loss"))
     clip_ratio_low: float | None = field(
-        default=None, metadata=_help("PPO ε_low: ratio ≥ 1 − ε_low", "clip_ratio_low")
+        default=None, metadata=_help("PPO ε_low: ratio ≥ 1 − ε_low", "clip_ratio_low", NON_NEGATIVE)
     )
     clip_ratio_high: float | None = field(
-        default=None, metadata=_help("PPO ε_high: ratio ≤ 1 + ε_high", "clip_ratio_high")
+        default=None,
+        metadata=_help("PPO ε_high: ratio ≤ 1 + ε_high", "clip_ratio_high", NON_NEGATIVE),
     )
     clip_ratio_c: float | None = field(
         default=DUAL_CLIP_DEFAULT,
-        metadata=_help("dual-clip c > 1: a token with A < 0 loses at most c·|A|; 'none' disables"),
+        metadata=_help(
+            "dual-clip c: a token with A < 0 loses at most c·|A|; 'none' disables",
+            domain=Domain(gt=1),
+        ),
     )
     clip_cov_ratio: float | None = field(
         default=None,
-        metadata=_help("clip_cov: fraction of valid tokens detached", "clip_cov_ratio"),
+        metadata=_help("clip_cov: fraction of valid tokens detached", "clip_cov_ratio", FRACTION),
     )
     clip_cov_lb: float | None = field(
-        default=None, metadata=_help("clip_cov: covariance lower bound", "clip_cov_lb")
+        default=None, metadata=_help("clip_cov: covariance lower bound", "clip_cov_lb", Domain())
     )
     clip_cov_ub: float | None = field(
-        default=None, metadata=_help("clip_cov: covariance upper bound", "clip_cov_ub")
+        default=None, metadata=_help("clip_cov: covariance upper bound", "clip_cov_ub", Domain())
     )
     kl_cov_ratio: float | None = field(
         default=None,
-        metadata=_help("kl_cov: fraction of valid tokens penalised (top-k cov)", "kl_cov_ratio"),
+        metadata=_help(
+            "kl_cov: fraction of valid tokens penalised (top-k cov)", "kl_cov_ratio", FRACTION
+        ),
     )
     ppo_kl_coef: float | None = field(
-        default=None, metadata=_help("kl_cov: coefficient of |log π − log π_old|", "ppo_kl_coef")
+        default=None,
+        metadata=_help("kl_cov: coefficient of |log π − log π_old|", "ppo_kl_coef", NON_NEGATIVE),
     )
     gppo_beta_low: float | None = field(
         default=None,
-        metadata=_help("gppo: β₁, the gradient kept below the clip range (A < 0)", "gppo_beta_low"),
+        metadata=_help(
+            "gppo: β₁, the gradient kept below the clip range (A < 0)",
+            "gppo_beta_low",
+            NON_NEGATIVE,
+        ),
     )
     gppo_beta_high: float | None = field(
         default=None,
         metadata=_help(
-            "gppo: β₂, the gradient kept above the clip range (A > 0)", "gppo_beta_high"
+            "gppo: β₂, the gradient kept above the clip range (A > 0)",
+            "gppo_beta_high",
+            NON_NEGATIVE,
         ),
     )
     archer_quantile: float | None = field(
@@ -202,16 +226,21 @@ class PolicyLossConfig:
         metadata=_help(
             "archer: tokens above this quantile of their response's entropies are high-entropy",
             "archer_quantile",
+            Domain(gt=0, lt=1),
         ),
     )
     archer_clip_ratio: float | None = field(
         default=None,
-        metadata=_help("archer: the clip range ε of high-entropy tokens", "archer_clip_ratio"),
+        metadata=_help(
+            "archer: the clip range ε of high-entropy tokens", "archer_clip_ratio", NON_NEGATIVE
+        ),
     )
     archer_kl_coef: float | None = field(
         default=None,
         metadata=_help(
-            "archer: the KL-to-reference weight of low-entropy tokens", "archer_kl_coef"
+            "archer: the KL-to-reference weight of low-entropy tokens",
+            "archer_kl_coef",
+            NON_NEGATIVE,
         ),
     )
     loss_agg_mode: AggMode = field(
@@ -219,16 +248,30 @@ class PolicyLossConfig:
     )
     loss_scale_factor: float | None = field(
         default=None,
-        metadata=_help("the horizon of the *-norm modes (default: the maximum response length)"),
+        metadata=_help(
+            "the horizon of the *-norm modes (default: the maximum response length)",
+            domain=POSITIVE,
+        ),
     )
-    entropy_coeff: float = field(default=0.0, metadata=_help("entropy bonus α (loss −α·H)"))
+    entropy_coeff: float = field(
+        default=0.0,
+        metadata=_help("entropy bonus coefficient (loss −entropy_coeff·H)", domain=NON_NEGATIVE),
+    )
     entropy_target: float | None = field(
         default=None,
-        metadata=_help("adaptive entropy: target H; α moves ±entropy_delta towards it"),
+        metadata=_help(
+            "adaptive entropy: target H (nats); entropy_coeff moves ±entropy_delta each step "
+            "towards it",
+            domain=NON_NEGATIVE,
+        ),
     )
-    entropy_delta: float = field(default=0.005, metadata=_help("adaptive entropy: α step"))
+    entropy_delta: float = field(
+        default=0.005,
+        metadata=_help("adaptive entropy: the step of entropy_coeff", domain=NON_NEGATIVE),
+    )
     kl_loss_coef: float = field(
-        default=0.0, metadata=_help("β of +β·KL(π‖π_ref), π_ref = the initial policy")
+        default=0.0,
+        metadata=_help("β of +β·KL(π‖π_ref), π_ref = the initial policy", domain=NON_NEGATIVE),
     )
     kl_loss_type: KLEstimator = field(
         default=KLEstimator.K3, metadata=_help("per-token estimator of KL(π‖π_ref)")
@@ -236,15 +279,20 @@ class PolicyLossConfig:
     entropy_adv_alpha: float = field(
         default=0.0,
         metadata=_help(
-            "entropy-shaped advantage A + min(α·sg(H), |A|/κ) (arXiv 2506.14758): α (0: off)"
+            "entropy-shaped advantage A + min(α·sg(H), |A|/κ) (arXiv 2506.14758): α (0: off)",
+            domain=NON_NEGATIVE,
         ),
     )
     entropy_adv_kappa: float = field(
-        default=2.0, metadata=_help("entropy-shaped advantage: κ, the cap's divisor")
+        default=2.0,
+        # κ ≤ 1 lets the bonus cancel or flip a negative advantage
+        metadata=_help("entropy-shaped advantage: κ, the cap's divisor", domain=Domain(gt=1)),
     )
     top_entropy_ratio: float | None = field(
         default=None,
-        metadata=_help("gradient only through tokens in the top ρ of entropy (80/20: 0.2)"),
+        metadata=_help(
+            "gradient only through tokens in the top ρ of entropy (80/20: 0.2)", domain=FRACTION
+        ),
     )
     cov_scope: CovScope = field(
         default=CovScope.MICRO,
@@ -264,8 +312,9 @@ class PolicyLossConfig:
             ("kl_loss_type", KLEstimator),
         ):
             object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
+        check_domains(self)
         self._resolve_loss_settings()
-        self._check_ranges()
+        self._check_pairs()
         self._refuse_unused_controls()
 
     @property
@@ -293,49 +342,17 @@ class PolicyLossConfig:
                 value in (None, DUAL_CLIP_DEFAULT) if name == "clip_ratio_c" else value is None
             )
             if not untouched:
-                raise ValueError(
-                    f"{name}: has no effect with loss_mode {mode.value} "
-                    f"(it reads {', '.join(knobs)})"
+                raise SettingError(
+                    name, f"has no effect with loss_mode {mode.value} (it reads {', '.join(knobs)})"
                 )
             object.__setattr__(self, name, None)
 
-    def _check_ranges(self) -> None:
-        for name in (
-            "clip_ratio_low",
-            "clip_ratio_high",
-            "ppo_kl_coef",
-            "gppo_beta_low",
-            "gppo_beta_high",
-            "archer_clip_ratio",
-            "archer_kl_coef",
-        ):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
-        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
-            raise ValueError(
-                f"clip_ratio_c: dual-clip needs c > 1 (or none), got {self.clip_ratio_c}"
-            )
-        for name in ("clip_cov_ratio", "kl_cov_ratio"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 1:
-                raise ValueError(f"{name}: a fraction in (0, 1], got {value}")
+    def _check_pairs(self) -> None:
+        """The rules between settings that each field's domain cannot say."""
         if self.clip_cov_lb is not None and not self.clip_cov_lb < self.clip_cov_ub:
-            raise ValueError(f"clip_cov_lb: must be < clip_cov_ub, got {self.clip_cov_lb}")
-        if self.archer_quantile is not None and not 0 < self.archer_quantile < 1:
-            raise ValueError(f"archer_quantile: a quantile in (0, 1), got {self.archer_quantile}")
-        if not self.entropy_adv_kappa > 0:
-            raise ValueError(f"entropy_adv_kappa: must be > 0, got {self.entropy_adv_kappa}")
-        if self.top_entropy_ratio is not None and not 0 < self.top_entropy_ratio <= 1:
-            raise ValueError(
-                f"top_entropy_ratio: a fraction in (0, 1], got {self.top_entropy_ratio}"
+            raise SettingError(
+                "clip_cov_lb", f"must be < clip_cov_ub = {self.clip_cov_ub}, got {self.clip_cov_lb}"
             )
-        for name in ("entropy_coeff", "kl_loss_coef", "entropy_delta", "entropy_adv_alpha"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a finite number ≥ 0, got {value}")
-        if self.loss_scale_factor is not None and not self.loss_scale_factor > 0:
-            raise ValueError(f"loss_scale_factor: must be > 0, got {self.loss_scale_factor}")
 
     def _refuse_unused_controls(self) -> None:
         """A control setting that cannot act with the other settings is refused by name."""
@@ -354,7 +371,7 @@ class PolicyLossConfig:
             unused.append(("loss_scale_factor", f"with loss_agg_mode {self.loss_agg_mode.value}"))
         if unused:
             name, why = unused[0]
-            raise ValueError(f"{name}: has no effect {why}")
+            raise SettingError(name, f"has no effect {why}")
 
 
 # ceil(ρ·N) is computed from a float product: 0.1·30 is 3.0000000000000004, whose ceiling is 4.
@@ -373,15 +390,17 @@ def n_top(n_valid: int, ratio: float) -> int:
 
 
 def adaptive_entropy_coef(
-    alpha: float, entropy: float, cfg: PolicyLossConfig
+    entropy_coeff: float, entropy: float, cfg: PolicyLossConfig
 ) -> tuple[float, float]:
-    """Adaptive entropy control (Skywork-OR1): α moves by ±Δ towards the target entropy, and
-    the bonus applies only while H ≤ target. Returns (α carried to the next step, α applied now).
+    """Adaptive entropy control (Skywork-OR1): ``entropy_coeff`` moves by ±``entropy_delta``
+    towards the target entropy, and the bonus applies only while H ≤ target. Returns
+    (``entropy_coeff`` carried to the next step, ``entropy_coeff`` applied now, which both
+    worlds log as ``actor/entropy_coeff``).
 
-    Without a target, α is the fixed ``entropy_coeff`` and always applies.
+    Without a target, ``entropy_coeff`` is the fixed ``cfg.entropy_coeff`` and always applies.
     """
     if cfg.entropy_target is None:
-        return alpha, alpha
+        return entropy_coeff, entropy_coeff
     step = cfg.entropy_delta if entropy < cfg.entropy_target else -cfg.entropy_delta
-    alpha = max(0.0, alpha + step)
-    return alpha, alpha if entropy <= cfg.entropy_target else 0.0
+    entropy_coeff = max(0.0, entropy_coeff + step)
+    return entropy_coeff, entropy_coeff if entropy <= cfg.entropy_target else 0.0

@@ -1,8 +1,11 @@
 """The run log both halves share: a directory with ``config.json`` and ``steps.jsonl``.
 
 One JSON object per step, appended and flushed when the step ends, so a killed run loses
-nothing already written. Keys a run cannot measure are absent, never a made-up zero
-(the contract is in the design note; ``STEP_KEYS`` lists the common ones).
+nothing already written. Keys a run cannot measure are absent, never a made-up zero. The keys
+both halves write and what each means in each world: ``docs/architecture.md``, "The run-log
+contract". A file that is rewritten rather than appended (``config.json``, a truncated
+``steps.jsonl``, the covariance tables) is replaced whole by ``atomic_write_text``, so a kill
+mid-write leaves the old file or the new one, never half of either.
 """
 
 from __future__ import annotations
@@ -19,21 +22,31 @@ from typing import Any
 CONFIG_FILE = "config.json"
 STEPS_FILE = "steps.jsonl"
 
-STEP_KEYS = (
-    "step",
-    "entropy",
-    "reward",
-    "val_reward",
-    "entropy_after",
-    "delta_entropy",
-    "pred_lemma1",
-    "pred_pg",
-    "pred_npg",
-    "pred_jvp",
-    "cov_mean",
-    "lr",
-    "algo",
-)
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace the file ``path`` by ``text`` (UTF-8) atomically: write ``<path>.tmp``, fsync it,
+    ``os.replace`` it over ``path`` and fsync the directory. A failure or a kill at any point
+    leaves ``path`` as it was (or, once replaced, whole and new); the temporary file of a
+    failed write is removed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a crash once the folder syncs
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -65,7 +78,9 @@ class RunWriter:
             raise FileExistsError(
                 f"out: {self.directory} already holds a run; choose a new directory or resume"
             )
-        (self.directory / CONFIG_FILE).write_text(json.dumps(to_jsonable(config), indent=2) + "\n")
+        atomic_write_text(
+            self.directory / CONFIG_FILE, json.dumps(to_jsonable(config), indent=2) + "\n"
+        )
         self._file = steps.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -87,7 +102,8 @@ class RunWriter:
 
 def truncate_steps(directory: str | os.PathLike, first_step: int) -> int:
     """Keep only the records of steps before ``first_step`` (a run resumed from a checkpoint
-    recomputes the later ones); returns how many records were dropped."""
+    recomputes the later ones); returns how many records were dropped. The file is replaced
+    atomically: a kill mid-rewrite keeps the whole old log."""
     path = Path(directory) / STEPS_FILE
     if not path.exists():
         return 0
@@ -219,15 +235,3 @@ def read_run(directory: str | os.PathLike) -> RunLog:
                 break  # the run was killed while writing its last step
             raise ValueError(f"run: {steps_path} line {i + 1} is not JSON") from None
     return RunLog(path=path, config=config, steps=tuple(steps))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path``'s content with ``text`` all at once: a temporary file beside it, fsynced,
-    then ``os.replace``; a kill at any point leaves the old file or the new one, whole."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

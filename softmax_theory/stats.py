@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -71,3 +72,22 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 1 <= k <= n or not 0 <= c <= n:
         raise ValueError(f"k: pass@k needs 1 ≤ k ≤ n and 0 ≤ c ≤ n, got n={n}, c={c}, k={k}")
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def token_weighted_means(
+    parts: Iterable[tuple[Mapping[str, float], float]],
+) -> dict[str, float]:
+    """Σ_u n_u·m_u[key] / Σ_u n_u for each key, over the parts u (each update, or each
+    micro-batch of one) that carry it: ``parts`` are (metrics, valid tokens) pairs.
+
+    How a step's ``actor/*`` metrics are reported in both worlds: the token-weighted mean over
+    all the step's updates, so a step's numbers do not depend on how it was split. A key no
+    part carries is absent; parts without tokens weigh nothing.
+    """
+    sums: dict[str, float] = {}
+    tokens: dict[str, float] = {}
+    for metrics, n in parts:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * n
+            tokens[key] = tokens.get(key, 0.0) + n
+    return {key: sums[key] / tokens[key] for key in sums if tokens[key] > 0}

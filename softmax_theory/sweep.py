@@ -14,15 +14,24 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from softmax_theory.algorithms import Algo
-from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
-from softmax_theory.runlog import CONFIG_FILE, check_resumable, read_json, read_run, to_jsonable
+from softmax_theory.dynamics import SimConfig, simulate
+from softmax_theory.envs import EnvConfig, make_env
+from softmax_theory.inputs import Domain, SettingError, check_domains
+from softmax_theory.runlog import (
+    CONFIG_FILE,
+    atomic_write_text,
+    check_resumable,
+    read_json,
+    read_run,
+    to_jsonable,
+)
 from softmax_theory.stats import correlation, relative_errors
 
 SWEEP_FILE = "sweep.csv"
@@ -35,6 +44,40 @@ CURVE_KEYS = ("entropy", "reward", "delta_within", "pred_lemma1")
 
 Curves = dict[str, np.ndarray]
 Cell = tuple[str, float, int]  # (algo, η, seed)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The grid of a sweep; the only home of its defaults and domains."""
+
+    algos: tuple[str, ...] = field(
+        default=("pg", "npg", "grpo"),
+        metadata={"help": "comma-separated algorithms", "flags": ("--algo", "--algos")},
+    )
+    lrs: tuple[float, ...] = field(
+        default=(0.01, 0.1, 1.0),
+        metadata={
+            "help": "comma-separated step sizes η",
+            "domain": Domain(gt=0, min_len=1),
+            "flags": ("--lr", "--lrs"),
+        },
+    )
+    seeds: int = field(
+        default=1,
+        metadata={
+            "help": "sampling seeds per cell, from --seed on (pg and npg are exact: one)",
+            "domain": Domain(ge=1),
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_domains(self)
+        valid = [a.value for a in Algo]
+        unknown = [a for a in self.algos if a not in valid]
+        if unknown or not self.algos:
+            raise SettingError(
+                "algos", f"{', '.join(unknown) or 'none'} given; choose from {', '.join(valid)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -218,5 +261,5 @@ def _open_sweep(out: Path, config: dict[str, Any], resume: bool) -> dict[Cell, S
     out.mkdir(parents=True, exist_ok=True)
     if (out / CONFIG_FILE).exists():
         config = {**read_json(out / CONFIG_FILE), **{k: config[k] for k in SWEEP_FREE}}
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return finished

@@ -9,6 +9,7 @@ from softmax_theory import (
     LossInputs,
     PolicyLossConfig,
     TokenTreeMDP,
+    algorithms,
     get_policy_loss,
     n_selected,
     npg_update,
@@ -24,6 +25,7 @@ from softmax_theory.group_advantages import (
     rloo_advantage,
 )
 from softmax_theory.losses import agg_weights, clip_cov_loss, kl_cov_loss, vanilla_loss
+from softmax_theory.stats import token_weighted_means
 
 
 def test_advantages_by_hand():
@@ -208,3 +210,34 @@ def test_tree_batch_walks_real_prefixes():
     np.testing.assert_array_equal(
         batch.reward, 9 * actions[:, 0] + 3 * actions[:, 1] + actions[:, 2]
     )
+
+
+def test_token_weighted_means_by_hand():
+    parts = [({"a": 1.0, "b": 4.0}, 2.0), ({"a": 3.0}, 6.0), ({"a": 100.0}, 0.0)]
+    # a: (1·2 + 3·6 + 100·0) / 8 = 2.5; b only in the first part: 4
+    assert token_weighted_means(parts) == {"a": 2.5, "b": 4.0}
+    assert token_weighted_means([]) == {}
+
+
+def test_grpo_actor_metrics_are_the_mean_over_the_step_updates(monkeypatch):
+    """Each actor/* key is the token-weighted mean over the K updates of the step (every update
+    of a tabular step sees the whole batch, so: the plain mean), not the last update's."""
+    env = ContextualBandit(np.random.default_rng(0).random((3, 4)))
+    z0 = env.random_logits(np.random.default_rng(1))
+    cfg = AlgoConfig(algo="grpo", epochs=3, group_size=6, policy_loss=PolicyLossConfig())
+    seen = []
+    real = algorithms.compute_policy_loss
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out.metrics)
+        return out
+
+    monkeypatch.setattr(algorithms, "compute_policy_loss", recording)
+    res = step(env, z0, initial_state(z0, cfg), cfg, 0.5, np.random.default_rng(2))
+    assert len(seen) == 3
+    assert seen[0]["actor/ppo_kl"] == 0.0  # the first update is on-policy
+    for key in ("actor/ppo_kl", "actor/pg_clipfrac", "actor/entropy"):
+        assert res.metrics[key] == pytest.approx(np.mean([m[key] for m in seen]), rel=1e-12)
+    assert res.metrics["actor/ppo_kl"] != pytest.approx(seen[-1]["actor/ppo_kl"])
+    assert res.metrics["actor/entropy_coeff"] == 0.0

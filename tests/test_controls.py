@@ -2,6 +2,7 @@
 advantage, the oracle selector) by hand, and the ΔH attribution: each family of parts sums to
 ``pred_lemma1`` for every algorithm and control in the tabular world, where it is exact."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,7 +17,8 @@ from softmax_theory.attribution import (
     likely_tokens,
     own_entropy_term,
 )
-from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
+from softmax_theory.dynamics import SimConfig, simulate
+from softmax_theory.envs import EnvConfig, make_env
 from softmax_theory.estimators import first_order_entropy_change, log_softmax
 from softmax_theory.group_advantages import AdvantageEstimator, compute_advantages
 from softmax_theory.policy import PolicyLossConfig
@@ -209,3 +211,15 @@ def test_pg_attribution_is_the_expected_update_split_by_action():
     likely = lp >= -h
     assert records[0]["attr/pos_high"] == pytest.approx(part[(a > 0) & likely].sum(), abs=1e-12)
     assert records[0]["attr/neg_low"] == pytest.approx(part[(a < 0) & ~likely].sum(), abs=1e-12)
+
+
+def test_policy_loss_output_carries_the_torch_twins_fields():
+    """The numpy PolicyLossOutput has the torch one's fields, in its order; what only numpy
+    has (the exact derivatives) follows, keyword-only."""
+    torch_losses = pytest.importorskip("llm_bridge.losses")
+    ours = dataclasses.fields(losses.PolicyLossOutput)
+    twin = [f.name for f in dataclasses.fields(torch_losses.PolicyLossOutput)]
+    assert [f.name for f in ours[: len(twin)]] == twin == ["per_token_loss", "metrics", "clipped"]
+    extras = ours[len(twin) :]
+    assert [f.name for f in extras] == ["dlogp", "dentropy"]
+    assert all(f.kw_only for f in extras)

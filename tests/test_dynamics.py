@@ -7,7 +7,8 @@ import pytest
 
 from softmax_theory.algorithms import AlgoConfig
 from softmax_theory.cli import main
-from softmax_theory.dynamics import EnvConfig, SimConfig, make_env, simulate
+from softmax_theory.dynamics import SimConfig, simulate
+from softmax_theory.envs import EnvConfig, make_env
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_run
 

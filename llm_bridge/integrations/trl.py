@@ -79,6 +79,7 @@ from softmax_theory.group_advantages import (
 from softmax_theory.policy import CovScope, PolicyLossConfig
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import CONFIG_FILE, to_jsonable
+from softmax_theory.stats import token_weighted_means
 from softmax_theory.token_stats import token_covariance
 
 # Inputs TRL passes to the model for vision-language batches; our loss passes them on too.
@@ -387,28 +388,32 @@ class StepMeans:
     (as our trainer weighs them), and the sum of its micro-batch losses."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.tokens = 0.0
+        self.parts: list[tuple[dict[str, float], float]] = []
         self.loss = 0.0
 
     def add(self, metrics: dict[str, float], n_tokens: float, loss: float) -> None:
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value * n_tokens
-        self.tokens += n_tokens
+        self.parts.append((metrics, n_tokens))
         self.loss += loss
 
     def pop(self, updates: int, num_processes: int) -> dict[str, float]:
-        """The step's means over every process (an all-reduce when there are several), and
-        ``actor/pg_loss``, the mean mini-batch loss; then start the next step."""
-        keys = sorted(self.sums)
-        packed = torch.tensor([self.sums[k] for k in keys] + [self.tokens, self.loss])
+        """The step's means over every process (``token_weighted_means`` of every micro-batch,
+        an all-reduce when there are several), and ``actor/pg_loss``, the mean mini-batch loss;
+        then start the next step."""
+        keys = sorted({k for metrics, _ in self.parts for k in metrics})
+        sums = [sum(m[k] * n for m, n in self.parts if k in m) for k in keys]
+        weights = [sum(n for m, n in self.parts if k in m) for k in keys]
+        packed = torch.tensor(sums + weights + [self.loss], dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(packed)
-        *sums, tokens, loss = packed.tolist()
+        values = packed.tolist()
+        sums, weights, loss = values[: len(keys)], values[len(keys) : -1], values[-1]
         self.__init__()
-        if tokens == 0:
+        # the same reduction as token_weighted_means, after the sums of every process
+        means = token_weighted_means(
+            ({k: s / w}, w) for k, s, w in zip(keys, sums, weights, strict=True) if w > 0
+        )
+        if not means:
             return {}
-        means = {k: s / tokens for k, s in zip(keys, sums, strict=True)}
         # each process's micro-batch loss is its share of the mini-batch loss × processes
         means["actor/pg_loss"] = loss / num_processes / updates
         return means
