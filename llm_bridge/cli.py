@@ -26,7 +26,7 @@ from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
-console = Console(width=140)
+console = Console()  # the terminal's own width (rich detects it)
 
 TRAIN_RENAME = {"PolicyLossConfig.loss_mode": "loss"}
 

@@ -33,7 +33,7 @@ from llm_bridge.memory import (
     check_step_fits,
     estimate_step_memory,
 )
-from llm_bridge.models import load_model, load_tokenizer, model_positions
+from llm_bridge.models import load_config, load_model, load_tokenizer, model_positions
 from llm_bridge.probe import (
     measure_tokens,
     parameter_delta,
@@ -90,6 +90,7 @@ class ProbedGRPOTrainer:
                 "val_k: the task's largest reward is unknown, so no sample can be called right"
             )
         self.prompt_format = PromptFormat(cfg.chat_template, cfg.max_prompt_tokens)
+        load_config(cfg.model)  # a folder that is not a causal LM is named before anything else
         self.run_config = {
             "trainer": "llm_bridge.trainer",
             **recorded_config(cfg, task, load_tokenizer(cfg.model)),

@@ -194,6 +194,10 @@ def _with_default(help_text: str, default: Any) -> str:
     return f"{help_text} (default: {shown})"
 
 
+# The longest choice list shown as an option's metavar; a longer one goes into its help text.
+MAX_METAVAR = 30
+
+
 def config_options(
     *classes: type,
     rename: dict[str, str] | None = None,
@@ -230,6 +234,14 @@ def config_options(
                 default = f.default if f.default is not dataclasses.MISSING else None
                 base = _base_type(tp, default)
                 help_text = _field_help(cls, f, default)
+                extra = {}
+                if isinstance(base, type) and issubclass(base, enum.Enum):
+                    choices = [str(c.value) for c in base]
+                    if len("|".join(choices)) > MAX_METAVAR:
+                        # a long choice list goes into the help text, which wraps, so that
+                        # --help fits 80 columns
+                        extra["metavar"] = "<choice>"
+                        help_text += " (one of: " + ", ".join(choices) + ")"
                 params.append(
                     inspect.Parameter(
                         name,
@@ -238,7 +250,10 @@ def config_options(
                         annotation=Annotated[
                             base | None,
                             typer.Option(
-                                *f.metadata.get("flags", ()), help=help_text, show_default=False
+                                *f.metadata.get("flags", ()),
+                                help=help_text,
+                                show_default=False,
+                                **extra,
                             ),
                         ],
                     )

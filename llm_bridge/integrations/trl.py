@@ -700,10 +700,14 @@ def trl_dataset(examples, tokenizer, fmt: PromptFormat | None = None):
 
 
 def trl_reward(task):
-    """The task's reward over TRL's completions."""
+    """The task's reward over TRL's completions: texts, or (for a conversational dataset) the
+    assistant message TRL wraps each one in."""
+
+    def text(completion) -> str:
+        return completion[-1]["content"] if isinstance(completion, list) else completion
 
     def reward(completions, answer, **_):
-        return [task.reward(c, a) for c, a in zip(completions, answer, strict=True)]
+        return [task.reward(text(c), a) for c, a in zip(completions, answer, strict=True)]
 
     reward.__name__ = f"{task.name}_reward"
     return reward
@@ -802,7 +806,7 @@ def train_with_trl(
     the current GRPO step, writes a TRL checkpoint and raises KeyboardInterrupt naming it.
     """
     from llm_bridge.config import RESUME_FREE
-    from llm_bridge.models import load_model, model_positions
+    from llm_bridge.models import load_config, load_model, load_tokenizer, model_positions
     from llm_bridge.tasks import data_notes
 
     if cfg.val_k is not None:
@@ -821,8 +825,10 @@ def train_with_trl(
     n_proc = int(os.environ.get("WORLD_SIZE", "1"))
     args, val_prompts = grpo_config(cfg, out, task, n_proc)
     checkpoint, resume_step = None, None
+    load_config(cfg.model)  # a folder that is not a causal LM is named before anything else
+    recorded = recorded_config(cfg, task, load_tokenizer(cfg.model))
     if resume and (out / CONFIG_FILE).exists():
-        config = run_dir_config(to_jsonable(cfg), args, n_proc, cfg.policy_loss, cfg.advantage)
+        config = run_dir_config(recorded, args, n_proc, cfg.policy_loss, cfg.advantage)
         check_resume(out, config, RESUME_FREE | {"max_steps"}, log)
     if resume:
         latest = latest_trl_checkpoint(out)
@@ -870,7 +876,7 @@ def train_with_trl(
             policy_loss=cfg.policy_loss,
             advantage=cfg.advantage,
             w_reinforce_lambda=cfg.w_reinforce_lambda,
-            run_config=recorded_config(cfg, task, tokenizer),
+            run_config=recorded,
             resume_step=resume_step,
             progress=progress,
         )

@@ -62,7 +62,8 @@ def test_math_reward_through_a_training_step(tiny_model, tmp_path):
     path.write_text(
         "\n".join(json.dumps({"prompt": f"{i:03d}+001=", "answer": str(i + 1)}) for i in range(40))
     )
-    train(_cfg(tiny_model, dataset=str(path), steps=1, val_every=0), tmp_path / "run")
+    cfg = _cfg(tiny_model, dataset=str(path), steps=1, val_every=0, max_new_tokens=8)
+    train(cfg, tmp_path / "run")
     (rec,) = read_run(tmp_path / "run").steps
     assert (
         0.0 <= rec["reward"] <= 1.0
