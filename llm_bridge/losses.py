@@ -25,12 +25,14 @@ from softmax_theory.policy import (
     KLEstimator,
     PolicyLoss,
     PolicyLossConfig,
+    RolloutIS,
     n_selected,
     n_top,
 )
 from softmax_theory.registry import parse_choice
 
-# verl clamps log π − log π_old to ±20 before exponentiating (and k3's log-ratio likewise).
+# verl clamps log π − log π_old to ±20 before exponentiating (and k3's log-ratio likewise, and
+# its rollout correction the log of the importance weight).
 LOG_RATIO_CLAMP = 20.0
 # verl clamps the k3 estimate to ±10.
 K3_CLAMP = 10.0
@@ -46,6 +48,7 @@ TENSOR_FIELDS = (
     "entropy",
     "ref_log_prob",
     "score",
+    "sampler_log_prob",
 )
 
 Metrics = dict[str, torch.Tensor]
@@ -64,6 +67,9 @@ class LossInputs:
     # π(y)(log π(y) + H) − Cov_π(log π, π) at θ_old: the token's own-update entropy term,
     # read by the oracle selector and the selection metrics
     score: torch.Tensor | None = None
+    # log π_sampler: what the sampler (vLLM, or the trainer itself) gave the sampled tokens, for
+    # the truncated importance weight (``rollout_is``); only valid tokens are read
+    sampler_log_prob: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         ref = self.log_prob
@@ -76,6 +82,12 @@ class LossInputs:
         for name in ("log_prob", "old_log_prob", "advantages"):
             if not torch.isfinite(getattr(self, name).detach()).all():
                 raise ValueError(f"{name}: contains NaN or infinite values")
+        if self.sampler_log_prob is not None:
+            valid = self.response_mask.bool()
+            if not torch.isfinite(self.sampler_log_prob.detach()[valid]).all():
+                raise ValueError(
+                    "sampler_log_prob: contains NaN or infinite values on valid tokens"
+                )
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,9 @@ class PolicyLossOutput:
     # [B, T] bool: the tokens whose ratio left the trust region on the side the loss restrains
     # (their gradient cut or bounded), for the ΔH attribution; None for a loss without a clip
     clipped: torch.Tensor | None = None
+    # [B, T] bool: the tokens whose weight π_old/π_sampler reached the cap (``rollout_is``), for
+    # the ΔH attribution; None without the correction
+    is_capped: torch.Tensor | None = None
 
 
 def log_ratio(inp: LossInputs) -> torch.Tensor:
@@ -459,6 +474,61 @@ def entropy_shaped_advantage(
     return advantages + torch.minimum(alpha * entropy.detach(), advantages.abs() / kappa)
 
 
+def token_is_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log w_t = log ρ_t: one weight per token (verl's ``rollout_is`` token)."""
+    return log_ratio
+
+
+def sequence_is_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log w_i = Σ_t log ρ_t over the response's valid tokens, on each of its tokens: the
+    sequence's likelihood ratio (verl's ``rollout_is`` sequence)."""
+    return (log_ratio * mask).sum(-1, keepdim=True).expand_as(log_ratio)
+
+
+# How each level of the correction forms the log of its weight from the per-token log ρ.
+IS_LOG_RATIOS: dict[RolloutIS, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    RolloutIS.TOKEN: token_is_log_ratio,
+    RolloutIS.SEQUENCE: sequence_is_log_ratio,
+}
+
+
+def truncated_is_weights(
+    old_log_prob: torch.Tensor,
+    sampler_log_prob: torch.Tensor,
+    response_mask: torch.Tensor,
+    level: str | RolloutIS,
+    cap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance sampling of the sampler–trainer mismatch ("Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training", 2025):
+
+    w = min(exp(clamp(log ρ, ±20)), C),  log ρ_t = log π_old(y_t|s_t) − log π_sampler(y_t|s_t),
+
+    per token, or with the response's Σ_t log ρ_t on each of its tokens (``level``). π_old is
+    the trainer's policy at sampling time, as verl's rollout correction and TRL's
+    ``vllm_importance_sampling_correction`` both take it (never the current π_θ, so w is fixed
+    over a step's updates); w is detached. The ±20 clamp is verl's; verl 0.9.1's
+    ``compute_rollout_correction_weights`` gives the same w (``tests/llm/test_verl_parity.py``).
+
+    Args:
+      old_log_prob, sampler_log_prob, response_mask: [B, T]; the sampler's log-probs are read
+        on valid tokens only.
+      level: ``token`` or ``sequence``.
+      cap: C.
+    Returns:
+      w [B, T] in ``old_log_prob``'s dtype (0 on padding) and the tokens whose weight was
+      capped (ρ > C), bool [B, T].
+    """
+    level = parse_choice(RolloutIS, level, "rollout_is")
+    valid = response_mask.bool()
+    m = valid.to(old_log_prob.dtype)
+    diff = old_log_prob.detach() - sampler_log_prob.detach().to(old_log_prob.dtype)
+    log_rho = torch.where(valid, diff, torch.zeros_like(diff))
+    log_w = torch.clamp(IS_LOG_RATIOS[level](log_rho, m), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    raw = torch.exp(log_w)
+    return torch.clamp(raw, max=cap) * m, (raw > cap) & valid
+
+
 def compute_policy_loss(
     inp: LossInputs,
     cfg: PolicyLossConfig,
@@ -468,9 +538,11 @@ def compute_policy_loss(
 ) -> PolicyLossOutput:
     """The configured policy loss plus the composable controls, per token:
 
-    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  entropy_coeff·H_t  +  β·KL_t(π‖π_ref)
+    ℓ_t = w_t·ℓ^policy_t(A′)·[top-ρ entropy mask]  −  entropy_coeff·H_t  +  β·KL_t(π‖π_ref)
 
-    with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A).
+    with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A), and w_t the
+    truncated importance weight when ``rollout_is`` is set (else 1; ``truncated_is_weights``).
+    As in verl and TRL, w weighs the policy loss only, not the entropy bonus or the KL penalty.
 
     Args:
       inp: the batch's tensors.
@@ -499,6 +571,20 @@ def compute_policy_loss(
         keep = top_entropy_mask(inp.entropy, inp.response_mask, cfg.top_entropy_ratio)
         loss = loss * keep.to(loss.dtype)
         metrics["actor/top_entropy_frac"] = _frac(keep, inp)
+    is_capped = None
+    if cfg.rollout_is is not None:
+        if inp.sampler_log_prob is None:
+            raise ValueError("sampler_log_prob: rollout_is needs the sampler's log-probs")
+        w, is_capped = truncated_is_weights(
+            inp.old_log_prob,
+            inp.sampler_log_prob,
+            inp.response_mask,
+            cfg.rollout_is,
+            cfg.rollout_is_threshold,
+        )
+        loss = loss * w
+        metrics["actor/is_weight_mean"] = masked_mean(w, inp.response_mask)
+        metrics["actor/is_clip_frac"] = _frac(is_capped, inp)
     entropy_coeff = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
     if entropy_coeff > 0:
         if inp.entropy is None:
@@ -514,7 +600,7 @@ def compute_policy_loss(
         metrics["actor/kl_loss"] = masked_mean(kl.detach(), inp.response_mask)
     loss = loss * inp.response_mask.to(loss.dtype)
     clipped = None if out.clipped is None else out.clipped & inp.response_mask.bool()
-    return PolicyLossOutput(loss, metrics, clipped)
+    return PolicyLossOutput(loss, metrics, clipped, is_capped)
 
 
 def agg_loss(
@@ -573,6 +659,7 @@ def agg_loss(
 
 __all__ = [
     "COV_SELECTORS",
+    "IS_LOG_RATIOS",
     "LOG_RATIO_CLAMP",
     "LossInputs",
     "POLICY_LOSSES",
@@ -598,7 +685,10 @@ __all__ = [
     "select_cov_tokens",
     "select_kl_cov",
     "select_oracle",
+    "sequence_is_log_ratio",
     "sequence_log_ratio",
+    "token_is_log_ratio",
     "top_entropy_mask",
+    "truncated_is_weights",
     "vanilla_loss",
 ]

@@ -7,7 +7,17 @@ two families of classes, each summing to ``pred_lemma1``:
   ``attr/pos_high``, ``attr/pos_low``, ``attr/neg_high``, ``attr/neg_low`` and ``attr/zero_adv``
   (A = 0, e.g. a group whose responses all scored the same);
 - by whether the token's ratio was clipped at any update of the step: ``attr/clipped``,
-  ``attr/unclipped``.
+  ``attr/unclipped``;
+- with the truncated importance-sampling correction (``rollout_is``), by whether the token's
+  weight w = min(π_old/π_sampler, C) reached the cap C: ``attr/is_capped``, ``attr/is_uncapped``.
+
+The correction's weights are counted where they act: w_t scales token t's gradient, so it scales
+the token's push on the logits and hence on ΔH. Every c_t below is computed from the logit
+change the weighted loss actually made, so ``pred_lemma1`` and each part already carry the
+weights; the ``is_capped`` family then says how much of the step's entropy change came from the
+tokens whose correction was truncated (their weight held at C, below the ratio that would have
+corrected them fully), beside the rest. The weight is fixed over a step (it reads π_old, not the
+current π), so "capped" is one mask per step, unlike "clipped", which may change per update.
 
 "Likely" is log π(y) ≥ E_π[log π] = −H(s), i.e. π(y) ≥ e^{−H}: the token is more probable than
 the policy's typical token. It is the threshold at which a token's own update changes sign in
@@ -36,7 +46,8 @@ from softmax_theory.estimators import log_softmax
 
 SIGN_PARTS = ("attr/pos_high", "attr/pos_low", "attr/neg_high", "attr/neg_low", "attr/zero_adv")
 CLIP_PARTS = ("attr/clipped", "attr/unclipped")
-ATTRIBUTION_KEYS = SIGN_PARTS + CLIP_PARTS
+IS_PARTS = ("attr/is_capped", "attr/is_uncapped")
+ATTRIBUTION_KEYS = SIGN_PARTS + CLIP_PARTS + IS_PARTS
 
 
 def likely_tokens(logp: np.ndarray, entropy: np.ndarray) -> np.ndarray:
@@ -71,11 +82,14 @@ def attribution_parts(
     logp: np.ndarray,
     entropy: np.ndarray,
     clipped: np.ndarray | None = None,
+    is_capped: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Split Σ contrib over the classes of the module docstring; 1-D arrays over tokens.
 
     ``clipped``: which tokens were clipped (all False for a loss without a clip); without it
-    (an engine that does not report it) the clipped/unclipped family is left out, not guessed."""
+    (an engine that does not report it) the clipped/unclipped family is left out, not guessed.
+    ``is_capped``: which tokens' importance weight reached the cap (``rollout_is``); without it
+    (no correction) the is_capped/is_uncapped family is left out."""
     c = np.asarray(contrib, dtype=np.float64)
     a = np.asarray(adv, dtype=np.float64)
     likely = likely_tokens(logp, entropy)
@@ -89,4 +103,7 @@ def attribution_parts(
     if clipped is not None:
         clip = np.asarray(clipped, bool)
         classes.update({"attr/clipped": clip, "attr/unclipped": ~clip})
+    if is_capped is not None:
+        capped = np.asarray(is_capped, bool)
+        classes.update({"attr/is_capped": capped, "attr/is_uncapped": ~capped})
     return {key: float(c[m].sum()) for key, m in classes.items()}

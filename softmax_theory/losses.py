@@ -22,13 +22,15 @@ from softmax_theory.policy import (
     KLEstimator,
     PolicyLoss,
     PolicyLossConfig,
+    RolloutIS,
     n_selected,
     n_top,
 )
 from softmax_theory.registry import parse_choice
 from softmax_theory.token_stats import masked_mean, token_covariance
 
-# verl clamps log π − log π_old to ±20 before exponentiating (and k3's log-ratio likewise).
+# verl clamps log π − log π_old to ±20 before exponentiating (and k3's log-ratio likewise, and
+# its rollout correction the log of the importance weight).
 LOG_RATIO_CLAMP = 20.0
 # verl clamps the k3 estimate to ±10.
 K3_CLAMP = 10.0
@@ -47,6 +49,7 @@ TENSOR_FIELDS = (
     "entropy",
     "ref_log_prob",
     "score",
+    "sampler_log_prob",
 )
 
 
@@ -63,6 +66,9 @@ class LossInputs:
     # π(y)(log π(y) + H) − Cov_π(log π, π) at θ_old: the token's own-update entropy term
     # (``own_entropy_term``), read by the oracle selector
     score: np.ndarray | None = None
+    # log π_sampler: what the sampler gave the sampled tokens, for the truncated importance
+    # weight (``rollout_is``); only valid tokens are read
+    sampler_log_prob: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ref = np.asarray(self.log_prob)
@@ -75,19 +81,28 @@ class LossInputs:
         for name in ("log_prob", "old_log_prob", "advantages"):
             if not np.isfinite(getattr(self, name)).all():
                 raise ValueError(f"{name}: contains NaN or infinite values")
+        if self.sampler_log_prob is not None:
+            valid = np.asarray(self.response_mask).astype(bool)
+            if not np.isfinite(np.asarray(self.sampler_log_prob)[valid]).all():
+                raise ValueError(
+                    "sampler_log_prob: contains NaN or infinite values on valid tokens"
+                )
 
 
 @dataclass(frozen=True)
 class PolicyLossOutput:
-    """Per-token loss (0 on padding), metrics and the clipped tokens: the torch twin's fields,
-    in its order. Then what only numpy has, keyword-only: the exact derivatives of the loss
-    (torch gets them from autograd)."""
+    """Per-token loss (0 on padding), metrics, the clipped tokens and those whose importance
+    weight was capped: the torch twin's fields, in its order. Then what only numpy has,
+    keyword-only: the exact derivatives of the loss (torch gets them from autograd)."""
 
     per_token_loss: np.ndarray  # [B, T]
     metrics: Metrics = field(default_factory=dict)
     # [B, T] bool: the tokens whose ratio left the trust region on the side the loss restrains
     # (their gradient cut or bounded), for the ΔH attribution; None for a loss without a clip
     clipped: np.ndarray | None = None
+    # [B, T] bool: the tokens whose weight π_old/π_sampler reached the cap (``rollout_is``), for
+    # the ΔH attribution; None without the correction
+    is_capped: np.ndarray | None = None
     dlogp: np.ndarray = field(kw_only=True)  # [B, T] dℓ_t/d log π_t
     dentropy: np.ndarray | None = field(default=None, kw_only=True)  # [B, T] dℓ_t/dH_t
 
@@ -462,6 +477,58 @@ def entropy_shaped_advantage(
     return advantages + np.minimum(alpha * entropy, np.abs(advantages) / kappa)
 
 
+def token_is_log_ratio(log_ratio: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """log w_t = log ρ_t: one weight per token (verl's ``rollout_is`` token)."""
+    return log_ratio
+
+
+def sequence_is_log_ratio(log_ratio: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """log w_i = Σ_t log ρ_t over the response's valid tokens, on each of its tokens: the
+    sequence's likelihood ratio (verl's ``rollout_is`` sequence)."""
+    return np.broadcast_to((log_ratio * mask).sum(-1, keepdims=True), log_ratio.shape)
+
+
+# How each level of the correction forms the log of its weight from the per-token log ρ.
+IS_LOG_RATIOS: dict[RolloutIS, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    RolloutIS.TOKEN: token_is_log_ratio,
+    RolloutIS.SEQUENCE: sequence_is_log_ratio,
+}
+
+
+def truncated_is_weights(
+    old_log_prob: np.ndarray,
+    sampler_log_prob: np.ndarray,
+    response_mask: np.ndarray,
+    level: str | RolloutIS,
+    cap: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Truncated importance sampling of the sampler–trainer mismatch ("Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training", 2025):
+
+    w = min(exp(clamp(log ρ, ±20)), C),  log ρ_t = log π_old(y_t|s_t) − log π_sampler(y_t|s_t),
+
+    per token, or with the response's Σ_t log ρ_t on each of its tokens (``level``). π_old is
+    the trainer's policy at sampling time, as verl's rollout correction and TRL's
+    ``vllm_importance_sampling_correction`` both take it (never the current π_θ, so w is fixed
+    over a step's updates and carries no gradient). The ±20 clamp is verl's.
+
+    Args:
+      old_log_prob, sampler_log_prob, response_mask: [B, T]; the sampler's log-probs are read
+        on valid tokens only.
+      level: ``token`` or ``sequence``.
+      cap: C.
+    Returns:
+      w [B, T] (0 on padding) and the tokens whose weight was capped (ρ > C), bool [B, T].
+    """
+    level = parse_choice(RolloutIS, level, "rollout_is")
+    valid = np.asarray(response_mask).astype(bool)
+    m = valid.astype(np.float64)
+    log_rho = np.where(valid, np.asarray(old_log_prob) - np.asarray(sampler_log_prob), 0.0)
+    log_w = np.clip(IS_LOG_RATIOS[level](log_rho, m), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    raw = np.exp(log_w)
+    return np.minimum(raw, cap) * m, (raw > cap) & valid
+
+
 def compute_policy_loss(
     inp: LossInputs,
     cfg: PolicyLossConfig,
@@ -471,9 +538,11 @@ def compute_policy_loss(
 ) -> PolicyLossOutput:
     """The configured policy loss plus the composable controls, per token:
 
-    ℓ_t = ℓ^policy_t(A′)·[top-ρ entropy mask]  −  entropy_coeff·H_t  +  β·KL_t(π‖π_ref)
+    ℓ_t = w_t·ℓ^policy_t(A′)·[top-ρ entropy mask]  −  entropy_coeff·H_t  +  β·KL_t(π‖π_ref)
 
-    with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A).
+    with A′ the entropy-shaped advantage when ``entropy_adv_alpha`` > 0 (else A), and w_t the
+    truncated importance weight when ``rollout_is`` is set (else 1; ``truncated_is_weights``).
+    As in verl and TRL, w weighs the policy loss only, not the entropy bonus or the KL penalty.
 
     Args:
       inp: the batch.
@@ -503,6 +572,16 @@ def compute_policy_loss(
         keep = top_entropy_mask(inp.entropy, mask, cfg.top_entropy_ratio).astype(np.float64)
         loss, grad = loss * keep, grad * keep
         metrics["actor/top_entropy_frac"] = float(masked_mean(keep, mask))
+    is_capped = None
+    if cfg.rollout_is is not None:
+        if inp.sampler_log_prob is None:
+            raise ValueError("sampler_log_prob: rollout_is needs the sampler's log-probs")
+        w, is_capped = truncated_is_weights(
+            inp.old_log_prob, inp.sampler_log_prob, mask, cfg.rollout_is, cfg.rollout_is_threshold
+        )
+        loss, grad = loss * w, grad * w  # w is fixed (no gradient): dℓ/d log π scales by w
+        metrics["actor/is_weight_mean"] = float(masked_mean(w, mask))
+        metrics["actor/is_clip_frac"] = float(masked_mean(is_capped, mask))
     entropy_coeff = cfg.entropy_coeff if entropy_coeff is None else entropy_coeff
     dentropy = None
     if entropy_coeff > 0:
@@ -519,7 +598,9 @@ def compute_policy_loss(
         loss, grad = loss + cfg.kl_loss_coef * kl, grad + cfg.kl_loss_coef * dkl
         metrics["actor/kl_loss"] = float(masked_mean(kl, mask))
     clipped = None if out.clipped is None else out.clipped & mask.astype(bool)
-    return PolicyLossOutput(loss * mask, metrics, clipped, dlogp=grad * mask, dentropy=dentropy)
+    return PolicyLossOutput(
+        loss * mask, metrics, clipped, is_capped, dlogp=grad * mask, dentropy=dentropy
+    )
 
 
 def agg_loss(

@@ -5,9 +5,10 @@ tokens and the adaptive entropy controller.
 losses (``llm_bridge.losses``, language models), so a setting means one thing in both. Names follow
 verl's actor config where verl has the knob (``loss_mode``, ``clip_ratio_low``, ``clip_ratio_high``,
 ``clip_ratio_c``, ``clip_cov_*``, ``kl_cov_ratio``, ``ppo_kl_coef``, ``loss_agg_mode``,
-``loss_scale_factor``, ``entropy_coeff``, ``kl_loss_coef``, ``kl_loss_type``), so a verl user's
-settings carry over. A loss reads only its own settings (``LOSS_KNOBS``); setting one that the
-chosen loss does not read is refused by name.
+``loss_scale_factor``, ``entropy_coeff``, ``kl_loss_coef``, ``kl_loss_type``; from verl's rollout
+correction, ``rollout_is`` and ``rollout_is_threshold``), so a verl user's settings carry over. A
+loss reads only its own settings (``LOSS_KNOBS``); setting one that the chosen loss does not read
+is refused by name.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ class CovSelector(str, enum.Enum):
     ORACLE = "oracle"
 
 
+class RolloutIS(str, enum.Enum):
+    """The level of the truncated importance weight w = min(π_old/π_sampler, C) that corrects
+    for the sampler–trainer mismatch (verl's ``rollout_is``; TRL's ``token_truncate`` and
+    ``sequence_truncate`` modes of ``vllm_importance_sampling_mode``)."""
+
+    TOKEN = "token"  # w_t = min(π_old(y_t|s_t)/π_sampler(y_t|s_t), C), one per token
+    SEQUENCE = "sequence"  # w_i = min(Π_t π_old/π_sampler, C), one per response
+
+
 class KLEstimator(str, enum.Enum):
     K1 = "k1"  # log π − log π_ref
     K3 = "k3"  # e^{log π_ref − log π} − (log π_ref − log π) − 1 (verl's low_var_kl)
@@ -70,6 +80,10 @@ class KLEstimator(str, enum.Enum):
 
 # Dual-clip's c (verl's clip_ratio_c default): tokens with A < 0 lose at most c·|A|.
 DUAL_CLIP_DEFAULT = 3.0
+
+# The cap C of the truncated importance weight: verl's rollout_is_threshold default (TRL 1.16's
+# vllm_importance_sampling_clip_max defaults to 3.0).
+ROLLOUT_IS_THRESHOLD_DEFAULT = 2.0
 
 # The loss-specific settings each loss reads. Any other loss-specific setting is refused.
 LOSS_KNOBS: dict[PolicyLoss, tuple[str, ...]] = {
@@ -302,6 +316,24 @@ class PolicyLossConfig:
         default=CovSelector.COVARIANCE,
         metadata=_help("clip_cov/kl_cov: which tokens: covariance (the paper's) or oracle"),
     )
+    rollout_is: RolloutIS | None = field(
+        default=None,
+        metadata=_help(
+            "truncated importance sampling of the sampler–trainer mismatch: the policy loss "
+            "times w = min(π_old/π_sampler, rollout_is_threshold), per token or per sequence "
+            "(verl's rollout_is; default: off)"
+        ),
+    )
+    rollout_is_threshold: float = field(
+        default=ROLLOUT_IS_THRESHOLD_DEFAULT,
+        # a cap below 1 would scale down every token the sampler and trainer agree on: a smaller
+        # step, not a correction
+        metadata=_help(
+            "rollout_is: the cap C of the importance weight (verl's rollout_is_threshold, TRL's "
+            "vllm_importance_sampling_clip_max)",
+            domain=Domain(ge=1),
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name, enum_cls in (
@@ -312,6 +344,10 @@ class PolicyLossConfig:
             ("kl_loss_type", KLEstimator),
         ):
             object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
+        if self.rollout_is is not None:
+            object.__setattr__(
+                self, "rollout_is", parse_choice(RolloutIS, self.rollout_is, "rollout_is")
+            )
         check_domains(self)
         self._resolve_loss_settings()
         self._check_pairs()
@@ -321,6 +357,11 @@ class PolicyLossConfig:
     def needs_reference(self) -> bool:
         """Whether the loss reads log π_ref: a KL penalty, or a loss with a KL of its own."""
         return self.kl_loss_coef > 0 or self.loss_mode in REFERENCE_LOSSES
+
+    @property
+    def needs_sampler(self) -> bool:
+        """Whether the loss reads the sampler's log-probs (the truncated importance weight)."""
+        return self.rollout_is is not None
 
     @property
     def needs_score(self) -> bool:
@@ -367,6 +408,8 @@ class PolicyLossConfig:
                 unused.append((name, f"with loss_mode {self.loss_mode.value}"))
         if self.entropy_adv_alpha == 0 and self.entropy_adv_kappa != default["entropy_adv_kappa"]:
             unused.append(("entropy_adv_kappa", "while entropy_adv_alpha is 0"))
+        if self.rollout_is is None and self.rollout_is_threshold != default["rollout_is_threshold"]:
+            unused.append(("rollout_is_threshold", "while rollout_is is unset"))
         if self.loss_scale_factor is not None and self.loss_agg_mode not in NORM_MODES:
             unused.append(("loss_scale_factor", f"with loss_agg_mode {self.loss_agg_mode.value}"))
         if unused:

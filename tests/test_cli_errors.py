@@ -338,6 +338,7 @@ def _context(cls: type, name: str) -> dict:
             "entropy_delta": {"entropy_target": 1.0},
             "entropy_adv_kappa": {"entropy_adv_alpha": 0.1},
             "loss_scale_factor": {"loss_agg_mode": "token-sum-norm"},
+            "rollout_is_threshold": {"rollout_is": "token"},
         }.get(name, {})
     if name == "w_reinforce_lambda":
         return {"advantage": "w_reinforce"}

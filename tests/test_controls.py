@@ -12,6 +12,7 @@ from softmax_theory import losses
 from softmax_theory.algorithms import AlgoConfig
 from softmax_theory.attribution import (
     CLIP_PARTS,
+    IS_PARTS,
     SIGN_PARTS,
     attribution_parts,
     likely_tokens,
@@ -157,6 +158,41 @@ def test_likely_is_above_the_typical_token():
     )
     assert [parts[k] for k in SIGN_PARTS] == [1.0, 2.0, 4.0, 8.0, 16.0]
     assert (parts["attr/clipped"], parts["attr/unclipped"]) == (17.0, 14.0)
+    assert not set(IS_PARTS) & parts.keys()  # no correction: no capped split, not a guessed one
+
+
+def test_the_capped_family_splits_pred_lemma1_by_the_weights_that_hit_the_cap():
+    """With the truncated importance-sampling correction, the tokens whose weight reached the
+    cap are one class: by hand, and on the torch loss's own capped mask, where the family sums
+    to the total as the others do."""
+    contrib = np.array([1.0, 2.0, 4.0, 8.0])
+    capped = np.array([False, True, True, False])
+    parts = attribution_parts(contrib, np.ones(4), np.zeros(4), np.ones(4), None, capped)
+    assert (parts["attr/is_capped"], parts["attr/is_uncapped"]) == (6.0, 9.0)
+    assert not set(CLIP_PARTS) & parts.keys()
+    # the mask comes from the loss: the same tokens whose ratio π_old/π_sampler exceeds C
+    rng = np.random.default_rng(3)
+    old = np.log(rng.uniform(0.05, 1.0, (4, 6)))
+    sampler = old + rng.normal(0.0, 0.8, old.shape)
+    cfg = PolicyLossConfig(rollout_is="token", rollout_is_threshold=1.5)
+    inp = losses.LossInputs(
+        old, old, rng.normal(size=old.shape), np.ones(old.shape), sampler_log_prob=sampler
+    )
+    out = losses.compute_policy_loss(inp, cfg)
+    np.testing.assert_array_equal(out.is_capped, np.exp(old - sampler) > 1.5)
+    assert 0 < out.is_capped.sum() < out.is_capped.size
+    c = rng.normal(size=old.size)
+    parts = attribution_parts(
+        c,
+        inp.advantages.ravel(),
+        old.ravel(),
+        np.ones(old.size),
+        out.clipped.ravel(),
+        out.is_capped.ravel(),
+    )
+    for family in (SIGN_PARTS, CLIP_PARTS, IS_PARTS):
+        assert sum(parts[k] for k in family) == pytest.approx(c.sum(), abs=1e-12)
+    assert parts["attr/is_capped"] == pytest.approx(c[out.is_capped.ravel()].sum(), abs=1e-12)
 
 
 ALGOS = [
@@ -219,7 +255,8 @@ def test_policy_loss_output_carries_the_torch_twins_fields():
     torch_losses = pytest.importorskip("llm_bridge.losses")
     ours = dataclasses.fields(losses.PolicyLossOutput)
     twin = [f.name for f in dataclasses.fields(torch_losses.PolicyLossOutput)]
-    assert [f.name for f in ours[: len(twin)]] == twin == ["per_token_loss", "metrics", "clipped"]
+    assert [f.name for f in ours[: len(twin)]] == twin
+    assert twin == ["per_token_loss", "metrics", "clipped", "is_capped"]
     extras = ours[len(twin) :]
     assert [f.name for f in extras] == ["dlogp", "dentropy"]
     assert all(f.kw_only for f in extras)

@@ -16,6 +16,7 @@ from llm_bridge.losses import (
     select_clip_cov,
     select_kl_cov,
     top_entropy_mask,
+    truncated_is_weights,
 )
 from softmax_theory import losses as np_losses
 from softmax_theory.policy import AggMode, n_selected, n_top
@@ -168,6 +169,52 @@ def test_entropy_bonus_kl_loss_and_top_entropy():
         compute_policy_loss(LossInputs(lp, old, adv, mask), PolicyLossConfig(kl_loss_coef=0.1))
 
 
+def test_truncated_importance_sampling_by_hand():
+    """ρ = π_old/π_sampler = e^1, 1, e^{−0.5} and padding: w = (2, 1, 0.61, 0) with cap 2; the
+    policy loss is weighted, its gradient scales by w, and the entropy bonus is not weighted."""
+    old = [[-1.0, -2.0, -0.5, -1.0]]
+    sampler = torch.tensor([[-2.0, -2.0, 0.0, float("nan")]], dtype=torch.float64)
+    lp = torch.tensor(old, dtype=torch.float64, requires_grad=True)  # on-policy: ratio 1
+    adv = torch.tensor([[1.0, -1.0, 2.0, 3.0]], dtype=torch.float64)
+    ent = torch.full((1, 4), 0.5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    inp = LossInputs(lp, lp.detach().clone(), adv, mask, ent, sampler_log_prob=sampler)
+    cfg = PolicyLossConfig(rollout_is="token", entropy_coeff=0.1)
+    out = compute_policy_loss(inp, cfg)
+    w = torch.tensor([[2.0, 1.0, math.exp(-0.5), 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(out.per_token_loss, (-adv * w - 0.1 * ent) * mask)
+    assert out.is_capped.tolist() == [[True, False, False, False]]
+    assert float(out.metrics["actor/is_weight_mean"]) == pytest.approx((3 + math.exp(-0.5)) / 3)
+    assert float(out.metrics["actor/is_clip_frac"]) == pytest.approx(1 / 3)
+    out.per_token_loss.sum().backward()
+    torch.testing.assert_close(lp.grad, -adv * w)
+    # the sequence level: one weight per response, e^{Σ log ρ} = e^{1 + 0 − 0.5}, capped at 2
+    seq, capped = truncated_is_weights(lp, sampler, mask, "sequence", 2.0)
+    torch.testing.assert_close(seq, math.exp(0.5) * mask.double())
+    assert not capped.any()
+    # off, the loss is the uncorrected one and reports neither the weight nor the capped tokens
+    plain = compute_policy_loss(inp, PolicyLossConfig(entropy_coeff=0.1))
+    torch.testing.assert_close(plain.per_token_loss, (-adv - 0.1 * ent) * mask)
+    assert plain.is_capped is None and "actor/is_weight_mean" not in plain.metrics
+
+
+def test_truncated_importance_sampling_refuses_what_it_cannot_read():
+    lp, old, adv, mask = _random_batch(b=2, t=5, seed=2)
+    cfg = PolicyLossConfig(rollout_is="token")
+    with pytest.raises(ValueError, match="^sampler_log_prob: rollout_is needs"):
+        compute_policy_loss(LossInputs(lp, old, adv, mask), cfg)
+    bad = old.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="^sampler_log_prob: contains NaN"):
+        LossInputs(lp, old, adv, mask, sampler_log_prob=bad)
+    with pytest.raises(ValueError, match="^sampler_log_prob: contains NaN"):
+        np_losses.LossInputs(
+            lp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), sampler_log_prob=bad.numpy()
+        )
+    with pytest.raises(ValueError, match="^rollout_is:"):
+        truncated_is_weights(old, old, mask, "tokens", 2.0)
+
+
 def test_n_top_is_a_ceiling_without_float_artefacts():
     assert n_top(256, 0.2) == 52  # ⌈51.2⌉
     assert n_top(30, 0.1) == 3  # 0.1·30 is 3.0000000000000004 in floating point
@@ -225,6 +272,9 @@ def test_bad_loss_input_is_named():
         ({"kl_loss_type": "k1"}, "kl_loss_type"),
         ({"loss_scale_factor": 10.0}, "loss_scale_factor"),
         ({"clip_ratio_c": 1.0}, "clip_ratio_c"),
+        ({"rollout_is_threshold": 3.0}, "rollout_is_threshold"),
+        ({"rollout_is": "token", "rollout_is_threshold": 0.5}, "rollout_is_threshold"),
+        ({"rollout_is": "geometric"}, "rollout_is"),
     ],
 )
 def test_a_setting_the_loss_does_not_read_is_refused_by_name(settings, name):
@@ -263,6 +313,14 @@ CONTROLS = {
     },
     "k1": {"kl_loss_coef": 0.2, "kl_loss_type": "k1"},
     "entropy-shaped advantage": {"entropy_adv_alpha": 0.3, "entropy_adv_kappa": 2.5},
+    "rollout_is token": {"rollout_is": "token", "rollout_is_threshold": 1.3},
+    "rollout_is sequence, every control": {
+        "rollout_is": "sequence",
+        "rollout_is_threshold": 4.0,
+        "entropy_coeff": 0.05,
+        "kl_loss_coef": 0.1,
+        "top_entropy_ratio": 0.3,
+    },
 }
 LOSSES = {
     "vanilla": {},
@@ -288,10 +346,11 @@ def test_compute_policy_loss_numpy_equals_torch(loss, controls, mode):
     ent = 3 * torch.rand(lp.shape, generator=g, dtype=torch.float64)
     ref = lp + 0.3 * torch.randn(lp.shape, generator=g, dtype=torch.float64)
     score = torch.randn(lp.shape, generator=g, dtype=torch.float64)
+    sampler = old + 0.5 * torch.randn(lp.shape, generator=g, dtype=torch.float64)
     settings = {"loss_mode": loss, **LOSSES[loss], **CONTROLS[controls]}
     cfg = PolicyLossConfig(loss_agg_mode=mode, **settings)
     np_inp = np_losses.LossInputs(
-        lp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), ent.numpy(), ref.numpy(), score.numpy()
+        *(x.numpy() for x in (lp, old, adv, mask, ent, ref, score, sampler))
     )
     # Clip-Cov draws at random: both worlds get the same draw (each world's own draw is tested
     # above); KL-Cov's top-k is deterministic and each world selects on its own
@@ -302,13 +361,16 @@ def test_compute_policy_loss_numpy_equals_torch(loss, controls, mode):
     ours = np_losses.compute_policy_loss(np_inp, cfg, selected=selected)
     lp_t, ent_t = lp.clone().requires_grad_(True), ent.clone().requires_grad_(True)
     torch_out = compute_policy_loss(
-        LossInputs(lp_t, old, adv, mask, ent_t, ref, score),
+        LossInputs(lp_t, old, adv, mask, ent_t, ref, score, sampler),
         cfg,
         selected=None if selected is None else torch.from_numpy(selected),
     )
-    assert (torch_out.clipped is None) == (ours.clipped is None)
-    if ours.clipped is not None:
-        np.testing.assert_array_equal(torch_out.clipped.numpy(), ours.clipped)
+    for name in ("clipped", "is_capped"):
+        assert (getattr(torch_out, name) is None) == (getattr(ours, name) is None), name
+        if getattr(ours, name) is not None:
+            np.testing.assert_array_equal(getattr(torch_out, name).numpy(), getattr(ours, name))
+    if cfg.rollout_is is not None:  # the weights act on some tokens and not on others
+        assert 0 < ours.is_capped[mask.numpy()].mean() < 1
     np.testing.assert_allclose(
         torch_out.per_token_loss.detach().numpy(), ours.per_token_loss, rtol=1e-12, atol=1e-15
     )

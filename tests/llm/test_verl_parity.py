@@ -1,6 +1,7 @@
 """Parity with the real verl 0.9.1 package: loss, gradient and metrics of our torch losses
 against ``verl.trainer.ppo.core_algos`` on the same seeded inputs, in every aggregation mode
-both have.
+both have; and our truncated importance sampling (``rollout_is``) against verl's rollout
+correction (``verl.trainer.ppo.rollout_corr_helper``: its weights passed to its losses).
 
 verl lives in a side virtual environment (``make parity`` builds ``.venv-verl``: torch==2.13.0,
 ``verl==0.9.1 --no-deps`` and the few packages ``core_algos`` imports); the test runs verl there
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from llm_bridge import LossInputs, PolicyLossConfig, agg_loss, compute_policy_loss
+from llm_bridge.losses import truncated_is_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 VERL_PYTHON = Path(os.environ.get("VERL_PYTHON", ROOT / ".venv-verl" / "bin" / "python"))
@@ -59,7 +61,17 @@ def _inputs():
     mask = torch.zeros(b, t, dtype=torch.float64)
     for i in range(b - 1):
         mask[i, : 4 + 3 * i] = 1.0
-    return {"log_prob": log_prob, "old_log_prob": old, "advantages": adv, "response_mask": mask}
+    # the sampler's log-probs: near the trainer's old ones, some ratios π_old/π_sampler above
+    # the caps below and some not; one token off by 25 nats, past verl's ±20 clamp
+    sampler = old + 0.3 * torch.randn(b, t, generator=g, dtype=torch.float64)
+    sampler[1, 2] = old[1, 2] - 25.0
+    return {
+        "log_prob": log_prob,
+        "old_log_prob": old,
+        "advantages": adv,
+        "response_mask": mask,
+        "sampler_log_prob": sampler,
+    }
 
 
 # (name, our PolicyLossConfig fields, verl's ActorConfig fields, verl's PolicyLossConfig fields)
@@ -107,6 +119,15 @@ AGGREGATIONS = [
     ("seq-mean-token-sum-norm", {"loss_scale_factor": 4096}),
 ]
 CASES = [(loss, agg) for loss in LOSSES for agg in AGGREGATIONS]
+# Truncated importance sampling: (loss, level, cap C, loss_agg_mode), verl's rollout correction
+# with the same level and rollout_is_threshold
+IS_CASES = [
+    (LOSSES[0], "token", 1.2, "token-mean"),
+    (LOSSES[1], "token", 2.0, "seq-mean-token-sum-norm"),
+    (LOSSES[0], "sequence", 3.0, "token-mean"),
+    (LOSSES[3], "token", 1.5, "seq-mean-token-mean"),
+    (LOSSES[5], "sequence", 1.5, "token-sum"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +142,16 @@ def verl_results(tmp_path_factory):
             "global_batch_info": info,
         }
         for (_, ours, actor, policy), (mode, info) in CASES
+    ] + [
+        {
+            "loss_mode": ours["loss_mode"].replace("clip_higher", "vanilla"),
+            "actor": actor,
+            "policy_loss": policy,
+            "loss_agg_mode": mode,
+            "global_batch_info": {},
+            "rollout_is": {"level": level, "threshold": cap},
+        }
+        for (_, ours, actor, policy), level, cap, mode in IS_CASES
     ]
     torch.save({"tensors": _inputs(), "cases": cases}, tmp / "in.pt")
     done = subprocess.run(
@@ -169,3 +200,38 @@ def test_our_loss_equals_verl(verl_results, index):
             expected["metrics"]["actor/pg_clipfrac"], abs=1e-7
         )
         assert float(out.metrics["actor/cov_selected_frac"]) > 0
+
+
+@pytest.mark.parametrize(
+    "index", range(len(IS_CASES)), ids=[f"{c[0][0]}|{c[1]} C={c[2]}|{c[3]}" for c in IS_CASES]
+)
+def test_our_truncated_is_equals_verls_rollout_correction(verl_results, index):
+    """verl's weights from ``compute_rollout_correction_and_rejection_mask`` (old against the
+    sampler's log-probs, truncated at ``rollout_is_threshold``) equal ours, and its loss with
+    them equals ours with ``rollout_is``, in value and gradient; its mean weight and (per token)
+    the share above the cap are our ``actor/is_weight_mean`` and ``actor/is_clip_frac``."""
+    (_, ours, _, _), level, cap, mode = IS_CASES[index]
+    expected = verl_results[len(CASES) + index]
+    x = _inputs()
+    old, sampler, mask = x["old_log_prob"], x["sampler_log_prob"], x["response_mask"]
+    w, capped = truncated_is_weights(old, sampler, mask, level, cap)
+    torch.testing.assert_close(w, expected["weights"], rtol=1e-15, atol=0)
+    assert 0 < int(capped.sum()) < int(mask.sum())  # the cap acts on some tokens, not all
+    log_prob = x["log_prob"].clone().requires_grad_(True)
+    inp = LossInputs(log_prob, old, x["advantages"], mask, sampler_log_prob=sampler)
+    cfg = PolicyLossConfig(**ours, rollout_is=level, rollout_is_threshold=cap)
+    out = compute_policy_loss(inp, cfg)
+    loss = agg_loss(out.per_token_loss, mask, mode)
+    loss.backward()
+    rel = 1e-6 if mode == "seq-mean-token-mean" else 1e-12  # verl's 1e-8 in the lengths
+    assert float(loss.detach()) == pytest.approx(float(expected["loss"]), rel=rel, abs=1e-15)
+    torch.testing.assert_close(log_prob.grad, expected["grad"], rtol=rel, atol=1e-15)
+    metrics = expected["metrics"]
+    # verl's masked_mean adds 1e-8 to the token count
+    assert float(out.metrics["actor/is_weight_mean"]) == pytest.approx(
+        metrics["rollout_corr/rollout_is_mean"], rel=1e-8
+    )
+    if level == "token":  # verl counts sequences, not tokens, at the sequence level
+        assert float(out.metrics["actor/is_clip_frac"]) == pytest.approx(
+            metrics["rollout_corr/rollout_is_ratio_fraction_high"], abs=1e-7
+        )
