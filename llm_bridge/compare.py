@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softmax_theory.attribution import CLIP_PARTS, SIGN_PARTS
+from softmax_theory.attribution import CLIP_PARTS, IS_PARTS, SIGN_PARTS
 from softmax_theory.law import LawReport, law_report, series_from_run
 from softmax_theory.runlog import RunLog, distinct_labels, read_run
 from softmax_theory.stats import correlation, relative_errors, smooth
@@ -165,7 +165,10 @@ def attribution_totals(run: RunLog) -> dict[str, float]:
     rows = [s for s in run.steps if all(k in s for k in SIGN_PARTS) and "pred_lemma1" in s]
     if not rows:
         return {}
-    keys = SIGN_PARTS + (CLIP_PARTS if all(k in s for s in rows for k in CLIP_PARTS) else ())
+    keys = SIGN_PARTS
+    for family in (CLIP_PARTS, IS_PARTS):  # only where every such step has the split
+        if all(k in s for s in rows for k in family):
+            keys = keys + family
     return {k: float(sum(s[k] for s in rows)) for k in keys + ("pred_lemma1",)}
 
 
@@ -481,6 +484,7 @@ def _attribution_section(reports: list[RunReport]) -> list[str]:
     if not rows:
         return []
     keys = SIGN_PARTS + (CLIP_PARTS if any(CLIP_PARTS[0] in r.attribution for r in rows) else ())
+    keys += IS_PARTS if any(IS_PARTS[0] in r.attribution for r in rows) else ()
     lines = [
         "## Where the entropy goes",
         "",
@@ -506,7 +510,7 @@ def _attribution_section(reports: list[RunReport]) -> list[str]:
             "—" if k not in a else f"{a[k]:+.3g} ({a[k] / total:+.0%})" if total else f"{a[k]:+.3g}"
             for k in keys
         ]
-        if any(k not in a for k in keys):
+        if any(k not in a for k in CLIP_PARTS if k in keys):
             unsplit.append(r.name)
         lines.append(f"| {r.name} | {total:+.3g} | " + " | ".join(cells) + " |")
     if unsplit:

@@ -169,6 +169,7 @@ def measure_tokens(
     micro_batch_size: int | None = None,
     temperature: float = 1.0,
     clipped: torch.Tensor | None = None,
+    carried: dict[str, torch.Tensor] | None = None,
 ) -> ProbeTokens:
     """Measure the update on the responses ``rows`` (all by default), streaming micro-batches.
 
@@ -182,11 +183,15 @@ def measure_tokens(
       temperature: the policy's temperature.
       clipped: [B, R] bool, the tokens clipped at some update of the step (for the
         attribution's clipped/unclipped split), or None where the engine does not know them.
+      carried: other [B, R] values kept per probed token, under their names: ``is_capped``
+        (the truncated importance weight reached its cap: the attribution's capped split),
+        ``sampler_logp`` (the sampler's log-probs, for the token files).
     """
     rows = torch.arange(roll.input_ids.shape[0]) if rows is None else torch.as_tensor(rows)
     sub = roll.subset(rows)
     adv = advantages[rows.to(advantages.device)]
     clip = None if clipped is None else clipped[rows.to(clipped.device)]
+    kept = {k: v[rows.to(v.device)] for k, v in (carried or {}).items()}
     parts, responses = [], []
     for sl in micro_slices(len(rows), micro_batch_size):
         stats = _micro_stats(model, sub, sl, temperature, params_before, delta)
@@ -194,6 +199,8 @@ def measure_tokens(
         stats["advantage"] = adv[sl].double()
         if clip is not None:
             stats["clipped"] = clip[sl].double()
+        for key, value in kept.items():
+            stats[key] = value[sl].double()
         parts.append({k: v[mask].cpu() for k, v in stats.items()})
         responses.append(mask.nonzero()[:, 0].cpu() + sl.start)
     values = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -301,6 +308,7 @@ def probe_record(tokens: ProbeTokens) -> dict[str, float | int | None]:
             logp.numpy(),
             h.numpy(),
             None if "clipped" not in v else v["clipped"].numpy() > 0,
+            is_capped=None if "is_capped" not in v else v["is_capped"].numpy() > 0,
         )
     )
     return record

@@ -64,6 +64,8 @@ class Rollouts:
     response_mask: [B, R], 1 on response tokens up to and including the first stop token.
     texts: decoded responses (without the stop token and padding), B strings.
     truncated: [B] bool, the responses cut at the budget (no stop token); None: not known.
+    sampler_logp: [B, R], the sampling engine's log-probs of the sampled tokens under
+      softmax(z/T) (0 on padding); None where the trainer's model sampled them itself.
     """
 
     input_ids: torch.Tensor
@@ -72,6 +74,7 @@ class Rollouts:
     response_mask: torch.Tensor
     texts: tuple[str, ...]
     truncated: torch.Tensor | None = None
+    sampler_logp: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -87,6 +90,7 @@ class Rollouts:
             response_mask=self.response_mask[idx],
             texts=tuple(self.texts[i] for i in idx.tolist()) if self.texts else (),
             truncated=None if self.truncated is None else self.truncated[idx],
+            sampler_logp=None if self.sampler_logp is None else self.sampler_logp[idx],
         )
 
     @classmethod
@@ -137,6 +141,9 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
         truncated=None
         if any(p.truncated is None for p in parts)
         else torch.cat([p.truncated for p in parts]),
+        sampler_logp=None
+        if any(p.sampler_logp is None for p in parts)
+        else torch.cat([p.sampler_logp for p in parts]),
     )
 
 

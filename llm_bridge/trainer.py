@@ -26,6 +26,7 @@ from llm_bridge.checkpoint import Checkpointer, TrainState
 from llm_bridge.config import RESUME_FREE, OptimizerName, TrainConfig, resolve_device, warmup_factor
 from llm_bridge.forward import head_spec, stream_entropy_logp
 from llm_bridge.interrupts import deferred_interrupts, interrupted_message
+from llm_bridge.losses import truncated_is_weights
 from llm_bridge.memory import (
     ModelShape,
     StepMemory,
@@ -33,6 +34,7 @@ from llm_bridge.memory import (
     check_step_fits,
     estimate_step_memory,
 )
+from llm_bridge.mismatch import rollout_mismatch
 from llm_bridge.models import load_config, load_model, load_tokenizer, model_positions
 from llm_bridge.probe import (
     measure_tokens,
@@ -257,7 +259,21 @@ class ProbedGRPOTrainer:
         ref_logp = None
         if self.ref_model is not None:
             ref_logp = stream_entropy_logp(self.ref_model, roll, micro, t)[1]
-        return StepBatch(roll, rewards, group, adv, entropy, old_logp, ref_logp, stats=stats)
+        # the sampler's log-probs where the backend reports them (vLLM); HF generation samples
+        # from the trainer's own model, so there the sampler is π_old by construction
+        sampler = roll.sampler_logp if roll.sampler_logp is not None else old_logp
+        stats.update(rollout_mismatch(old_logp, sampler, mask))
+        return StepBatch(
+            roll,
+            rewards,
+            group,
+            adv,
+            entropy,
+            old_logp,
+            ref_logp,
+            sampler_logp=sampler,
+            stats=stats,
+        )
 
     def step(self) -> dict[str, Any]:
         cfg, k = self.cfg, self.state.step
@@ -338,6 +354,16 @@ class ProbedGRPOTrainer:
             # one update: Δθ was known before the step (the optimiser's forecast)
             delta = parameter_delta(self.model, params_before, result.forecast)
         n_rows = batch.roll.input_ids.shape[0]
+        carried = {"sampler_logp": batch.sampler_logp}
+        lc = cfg.policy_loss
+        if lc.rollout_is is not None:
+            carried["is_capped"] = truncated_is_weights(
+                batch.old_logp,
+                batch.sampler_logp,
+                batch.mask,
+                lc.rollout_is,
+                lc.rollout_is_threshold,
+            )[1]
         tokens = measure_tokens(
             self.model,
             batch.roll,
@@ -349,6 +375,7 @@ class ProbedGRPOTrainer:
             micro_batch_size=cfg.micro_batch_size,
             temperature=cfg.temperature,
             clipped=result.clipped,
+            carried=carried,
         )
         record = probe_record(tokens)
         record["probe/updates"] = result.n_updates

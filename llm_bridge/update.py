@@ -39,6 +39,9 @@ class StepBatch:
     # the token's own-update entropy term at θ_old (``own_entropy_term``), when a covariance
     # loss selects by it (the oracle) or measures its selection against it (probed steps)
     score: torch.Tensor | None = None
+    # log π_sampler(y_t|s_t): the sampling engine's own log-probs (equal to old_logp when the
+    # trainer samples), for the mismatch keys and the truncated importance weight
+    sampler_logp: torch.Tensor | None = None
     # the rollouts' own statistics for the run log (``rollout_stats``)
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -86,6 +89,7 @@ def loss_inputs(model, batch: StepBatch, rows: slice, temperature: float, grad: 
         entropy=entropy,
         ref_log_prob=None if batch.ref_logp is None else batch.ref_logp[rows],
         score=None if batch.score is None else batch.score[rows],
+        sampler_log_prob=None if batch.sampler_logp is None else batch.sampler_logp[rows],
     )
 
 

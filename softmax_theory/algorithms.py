@@ -351,6 +351,8 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
             entropy=entropy(z_now)[s_t].reshape(shape),
             ref_log_prob=None if ref_logp is None else ref_logp.reshape(shape),
             score=None if score is None else score.reshape(shape),
+            # the tabular sampler is the policy itself: no sampler–trainer mismatch
+            sampler_log_prob=old_logp.reshape(shape),
         )
 
     selected = None

@@ -39,7 +39,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from llm_bridge.forward import stream_entropy_logp
 from llm_bridge.interrupts import deferred_interrupts, interrupted_message
-from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss
+from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, truncated_is_weights
+from llm_bridge.mismatch import rollout_mismatch, trl_importance_sampling_args
 from llm_bridge.probe import (
     ProbeTokens,
     gather_tokens,
@@ -346,6 +347,8 @@ class CovGRPOTrainer(GRPOTrainer):
             response_mask=mask,
             entropy=entropies,
             ref_log_prob=inputs.get("ref_per_token_logps"),
+            # vLLM's log-probs of its samples; TRL's own generation samples from π_old
+            sampler_log_prob=inputs.get("sampling_per_token_logps", old),
         )
         out = compute_policy_loss(inp, self.policy_loss, generator=self.cov_generator)
         per_token = out.per_token_loss
@@ -357,8 +360,8 @@ class CovGRPOTrainer(GRPOTrainer):
                 mask=mask,
                 off_policy_threshold=self.off_policy_mask_threshold,
             )
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            per_token = per_token * inputs["importance_sampling_ratio"]
+        # the sampler–trainer correction is ours (rollout_is, in compute_policy_loss, on the
+        # policy term only); TRL's importance_sampling_ratio is left unapplied
         loss = agg_loss(
             per_token, mask, self.policy_loss.loss_agg_mode, **self._normalisers(inputs)
         )
@@ -444,7 +447,13 @@ class EntropyProbe:
         self.trainer = trainer
         self.pending: dict[str, Any] | None = None
 
-    def begin(self, out: dict[str, Any], mask: torch.Tensor, group: np.ndarray) -> None:
+    def begin(
+        self,
+        out: dict[str, Any],
+        mask: torch.Tensor,
+        group: np.ndarray,
+        carried: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         if out.get("pixel_values") is not None:
             raise ValueError(
                 "probe: the probe reads text batches only; set probe=False for multimodal training"
@@ -457,6 +466,7 @@ class EntropyProbe:
             "advantages": out["advantages"][:, None].float() * mask,
             "group": torch.as_tensor(group),
             "params_before": snapshot(model),
+            "carried": carried or {},
         }
 
     def measure(self, step: int) -> tuple[dict[str, Any], ProbeTokens]:
@@ -478,9 +488,12 @@ class EntropyProbe:
             rows=probe_rows(args.seed, step, roll.input_ids.shape[0], args.probe_responses),
             micro_batch_size=args.probe_micro_batch_size,
             temperature=self.trainer.temperature,
+            carried=pending["carried"],
         )
         model.train(was_training)
         tokens = gather_tokens(tokens)
+        if "sampler_logp" not in tokens.values:  # the trainer sampled: the sampler is π_old
+            tokens.values["sampler_logp"] = tokens.values["logp"]
         record = probe_record(tokens)
         record["entropy"] = float(tokens.values["entropy"].mean())  # θ_old, probed tokens
         record["probe/updates"] = self.trainer.updates_per_step
@@ -563,8 +576,34 @@ class RunLogCallback(TrainerCallback):
             "adv/nonzero_frac": float(np.mean(np.asarray(adv_all) != 0)),
             "time/rollout_s": t.rollout_seconds,
         }
+        old = out.get("old_per_token_logps")
+        sampler = out.get("sampling_per_token_logps")
+        sampled_by_trainer = old is None or sampler is None
+        if sampled_by_trainer:  # TRL's generation samples from π_old itself: no mismatch
+            old = sampler = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        valid = mask.bool()
+        flat = _all_concat(
+            {
+                "old": old[valid].double().cpu().numpy(),
+                "sampler": sampler[valid].double().cpu().numpy(),
+            }
+        )
+        self.head.update(
+            rollout_mismatch(
+                torch.from_numpy(flat["old"])[None],
+                torch.from_numpy(flat["sampler"])[None],
+                torch.ones(1, flat["old"].size),
+            )
+        )
         if self.probe is not None and k % args.probe_every == 0:
-            self.probe.begin(out, mask, group)
+            # the probe's θ_old log-probs are the sampler's where the trainer sampled
+            carried = {} if sampled_by_trainer else {"sampler_logp": sampler.float() * mask}
+            lc = t.policy_loss
+            if lc.rollout_is is not None:
+                carried["is_capped"] = truncated_is_weights(
+                    old, sampler, mask, lc.rollout_is, lc.rollout_is_threshold
+                )[1]
+            self.probe.begin(out, mask, group, carried)
         if k in args.cov_table_steps:
             self.cov = self._whole_batch_cov(out, mask)
         self.t_generated = time.perf_counter()
@@ -616,6 +655,7 @@ class RunLogCallback(TrainerCallback):
             "response_length": head["response_length"],
             "response/clip_frac": head["response/clip_frac"],
             "adv/nonzero_frac": head["adv/nonzero_frac"],
+            **{k: v for k, v in head.items() if k.startswith("rollout/")},
         }
         if self.val_reward is not None:
             record["val_reward"], self.val_reward = self.val_reward, None
@@ -767,6 +807,7 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[ProbedGRPOCon
         save_total_limit=1,  # the latest state only, as our engine
         report_to=trl_report_to(parse_report_to(cfg.report_to)),
         report_to_ours=parse_report_to(cfg.report_to),
+        **trl_importance_sampling_args(cfg.policy_loss),
         seed=cfg.seed,
         use_cpu=not on_gpu,
         bf16=on_gpu,

@@ -222,3 +222,31 @@ def test_report_to_tensorboard_round_trips_the_run_log(tiny_model, tmp_path, eng
     for mine, theirs in zip(rows, back.steps, strict=True):
         for key in ("entropy", "reward", "delta_entropy", "pred_lemma1"):
             assert theirs[key] == pytest.approx(mine[key], rel=1e-12, abs=1e-15), key
+
+
+@pytest.mark.parametrize("engine", ["ours", "trl"])
+def test_the_mismatch_is_zero_when_the_trainer_samples_and_the_correction_runs(
+    tiny_model, tmp_path, engine
+):
+    """HF generation (and TRL's own) samples from π_old: every mismatch key is 0 and every
+    truncated importance weight is 1, so the corrected run is the uncorrected one."""
+    if engine == "trl":
+        pytest.importorskip("trl")
+    from softmax_theory.policy import PolicyLossConfig
+
+    plain = train(_cfg(tiny_model, engine), tmp_path / "plain")
+    corrected = train(
+        _cfg(tiny_model, engine, policy_loss=PolicyLossConfig(rollout_is="token")),
+        tmp_path / "corrected",
+    )
+    for a, b in zip(read_run(plain).steps, read_run(corrected).steps, strict=True):
+        for key in ("rollout/logp_diff_mean", "rollout/logp_diff_max"):
+            assert a[key] == 0.0 and b[key] == 0.0
+        for key in ("rollout/is_ratio_mean", "rollout/is_ratio_p05", "rollout/is_ratio_p95"):
+            assert b[key] == 1.0
+        assert b["actor/is_weight_mean"] == pytest.approx(1.0) and b["actor/is_clip_frac"] == 0
+        assert b["attr/is_capped"] == 0.0
+        assert b["attr/is_uncapped"] == pytest.approx(b["pred_lemma1"], rel=1e-9, abs=1e-15)
+        assert b["entropy"] == pytest.approx(a["entropy"], rel=1e-6)
+    tokens = np.load(corrected / "tokens" / "step_000000.npz")
+    np.testing.assert_allclose(tokens["sampler_logp"], tokens["logp"], rtol=1e-6, atol=1e-6)
