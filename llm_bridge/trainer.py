@@ -154,6 +154,7 @@ class ProbedGRPOTrainer:
             report_to=parse_report_to(cfg.report_to),
         )
         self._checkpoints_written = 0
+        self._said_empty = False  # a step without valid tokens is said once
 
     def step_memory(self) -> StepMemory:
         """The estimated peak memory of one step with these settings (``llm_bridge.memory``)."""
@@ -262,7 +263,8 @@ class ProbedGRPOTrainer:
         # the sampler's log-probs where the backend reports them (vLLM); HF generation samples
         # from the trainer's own model, so there the sampler is π_old by construction
         sampler = roll.sampler_logp if roll.sampler_logp is not None else old_logp
-        stats.update(rollout_mismatch(old_logp, sampler, mask))
+        if mask.any():
+            stats.update(rollout_mismatch(old_logp, sampler, mask))
         return StepBatch(
             roll,
             rewards,
@@ -289,6 +291,8 @@ class ProbedGRPOTrainer:
         }
         if cfg.val_every and k % cfg.val_every == 0:
             record.update(self.validate())
+        if not batch.mask.any():
+            return self._step_without_tokens(batch, record)
         mask = batch.mask.bool()
         h_batch = float(batch.entropy[mask].double().mean())
         record.update(entropy=h_batch, reward=float(batch.rewards.mean()), **batch.stats)
@@ -324,6 +328,27 @@ class ProbedGRPOTrainer:
         self.run_dir.write_step(record)
         self.state.step += 1
         if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return record
+
+    def _step_without_tokens(self, batch: StepBatch, record: dict[str, Any]) -> dict[str, Any]:
+        """A step all of whose responses ``mask_truncated`` left out (every one ran to the
+        budget): nothing to learn from or measure. Its record holds the rollout's keys only
+        (entropy and the probe's are absent: not measured); the schedule still advances, so the
+        learning rate stays on its course; said once per run."""
+        if not self._said_empty:
+            self._said_empty = True
+            self.log(
+                f"step {self.state.step}: every response ran to the {self.max_new_tokens}-token "
+                "budget and mask_truncated leaves them all out: no update on such steps (raise "
+                "--max-new-tokens)"
+            )
+        record.update(reward=float(batch.rewards.mean()), **batch.stats)
+        for _ in range(self.cfg.updates_per_step):
+            self.schedule.step()
+        self.run_dir.write_step(record)
+        self.state.step += 1
+        if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return record
 

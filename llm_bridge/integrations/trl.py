@@ -325,6 +325,8 @@ class CovGRPOTrainer(GRPOTrainer):
         mask = (
             completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         )
+        if not mask.any():  # every completion masked (mask_truncated): nothing to learn from
+            return (completion_ids.float() * 0).sum().requires_grad_()
         logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,
@@ -563,8 +565,8 @@ class RunLogCallback(TrainerCallback):
         truncated = ~torch.isin(ids, torch.tensor(self.stop_ids, device=ids.device)).any(dim=1)
         # a truncated response has the whole budget, also where mask_truncated zeroed its mask
         lengths = torch.where(truncated, ids.shape[1], out["completion_mask"].sum(dim=1))
-        length_sum, n_truncated, n_responses = _all_sum(
-            [float(lengths.sum()), float(truncated.sum()), float(ids.shape[0])]
+        length_sum, n_truncated, n_responses, n_valid = _all_sum(
+            [float(lengths.sum()), float(truncated.sum()), float(ids.shape[0]), float(mask.sum())]
         )
         # the learning rate of the step's first update, as our trainer records it
         self.head = {
@@ -588,13 +590,17 @@ class RunLogCallback(TrainerCallback):
                 "sampler": sampler[valid].double().cpu().numpy(),
             }
         )
-        self.head.update(
-            rollout_mismatch(
-                torch.from_numpy(flat["old"])[None],
-                torch.from_numpy(flat["sampler"])[None],
-                torch.ones(1, flat["old"].size),
+        if flat["old"].size:  # none when mask_truncated left every response out
+            self.head.update(
+                rollout_mismatch(
+                    torch.from_numpy(flat["old"])[None],
+                    torch.from_numpy(flat["sampler"])[None],
+                    torch.ones(1, flat["old"].size),
+                )
             )
-        )
+        if n_valid == 0:  # mask_truncated left every response out: nothing to measure
+            self.t_generated = time.perf_counter()
+            return
         if self.probe is not None and k % args.probe_every == 0:
             # the probe's θ_old log-probs are the sampler's where the trainer sampled
             carried = {} if sampled_by_trainer else {"sampler_logp": sampler.float() * mask}

@@ -155,3 +155,21 @@ def test_a_run_without_learning_signal_is_named_not_judged(tiny_model, tmp_path)
     assert "no step had a learning signal" in text
     assert report.predictors == ()
     assert np.isfinite([s["entropy"] for s in steps]).all()
+
+
+@pytest.mark.parametrize("engine", ["ours", "trl"])
+def test_a_step_whose_responses_are_all_masked_is_logged_without_an_update(
+    qwen, gsm8k, tmp_path, engine
+):
+    """Random weights seldom stop within 4 tokens: with mask_truncated every response leaves
+    the loss. The step is logged (its rollout keys), nothing is measured or made up."""
+    if engine == "trl":
+        pytest.importorskip("trl")
+    cfg = _cfg(qwen, gsm8k, engine, max_new_tokens=2, mask_truncated=True, probe_jvp=True)
+    steps = read_run(train(cfg, tmp_path / engine)).steps
+    assert [s["step"] for s in steps] == [0, 1]
+    for rec in steps:
+        if rec["response/clip_frac"] == 1.0:
+            assert "entropy" not in rec and "delta_entropy" not in rec
+        for value in rec.values():
+            assert not isinstance(value, float) or np.isfinite(value)
