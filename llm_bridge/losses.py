@@ -13,7 +13,7 @@ two equal.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -242,17 +242,32 @@ def select_cov_tokens(
 
 
 def select_by_scope(
-    inp: LossInputs, cfg: PolicyLossConfig, generator: torch.Generator | None = None
+    inp: LossInputs,
+    cfg: PolicyLossConfig,
+    generator: torch.Generator | None = None,
+    micro_batches: int = 1,
 ) -> torch.Tensor | None:
-    """Clip-Cov/KL-Cov tokens chosen once over all of ``inp`` by ``cfg.cov_scope``: ``global``
-    (``inp`` is the step's whole batch at θ_old) and ``mini`` (the optimiser mini-batch at its
-    current parameters) select here; ``micro`` returns None, for each micro-batch's loss selects
-    its own (the paper's code), as does a loss that selects nothing. The numpy twin
-    ``softmax_theory.losses.select_by_scope`` also splits a batch into micro-batches, since the
-    tabular world computes a whole batch's loss at once."""
-    if cfg.loss_mode not in COV_SELECTORS or cfg.cov_scope is CovScope.MICRO:
+    """Clip-Cov/KL-Cov tokens for the responses of ``inp`` by ``cfg.cov_scope``: ``micro``
+    selects in each of ``micro_batches`` slices of the responses (the paper's code and verl:
+    each slice picks at least one token), ``mini`` and ``global`` over all of ``inp``; None for
+    a loss that selects nothing. Our trainer calls it for ``mini`` (the optimiser mini-batch at
+    its current parameters) and ``global`` (the step's batch at θ_old); under ``micro`` each
+    micro-batch's loss selects its own inside ``compute_policy_loss``. The numpy twin
+    ``softmax_theory.losses.select_by_scope`` has the same signature."""
+    if cfg.loss_mode not in COV_SELECTORS:
         return None
-    return select_cov_tokens(inp, cfg, generator)
+    if cfg.cov_scope is not CovScope.MICRO or micro_batches == 1:
+        return select_cov_tokens(inp, cfg, generator)
+    parts = []
+    for rows in torch.tensor_split(torch.arange(inp.log_prob.shape[0]), micro_batches):
+        sub = LossInputs(
+            **{
+                f.name: None if (v := getattr(inp, f.name)) is None else v[rows]
+                for f in fields(inp)
+            }
+        )
+        parts.append(select_cov_tokens(sub, cfg, generator))
+    return torch.cat(parts)
 
 
 def _selection_metrics(inp: LossInputs, selected: torch.Tensor) -> Metrics:

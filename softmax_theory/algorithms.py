@@ -31,7 +31,7 @@ from softmax_theory.losses import (
     LossInputs,
     agg_weights,
     compute_policy_loss,
-    select_cov_tokens,
+    select_by_scope,
 )
 from softmax_theory.policy import (
     COV_LOSSES,
@@ -293,29 +293,6 @@ def _entropy_logit_grad(logp: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return -coef[:, None] * p * centred
 
 
-def _cov_selection(
-    lc: PolicyLossConfig,
-    inp: LossInputs,
-    micro_batches: int,
-    rng: np.random.Generator,
-) -> np.ndarray | None:
-    """Clip-Cov/KL-Cov tokens for the responses of ``inp`` by ``cov_scope``: micro selects in
-    each of ``micro_batches`` slices of the responses (the paper's code and verl: each slice
-    picks at least one token), mini over all of them; None for a loss that selects nothing."""
-    if lc.loss_mode not in COV_LOSSES:
-        return None
-    n = inp.log_prob.shape[0]
-    if lc.cov_scope is not CovScope.MICRO or micro_batches == 1:
-        return select_cov_tokens(inp, lc, rng)
-    parts = []
-    for rows in np.array_split(np.arange(n), micro_batches):
-        sub = LossInputs(
-            **{k: None if v is None else v[rows] for k, v in vars(inp).items()},
-        )
-        parts.append(select_cov_tokens(sub, lc, rng))
-    return np.concatenate(parts)
-
-
 def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
     """GRPO on the logits: sample G responses per prompt, compute advantages, and take K
     gradient steps of size η on the aggregated surrogate loss (plus controls).
@@ -357,7 +334,7 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
 
     selected = None
     if lc.cov_scope is CovScope.GLOBAL:
-        selected = _cov_selection(lc, loss_inputs(logits), 1, rng)
+        selected = select_by_scope(loss_inputs(logits), lc, rng)
     z = logits.copy()
     updates: list[tuple[dict[str, float], float]] = []  # each update's metrics and tokens
     contrib = np.zeros(s_t.size)
@@ -366,7 +343,7 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
         logp_all = log_softmax(z)
         inp = loss_inputs(z)
         if lc.cov_scope is not CovScope.GLOBAL:
-            selected = _cov_selection(lc, inp, cfg.micro_batches, rng)
+            selected = select_by_scope(inp, lc, rng, cfg.micro_batches)
         out = compute_policy_loss(
             inp, lc, entropy_coeff=coeff_now, generator=rng, selected=selected
         )

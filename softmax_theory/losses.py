@@ -18,6 +18,7 @@ import numpy as np
 
 from softmax_theory.policy import (
     AggMode,
+    CovScope,
     CovSelector,
     KLEstimator,
     PolicyLoss,
@@ -250,6 +251,28 @@ def select_cov_tokens(
     if cfg.cov_selector is CovSelector.ORACLE:
         return select_oracle(inp, cfg, generator)
     return COV_SELECTORS[cfg.loss_mode](inp, cfg, generator)
+
+
+def select_by_scope(
+    inp: LossInputs,
+    cfg: PolicyLossConfig,
+    generator: np.random.Generator | None = None,
+    micro_batches: int = 1,
+) -> np.ndarray | None:
+    """Clip-Cov/KL-Cov tokens for the responses of ``inp`` by ``cfg.cov_scope``: ``micro``
+    selects in each of ``micro_batches`` slices of the responses (the paper's code and verl:
+    each slice picks at least one token), ``mini`` and ``global`` over all of ``inp``; None for
+    a loss that selects nothing. The torch twin has the same signature; our trainer calls it for
+    ``mini`` and ``global`` only, since there each micro-batch's loss selects its own."""
+    if cfg.loss_mode not in COV_SELECTORS:
+        return None
+    if cfg.cov_scope is not CovScope.MICRO or micro_batches == 1:
+        return select_cov_tokens(inp, cfg, generator)
+    parts = []
+    for rows in np.array_split(np.arange(inp.log_prob.shape[0]), micro_batches):
+        sub = LossInputs(**{k: None if v is None else v[rows] for k, v in vars(inp).items()})
+        parts.append(select_cov_tokens(sub, cfg, generator))
+    return np.concatenate(parts)
 
 
 def _selection_metrics(inp: LossInputs, selected: np.ndarray) -> Metrics:

@@ -18,6 +18,7 @@ from llm_bridge.losses import (
     top_entropy_mask,
     truncated_is_weights,
 )
+from llm_bridge.losses import select_by_scope as llm_select_by_scope
 from softmax_theory import losses as np_losses
 from softmax_theory.policy import AggMode, n_selected, n_top
 
@@ -400,4 +401,31 @@ def test_token_covariance_numpy_equals_torch():
         token_covariance(lp, adv, mask).numpy(),
         smt.token_covariance(lp.numpy(), adv.numpy(), mask.numpy()),
         rtol=1e-13,
+    )
+
+
+@pytest.mark.parametrize("scope", ["micro", "mini", "global"])
+def test_select_by_scope_twins_agree(scope):
+    """KL-Cov's selection (deterministic top-k) by scope, numpy and torch: the same tokens; under
+    micro each of three slices of the responses picks its own (at least one each)."""
+    rng = np.random.default_rng(7)
+    lp, old = rng.normal(-2, 1, (6, 5)), rng.normal(-2, 1, (6, 5))
+    adv = np.repeat(rng.normal(0, 1, (6, 1)), 5, axis=1)
+    mask = (rng.random((6, 5)) > 0.2).astype(np.int64)
+    mask[:, 0] = 1
+    cfg = PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.1, cov_scope=scope)
+    ours = np_losses.select_by_scope(
+        np_losses.LossInputs(lp, old, adv, mask), cfg, rng, micro_batches=3
+    )
+    theirs = llm_select_by_scope(_inputs(lp, old, adv, mask), cfg, None, micro_batches=3)
+    np.testing.assert_array_equal(ours, theirs.numpy())
+    slices = np.array_split(np.arange(6), 3)
+    per_slice = [int(ours[s].sum()) for s in slices]
+    if scope == "micro":
+        assert all(n >= 1 for n in per_slice)
+    else:
+        assert sum(per_slice) == n_selected(int(mask.sum()), 0.1)
+    assert (
+        np_losses.select_by_scope(np_losses.LossInputs(lp, old, adv, mask), PolicyLossConfig(), rng)
+        is None
     )
