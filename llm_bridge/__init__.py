@@ -54,6 +54,8 @@ _LAZY = {
     "train_with_trl": "llm_bridge.integrations.trl",
     "import_trl": "llm_bridge.integrations.importers",
     "import_verl": "llm_bridge.integrations.importers",
+    "import_tensorboard": "llm_bridge.integrations.importers",
+    "import_wandb": "llm_bridge.integrations.importers",
 }
 
 
@@ -95,8 +97,10 @@ __all__ = [
     "get_policy_loss",
     "group_covariance",
     "head_entropy_and_logprobs",
+    "import_tensorboard",
     "import_trl",
     "import_verl",
+    "import_wandb",
     "kl_penalty",
     "lemma1_prediction",
     "load_model",
