@@ -36,7 +36,7 @@ TINY := .cache/tiny-addition
 # A real-sized vocabulary (Qwen2.5's) and long responses, for the scale benchmark
 REAL_VOCAB := .cache/tiny-running-sum-v151936
 # The regime testbed (docs/regime.md): a model that has learnt 3-digit addition (3,000 steps at
-# peak lr 1e-3; greedy 100%), sampled at T = 3, where it is right about a fifth of the time: RL
+# peak lr 1e-3; greedy 100%), sampled at T = 3, where it is right 27% of the time: RL
 # has to sharpen it, and entropy collapses as reward rises.
 TESTBED := .cache/tiny-addition-testbed
 TESTBED_PRETRAIN := --steps 3000 --lr 1e-3 --warmup 100
