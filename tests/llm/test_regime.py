@@ -79,3 +79,10 @@ def test_summary_json_says_why_there_is_no_law(tmp_path):
     (entry,) = json.loads((tmp_path / "cmp" / "summary.json").read_text())["runs"]
     assert "constant" in entry["law"]["error"] and "a" not in entry["law"]
     assert entry["entropy_drop"] == pytest.approx(0.0)
+
+
+def test_cli_label_noise_out_of_range_is_one_line_exit_2(cli, tmp_path):
+    from llm_bridge.cli import main
+
+    bad = cli(main, ["pretrain-tiny", "--out", tmp_path / "m", "--label-noise", "1.5"])
+    assert bad.exit_code == 2 and "label" in bad.output and "Traceback" not in bad.output
