@@ -41,7 +41,7 @@ REAL_VOCAB := .cache/tiny-running-sum-v151936
 TESTBED := .cache/tiny-addition-testbed
 TESTBED_PRETRAIN := --steps 3000 --lr 1e-3 --warmup 100
 DEMO_TRAIN := --temperature 3 --prompts-per-step 32 --lr 5e-4 --warmup-steps 5 --steps 300 \
-	--val-every 10 --val-prompts 128 --val-k 8 --probe-every 10 --checkpoint-every 0 --no-save-final
+	--val-every 10 --val-prompts 128 --probe-every 10 --checkpoint-every 0 --no-save-final
 # Clip-Cov and KL-Cov at the paper's settings (the loss defaults: Clip-Cov ratio 2e-4, bounds
 # [1, 5], clip range 1; KL-Cov ratio 2e-3, ppo_kl_coef 1). The ratios are shares of a
 # mini-batch's tokens and are kept; the code floors the count at one token per selection, which
