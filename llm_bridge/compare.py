@@ -6,6 +6,7 @@ TRL or verl) and uses only the keys the run measured.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from softmax_theory.attribution import CLIP_PARTS, IS_PARTS, SIGN_PARTS
 from softmax_theory.law import LawReport, law_report, series_from_run
-from softmax_theory.runlog import RunLog, distinct_labels, read_run
+from softmax_theory.runlog import RunLog, atomic_write_text, distinct_labels, read_run
 from softmax_theory.stats import correlation, relative_errors, smooth
 
 # Predictions in the units of ΔH (nats per step): compared by correlation and relative error.
@@ -25,7 +26,10 @@ COV_ESTIMATORS = ("cov_mean", "cov_group", "cov_state", "cov_score")
 WINDOWS = (1, 5, 10, 20)
 # A window correlation needs at least this many windows to mean anything.
 MIN_WINDOWS = 5
-SHARE_POINTS = (0.1, 0.25, 0.5)
+# 1/3: the paper's Fig. 2 reading (most of the change by a third of the steps); 2/3: what the
+# last third adds (saturation)
+SHARE_POINTS = (0.1, 0.25, 1 / 3, 0.5, 2 / 3)
+FIG2_POINT = 1 / 3
 FP32_EPS = float(np.finfo(np.float32).eps)
 
 # The thresholds the report's conclusions use.
@@ -387,7 +391,7 @@ def _shares_section(reports: list[RunReport]) -> list[str]:
         "fraction of the steps (per-step values smoothed over a tenth of the run; shares "
         "outside 0–100% mean the curve is not monotone or its total change is within noise).",
         "",
-        "| run | " + " | ".join(f"{int(100 * f)}% of steps: ΔH, ΔR" for f in SHARE_POINTS) + " |",
+        "| run | " + " | ".join(f"{round(100 * f)}% of steps: ΔH, ΔR" for f in SHARE_POINTS) + " |",
         "|---|" + "---|" * len(SHARE_POINTS),
     ]
     for r in reports:
@@ -540,6 +544,80 @@ def render_report(reports: list[RunReport]) -> str:
     return "\n".join(lines)
 
 
+SUMMARY_FILE = "summary.json"
+
+
+def _ends(values: list[float]) -> tuple[float | None, float | None]:
+    """Both ends of a per-step series, each a mean over a tenth of the run (``progress_shares``'
+    smoothing), or None for a series of fewer than two values."""
+    if len(values) < 2:
+        return None, None
+    s = smooth(np.array(values, dtype=np.float64), max(1, len(values) // 10))
+    return float(s[0]), float(s[-1])
+
+
+def run_summary(report: RunReport, run: RunLog) -> dict:
+    """One run of ``summary.json``: what the report says, as numbers a script can read.
+
+    ``entropy_start``/``entropy_end`` and the reward's ``start``/``end`` are the first and last
+    recorded values (as in the report's table); ``entropy_drop`` is 1 − end/start with both ends
+    averaged over a tenth of the run, as the Fig. 2 shares are. ``shares``: the share of the
+    run's entropy change and training-reward change reached at each step fraction;
+    ``reward_last_third`` is the share of the training-reward gain the last third added.
+    ``law``: the fit of R = −a·e^H + b on the reward key, its 15% forecast and its final-step
+    error (predicted − actual), or ``error`` when no fit could be made. None: not measured.
+    """
+    _, ent = run.series("entropy")
+    h_start, h_end = _ends(ent)
+    law: dict = {"error": report.law_error}
+    key = None
+    if report.law is not None:
+        fit, fc = report.law.fit, report.law.forecast
+        key = report.law.series.reward_key
+        law = {
+            "a": fit.a,
+            "b": fit.b,
+            "r2": fit.r2,
+            "n": fit.n,
+            "rmse": fit.rmse,
+            "ceiling": fit.ceiling,
+            "holds": fit.holds,
+            "fit_points": None if fc is None else fc.n_fit,
+            "forecast_rmse": None if fc is None else fc.rmse,
+            "final_error": None if fc is None else fc.final_error,
+            "forecast_error": report.law.forecast_error,
+        }
+    rewards = run.series(key)[1] if key is not None else []
+    h_share, r_share = report.shares.get(FIG2_POINT, (None, None))
+    late = report.shares.get(2 / 3, (None, None))[1]
+    return {
+        "name": report.name,
+        "steps": report.steps,
+        "entropy_start": report.entropy_start,
+        "entropy_end": report.entropy_end,
+        "entropy_drop": None if not h_start or h_end is None else 1 - h_end / h_start,
+        "reward_key": key,
+        "reward_start": rewards[0] if rewards else None,
+        "reward_end": rewards[-1] if rewards else None,
+        "train_reward_start": report.reward_start,
+        "train_reward_end": report.reward_end,
+        "law": law,
+        "shares": {
+            f"{f:.4g}": {"entropy": h, "reward": r} for f, (h, r) in sorted(report.shares.items())
+        },
+        "fig2": {"at": FIG2_POINT, "entropy": h_share, "reward": r_share},
+        "reward_last_third": None if late is None else 1 - late,
+    }
+
+
+def write_summary(reports: list[RunReport], logs: list[RunLog], out: str | os.PathLike) -> Path:
+    """``summary.json`` in ``out``: one ``run_summary`` entry per run, in the order given."""
+    path = Path(out) / SUMMARY_FILE
+    entries = [run_summary(r, log) for r, log in zip(reports, logs, strict=True)]
+    atomic_write_text(path, json.dumps({"runs": entries}, indent=2, allow_nan=False) + "\n")
+    return path
+
+
 def compare_runs(
     runs: list[str | os.PathLike],
     out: str | os.PathLike | None = None,
@@ -562,6 +640,7 @@ def compare_runs(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(render_report(reports))
+        write_summary(reports, logs, out)
         figures = {"curves.png": plot_runs(logs), "predictions.png": plot_predictions(logs)}
         if any(r.attribution for r in reports):
             figures["attribution.png"] = plot_attribution(logs, SIGN_PARTS)

@@ -84,6 +84,14 @@ class TinyConfig:
     lr: float = field(default=3e-3, metadata=_tiny("peak AdamW learning rate", Domain(gt=0)))
     warmup: int = field(default=50, metadata=_tiny("linear warm-up steps", Domain(ge=0)))
     seed: int = field(default=0, metadata=_tiny("seed of data, init and order", Domain(ge=0)))
+    label_noise: float = field(
+        default=0.0,
+        metadata=_tiny(
+            "share of the answers' digits replaced, in each pre-training batch, by a uniformly "
+            "drawn digit: the model learns the task but spreads its probability (RL's headroom)",
+            Domain(ge=0, le=1),
+        ),
+    )
     vocab_size: int | None = field(
         default=None,
         metadata=_tiny(
@@ -136,13 +144,33 @@ def build_model(cfg: TinyConfig, tokenizer, max_positions: int = 64):
     return LlamaForCausalLM(config)
 
 
-def _sft_batch(tokenizer, task: Task, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input ids and labels (−100 on the prompt: the loss is on the answer and EOS only)."""
+DIGITS = "0123456789"
+
+
+def noisy_answer(answer: str, noise: float, gen: torch.Generator) -> str:
+    """``answer`` with each digit, with probability ``noise``, replaced by a digit drawn
+    uniformly (possibly itself); other characters are kept, so the format stays right."""
+    if noise == 0:
+        return answer
+    flip = torch.rand(len(answer), generator=gen) < noise
+    draw = torch.randint(0, len(DIGITS), (len(answer),), generator=gen)
+    return "".join(
+        DIGITS[int(d)] if f and c in DIGITS else c
+        for c, f, d in zip(answer, flip.tolist(), draw.tolist(), strict=True)
+    )
+
+
+def _sft_batch(
+    tokenizer, task: Task, idx: list[int], noise: float = 0.0, gen: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and labels (−100 on the prompt: the loss is on the answer and EOS only);
+    with ``noise``, the answers' digits are corrupted by ``noisy_answer``."""
     ids, labels = [], []
     for i in idx:
         ex = task.train[i]
         prompt = [tokenizer.bos_token_id] + _encode(tokenizer, ex.prompt)
-        answer = _encode(tokenizer, ex.answer) + [tokenizer.eos_token_id]
+        text = ex.answer if gen is None else noisy_answer(ex.answer, noise, gen)
+        answer = _encode(tokenizer, text) + [tokenizer.eos_token_id]
         ids.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(x) for x in ids)
@@ -165,10 +193,12 @@ def _train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # the label noise has its own stream, so that without it the batches are those of before
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 1) if cfg.label_noise else None
     model.train()
     for step in range(steps):
         idx = torch.randint(0, len(task.train), (batch,), generator=gen).tolist()
-        ids, labels = _sft_batch(tokenizer, task, idx)
+        ids, labels = _sft_batch(tokenizer, task, idx, cfg.label_noise, noise_gen)
         loss = loss_fn(model, ids.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

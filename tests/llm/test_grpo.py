@@ -312,8 +312,10 @@ def test_progress_shares_and_smoothing_by_hand():
     from llm_bridge.compare import progress_shares
     from softmax_theory.stats import smooth
 
-    # step index round(f·10): 1, 2 (2.5 rounds to even), 5 of a straight line from 0 to 10
-    assert progress_shares(np.arange(11.0)) == pytest.approx({0.1: 0.1, 0.25: 0.2, 0.5: 0.5})
+    # step index round(f·10): 1, 2 (2.5 rounds to even), 3, 5, 7 of a straight line from 0 to 10
+    assert progress_shares(np.arange(11.0)) == pytest.approx(
+        {0.1: 0.1, 0.25: 0.2, 1 / 3: 0.3, 0.5: 0.5, 2 / 3: 0.7}
+    )
     np.testing.assert_allclose(smooth(np.array([0.0, 10.0, 0.0, 10.0]), 2), [5, 10 / 3, 20 / 3, 5])
 
 

@@ -1,0 +1,88 @@
+"""The regime testbed's pieces: label noise in the pre-training, and compare's summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llm_bridge.compare import FIG2_POINT, compare_runs, progress_shares
+from llm_bridge.tiny import TinyConfig, noisy_answer
+from softmax_theory.inputs import SettingError
+from softmax_theory.law import fit_entropy_law, forecast_entropy_law
+from softmax_theory.runlog import RunWriter
+
+
+def test_noisy_answer_keeps_format_and_flips_the_asked_share():
+    gen = torch.Generator().manual_seed(0)
+    assert noisy_answer("0123,4567", 0.0, gen) == "0123,4567"
+    answers = [noisy_answer("0123,4567", 0.5, gen) for _ in range(2000)]
+    assert all(len(a) == 9 and a[4] == "," and a.replace(",", "").isdigit() for a in answers)
+    changed = np.mean([a != "0123,4567"[i] for s in answers for i, a in enumerate(s) if i != 4])
+    # a flipped digit is redrawn uniformly, so it stays itself one time in ten: 0.5 · 0.9
+    assert abs(changed - 0.45) < 0.02
+    assert all(noisy_answer("9", 1.0, gen) in "0123456789" for _ in range(10))
+
+
+def test_label_noise_domain():
+    assert TinyConfig().label_noise == 0.0
+    with pytest.raises(SettingError, match="label_noise"):
+        TinyConfig(label_noise=1.5)
+
+
+def _write_run(path, entropy, reward, val_every=3):
+    with RunWriter(path, {"trainer": "test"}) as w:
+        for k, (h, r) in enumerate(zip(entropy, reward, strict=True)):
+            rec = {"step": k, "entropy": h, "reward": r}
+            if k % val_every == 0:
+                rec["val_reward"] = r + 0.01 * np.sin(k)
+            w.write(rec)
+
+
+def test_summary_json_has_one_entry_per_run_with_the_reports_numbers(tmp_path):
+    steps = np.arange(90)
+    entropy = 0.05 + 0.9 * np.exp(-steps / 8)  # falls fast, then flat
+    reward = 0.95 - 0.5 * np.exp(-steps / 8)
+    _write_run(tmp_path / "fast", entropy, reward)
+    _write_run(tmp_path / "slow", 1 - steps / 200, steps / 200)
+    reports = compare_runs([tmp_path / "fast", tmp_path / "slow"], tmp_path / "cmp", n_boot=20)
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert [e["name"] for e in summary["runs"]] == [r.name for r in reports]
+    fast, slow = summary["runs"]
+    assert fast["steps"] == 90
+    assert fast["entropy_start"] == pytest.approx(entropy[0])
+    assert fast["entropy_end"] == pytest.approx(entropy[-1])
+    assert fast["entropy_drop"] > 0.75 and slow["entropy_drop"] < 0.5
+    # the law on the validation points, and its 15% forecast, as the law module computes them
+    val_h, val_r = entropy[::3], reward[::3] + 0.01 * np.sin(steps[::3])
+    fit, fc = fit_entropy_law(val_h, val_r), forecast_entropy_law(val_h, val_r)
+    law = fast["law"]
+    assert fast["reward_key"] == "val_reward" and law["n"] == 30
+    assert law["a"] == pytest.approx(fit.a) and law["r2"] == pytest.approx(fit.r2)
+    assert law["forecast_rmse"] == pytest.approx(fc.rmse)
+    assert law["final_error"] == pytest.approx(fc.final_error)
+    assert fast["reward_start"] == pytest.approx(val_r[0])
+    assert fast["reward_end"] == pytest.approx(val_r[-1])
+    # the Fig. 2 shares at a third of the steps: progress_shares' definition
+    assert fast["fig2"]["at"] == pytest.approx(1 / 3) == FIG2_POINT
+    assert fast["fig2"]["entropy"] == pytest.approx(progress_shares(entropy)[FIG2_POINT])
+    assert fast["fig2"]["reward"] == pytest.approx(progress_shares(reward)[FIG2_POINT])
+    assert fast["fig2"]["reward"] > 0.7 > slow["fig2"]["reward"]
+    assert fast["reward_last_third"] < 0.1 < slow["reward_last_third"]
+
+
+def test_summary_json_says_why_there_is_no_law(tmp_path):
+    _write_run(tmp_path / "flat", [0.5] * 6, [0.1 * k for k in range(6)])
+    compare_runs([tmp_path / "flat"], tmp_path / "cmp", n_boot=20)
+    (entry,) = json.loads((tmp_path / "cmp" / "summary.json").read_text())["runs"]
+    assert "constant" in entry["law"]["error"] and "a" not in entry["law"]
+    assert entry["entropy_drop"] == pytest.approx(0.0)
+
+
+def test_cli_label_noise_out_of_range_is_one_line_exit_2(cli, tmp_path):
+    from llm_bridge.cli import main
+
+    bad = cli(main, ["pretrain-tiny", "--out", tmp_path / "m", "--label-noise", "1.5"])
+    assert bad.exit_code == 2 and "label" in bad.output and "Traceback" not in bad.output
