@@ -204,7 +204,16 @@ class TrainConfig:
     )
     save_final: bool = field(default=True, metadata=_help("write the trained model to OUT/final"))
     seed: int = field(
-        default=0, metadata=_help("seed of prompts, sampling and selection", AT_LEAST_0)
+        default=0,
+        metadata=_help("seed of the prompts' order, sampling and selection", AT_LEAST_0),
+    )
+    task_seed: int = field(
+        default=0,
+        metadata=_help(
+            "seed of the task's problems and its train/test split (keep pretrain-tiny's, 0, "
+            "so that held-out prompts stay held out whatever --seed)",
+            AT_LEAST_0,
+        ),
     )
     device: Device = field(default=Device.AUTO, metadata=_help("auto, cpu or cuda"))
     backend: BackendName = field(default=BackendName.HF, metadata=_help("rollout backend"))

@@ -20,14 +20,16 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
     if cfg.dataset:
         return dataset_task(
             cfg.dataset,
-            seed=cfg.seed,
+            seed=cfg.task_seed,
             reward=cfg.dataset_reward,
             prompt_key=cfg.prompt_key,
             answer_key=cfg.answer_key,
             answer_format=cfg.answer_format,
             log=log,
         )
-    return synthetic_task(cfg.task, seed=cfg.seed, terms=cfg.terms)
+    # the task's own seed, not the run's: the held-out prompts of every run seed are those the
+    # model was not pre-trained on (pretrain-tiny draws the task at seed 0)
+    return synthetic_task(cfg.task, seed=cfg.task_seed, terms=cfg.terms)
 
 
 def train(

@@ -173,3 +173,16 @@ def test_a_step_whose_responses_are_all_masked_is_logged_without_an_update(
             assert "entropy" not in rec and "delta_entropy" not in rec
         for value in rec.values():
             assert not isinstance(value, float) or np.isfinite(value)
+
+
+def test_the_run_seed_does_not_redraw_the_held_out_prompts(tiny_model):
+    """--seed changes sampling and the prompts' order, never which prompts are held out:
+    pretrain-tiny trains on the task drawn at task_seed 0, so every run seed validates on
+    prompts the model was not pre-trained on."""
+    from llm_bridge import load_task
+    from llm_bridge.tiny import TinyConfig
+
+    tasks = [load_task(TrainConfig(model=str(tiny_model), seed=s)) for s in (0, 1, 2)]
+    assert tasks[0].test == tasks[1].test == tasks[2].test
+    assert TinyConfig().seed == TrainConfig().task_seed == 0
+    assert load_task(TrainConfig(model=str(tiny_model), task_seed=1)).test != tasks[0].test
