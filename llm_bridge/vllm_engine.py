@@ -139,20 +139,36 @@ def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, tensor.detach()
 
 
-def load_policy_weights(engine, policy) -> int:
-    """Load the policy's current weights into the engine's model in memory (``apply_model`` runs
-    the model's ``load_weights`` in this process, so the tensors pass by reference), then drop
-    the prefix cache, whose KV entries were computed with the old weights. Returns how many
-    tensors vLLM loaded."""
+def repack_tied_head(model) -> int:
+    """Redo the kernel processing of vLLM's output head (``ParallelLMHead``), returning how
+    many heads it processed. A tied head shares the input embedding's parameter, so the in-place
+    reload updates its values, but receives no weights of its own and is not processed again; on
+    the CPU build, where processing packs a copy of the weight for the matrix kernel, it would
+    go on computing logits with the weights it was built with."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    heads = [m for m in model.modules() if isinstance(m, ParallelLMHead)]
+    for head in heads:
+        head.quant_method.process_weights_after_loading(head)
+    return len(heads)
+
+
+def load_policy_weights(engine, policy) -> None:
+    """Load the policy's current weights into the engine's model in memory, through vLLM's
+    in-place reload (the worker's ``reload_weights``: the model's own ``load_weights`` with the
+    layers restored to their checkpoint layout first and their kernel processing redone after,
+    which the CPU build needs: it packs each linear layer's weight for its matrix kernel at load
+    time), and the tied output head repacked (``repack_tied_head``). In process, the tensors
+    pass by reference. Then drop the prefix cache, whose KV entries were computed with the old
+    weights."""
     weights = list(policy_weights(policy))
-
-    def load(model) -> int:
-        return len(model.load_weights(iter(weights)))
-
     with torch.no_grad():
-        loaded = sum(engine.apply_model(load))
+        engine.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+        )
+        if getattr(policy.config, "tie_word_embeddings", False):
+            engine.apply_model(repack_tied_head)
     engine.reset_prefix_cache()
-    return loaded
 
 
 @contextmanager
