@@ -608,6 +608,9 @@ class VLLMBackend:
             presence_penalty=0.0,
             frequency_penalty=0.0,
             min_tokens=0,
+            # the stops are stop_ids and nothing else, as for hf: vLLM's own stop at the
+            # tokenizer's EOS is off (ignore_eos), the EOS is among stop_ids when it exists
+            ignore_eos=True,
             stop_token_ids=list(self.stop_ids),
             max_tokens=max_new_tokens,
             logprobs=0,  # the sampled token's own log-prob only

@@ -233,3 +233,20 @@ def test_vllm_and_hf_draw_the_same_responses(engine_and_policy):
     tv = 0.5 * sum(abs(counts_v.get(k, 0) - counts_h.get(k, 0)) for k in keys) / n
     assert tv < 0.08, f"total variation {tv:.3f}"
     assert homogeneity_p(counts_v, response_counts(rolls["hf_cold"])) < 1e-6
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_without_stop_tokens_vllm_runs_to_the_budget_as_hf_does(engine_and_policy):
+    """No stop tokens: both backends fill the whole budget (vLLM's own stop at the tokenizer's
+    EOS is off)."""
+    backend, model, tok = engine_and_policy
+    hf = HFBackend(model, tok)
+    stops = backend.stop_ids
+    try:
+        backend.stop_ids = hf.stop_ids = ()
+        for b in (backend, hf):
+            roll = b.generate(PROMPTS, 4, 12, 1.0, torch.Generator().manual_seed(2))
+            assert roll.response_mask.all() and roll.truncated.all()
+    finally:
+        backend.stop_ids = stops
