@@ -82,6 +82,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
 	$(LB) pretrain-tiny --task running-sum --terms 13 --vocab-size 151936 --out $(REAL_VOCAB)
 	$(PY) benchmarks/bench_scale.py --model $(REAL_VOCAB) --out docs/benchmarks.md
+	$(MAKE) $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python benchmarks/bench_rollout.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 
 # verl 0.9.1, the peer of the losses, in a side environment of its own: torch first (the CPU
 # wheel), verl without its dependencies, then only what verl.trainer.ppo.core_algos imports.
