@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         f"parameters, fp32), one prompt × n responses sampled to the budget at T = "
         f"{args.temperature:g}, median of {args.repeats} after a warm-up call; "
         f"{torch.get_num_threads()} torch threads, CPU, vLLM's CPU build in process (engine "
-        f"built in {build_s:.0f} s). Weight sync: the policy's weights loaded into the engine in memory; its share is of a vLLM "
-        "rollout (sync + generate).",
+        f"built in {build_s:.0f} s). Weight sync: the policy's weights loaded into the engine "
+        "in memory; its share is of a vLLM rollout (sync + generate).",
         "",
         "| responses | budget | hf tok/s | vLLM tok/s | vLLM / hf | sync (s) | sync share |",
         "|---:|---:|---:|---:|---:|---:|---:|",
