@@ -522,8 +522,9 @@ class VLLMBackend:
     The returned ``Rollouts.sampler_logp`` is vLLM's log-prob of each sampled token under the
     distribution it sampled from, log softmax(z/T) (``vllm_engine.LOGPROBS_MODE``).
 
-    ``engine`` and ``sampling_params_cls`` may be passed in (tests pass a fake with vLLM's
-    ``generate`` interface).
+    ``settings``: what the engine is built with (default: the policy's dtype, the model's
+    positions). ``engine`` and ``sampling_params_cls`` may be passed in (tests pass a fake with
+    vLLM's ``generate`` interface).
     """
 
     def __init__(
@@ -535,7 +536,7 @@ class VLLMBackend:
         prompt_format: PromptFormat = PromptFormat(),
         stop_ids: Sequence[int] | None = None,
         policy=None,
-        settings=None,
+        settings: vllm_engine.EngineSettings | None = None,
     ):
         self.sleep_mode = False
         if engine is None or sampling_params_cls is None:
