@@ -14,7 +14,12 @@ step makes), and its share is that of a vLLM rollout, sync + generate. Needs vLL
 vllm``):
 
     .venv-vllm/bin/python benchmarks/bench_rollout.py --model .cache/tiny-running-sum-v151936 \
-        [--responses 64,256] [--budgets 66,512] [--repeats 1] [--out docs/benchmarks.md]
+        [--responses 64,256] [--budgets 66,512] [--repeats 1] [--out docs/benchmarks.md] \
+        [--results runs/bench_rollout.jsonl]
+
+Each configuration's row is appended to --results as it is measured, and a configuration
+already there is not measured again, so an interrupted run resumes where it stopped; the table
+has every row of the file (delete it to measure again).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None, help="markdown file for the table")
+    parser.add_argument(
+        "--results", type=Path, default=Path("runs/bench_rollout.jsonl"), help="rows, JSON lines"
+    )
     args = parser.parse_args(argv)
     responses = [int(x) for x in args.responses.split(",")]
     budgets = [int(x) for x in args.budgets.split(",")]
@@ -85,9 +93,17 @@ def main(argv: list[str] | None = None) -> None:
         build_s = time.perf_counter() - start
         for backend in (hf, vllm):  # first calls pay one-time costs: not measured
             backend.generate([prompt], 2, 4, args.temperature, torch.Generator())
-        rows = []
+        rows = (
+            [json.loads(line) for line in args.results.read_text().splitlines()]
+            if (args.results.exists())
+            else []
+        )
+        done = {(r["responses"], r["budget"]) for r in rows}
+        args.results.parent.mkdir(parents=True, exist_ok=True)
         for n in responses:
             for budget in budgets:
+                if (n, budget) in done:
+                    continue
                 row = {"responses": n, "budget": budget}
                 for name, backend in (("hf", hf), ("vllm", vllm)):
                     times = []
@@ -107,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                 row["sync_s"] = time.perf_counter() - start
                 row["sync_share"] = row["sync_s"] / (row["sync_s"] + row["vllm_s"])
                 rows.append(row)
+                with args.results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -109,7 +109,12 @@ def build_engine(model_path: str, settings: EngineSettings = EngineSettings()):
     )
     if settings.max_model_len is not None:
         kwargs["max_model_len"] = settings.max_model_len
-    if platform != "cpu":
+    if platform == "cpu":
+        # a prompt whose prefill is split across engine steps has its sampled token discarded,
+        # and vLLM then rewinds the request's seeded generator, which a CPU generator cannot
+        # ("CPU Generator does not use offset"): so prompts are prefilled whole
+        kwargs.update(enable_chunked_prefill=False)
+    else:
         kwargs.update(gpu_memory_utilization=COLOCATE_GPU_MEMORY, enable_sleep_mode=sleep)
     # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process; the
     # trainer shares the process, so the original comes back once the engine stands

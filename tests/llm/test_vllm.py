@@ -250,3 +250,15 @@ def test_without_stop_tokens_vllm_runs_to_the_budget_as_hf_does(engine_and_polic
             assert roll.response_mask.all() and roll.truncated.all()
     finally:
         backend.stop_ids = stops
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_prompts_prefilled_over_several_engine_steps_sample(engine_and_policy):
+    """256 prompts of 30 tokens (7,680 prefill tokens, more than one engine step takes) with
+    their per-request seeds: on the CPU build, a split prefill makes vLLM rewind a CPU generator,
+    which fails ("CPU Generator does not use offset"); prompts are prefilled whole instead."""
+    backend, _, _ = engine_and_policy
+    prompts = ["123+456=123+456=123+456=123+45"] * 32
+    roll = backend.generate(prompts, 8, 4, 1.0, torch.Generator().manual_seed(3))
+    assert roll.response_ids.shape == (256, 4)
