@@ -120,7 +120,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	echo $(TORCH) > $(VLLM_VENV)/constraints.txt
 	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
 	$(VLLM_VENV)/bin/python -m pip install -q -c $(VLLM_VENV)/constraints.txt $(VLLM_PKG) \
-		'$(VLLM_TRANSFORMERS)' -e '.[llm,test]'
+		'$(VLLM_TRANSFORMERS)' -e '.[llm,trl,test]'
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@

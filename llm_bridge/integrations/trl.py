@@ -224,6 +224,8 @@ class CovGRPOTrainer(GRPOTrainer):
                 "before the update, which TRL's loss does not see; use a fixed entropy_coeff"
             )
         super().__init__(*args, **kwargs)
+        if self.use_vllm and self.vllm_mode == "colocate":
+            self._sync_through_reload()
         self.cov_generator = torch.Generator().manual_seed(self.args.seed)
         self.updates_per_step = (
             self.args.steps_per_generation // self.args.gradient_accumulation_steps
@@ -243,6 +245,23 @@ class CovGRPOTrainer(GRPOTrainer):
                 self, Path(run_dir), probe, run_config or {}, resume_step, progress
             )
             self.add_callback(self.run_log)
+
+    def _sync_through_reload(self) -> None:
+        """On vLLM's CPU build TRL's colocate weight sync fails (it calls the engine model's
+        ``load_weights`` on layers the CPU build has packed for its kernels: "'Parameter'
+        object has no attribute 'weight_loader'"); there the engine takes the policy's weights
+        through vLLM's in-place reload, as our backend does (``vllm_engine.load_policy_weights``).
+        On CUDA TRL's own sync stays."""
+        from llm_bridge.vllm_engine import load_policy_weights, vllm_platform
+
+        if vllm_platform() != "cpu":
+            return
+        generation = self.vllm_generation
+
+        def sync_weights() -> None:
+            load_policy_weights(generation.llm, self.accelerator.unwrap_model(self.model))
+
+        generation.sync_weights = sync_weights
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Our warm-up (``warmup_factor``: linear from 1/W, as our trainer; TRL's own starts at
@@ -818,6 +837,7 @@ def grpo_config(cfg, out: Path, task, num_processes: int) -> tuple[ProbedGRPOCon
         use_cpu=not on_gpu,
         bf16=on_gpu,
         use_vllm=cfg.backend.value == "vllm",
+        vllm_mode="colocate",  # the engine in the trainer's process, as our backend
         run_dir=str(out),
         probe=cfg.probe,
         probe_every=cfg.probe_every,
@@ -866,6 +886,13 @@ def train_with_trl(
             "use --engine ours, or more processes"
         )
     refuse_unsupported_controls(cfg.policy_loss)
+    if cfg.backend.value == "vllm":
+        from llm_bridge.vllm_engine import engine_environment, vllm_platform
+
+        # one line when vLLM is missing (vllm_platform says how to get it); the engine in
+        # process, with the CPU build's settings, before TRL builds it
+        for key, value in engine_environment(vllm_platform()).items():
+            os.environ.setdefault(key, value)
     out = Path(out)
     # torchrun and accelerate launch set WORLD_SIZE; accelerate's state is left for the Trainer
     # to create, with the device settings of GRPOConfig

@@ -262,3 +262,52 @@ def test_prompts_prefilled_over_several_engine_steps_sample(engine_and_policy):
     prompts = ["123+456=123+456=123+456=123+45"] * 32
     roll = backend.generate(prompts, 8, 4, 1.0, torch.Generator().manual_seed(3))
     assert roll.response_ids.shape == (256, 4)
+
+
+def _engine_cfg(tiny_model, engine, **kw):
+    from llm_bridge import TrainConfig
+
+    base = dict(
+        model=str(tiny_model),
+        steps=2,
+        prompts_per_step=2,
+        group_size=4,
+        val_every=0,
+        checkpoint_every=0,
+        token_steps_every=1,
+        lr=5e-3,
+        backend="vllm",
+        engine=engine,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ours", "trl"])
+def test_a_run_with_the_vllm_backend_logs_the_mismatch(tiny_model, tmp_path, engine):
+    """Both engines with vLLM sampling: every step logs the sampler–trainer mismatch, small in
+    fp32 on the CPU build (the engine holds the current weights), and the token files keep the
+    sampler's log-probs beside the trainer's. TRL's colocate mode runs here through our
+    in-place weight reload (TRL's own sync fails on the CPU build's packed layers)."""
+    if engine == "trl":
+        pytest.importorskip("trl")
+    from llm_bridge import train
+    from softmax_theory.policy import PolicyLossConfig
+    from softmax_theory.runlog import read_run
+
+    cfg = _engine_cfg(tiny_model, engine, policy_loss=PolicyLossConfig(rollout_is="token"))
+    out = train(cfg, tmp_path / engine)
+    steps = read_run(out).steps
+    assert [s["step"] for s in steps] == [0, 1]
+    for rec in steps:
+        assert np.isfinite(rec["rollout/logp_diff_mean"])
+        # the engine samples in the trainer's fp32 only in our backend (TRL builds it in bf16)
+        bound = LOGP_TOL if engine == "ours" else 0.1
+        assert rec["rollout/logp_diff_mean"] <= bound, rec["rollout/logp_diff_mean"]
+        assert 0.0 <= rec["actor/is_clip_frac"] <= 1.0
+    tokens = np.load(out / "tokens" / "step_000001.npz")
+    assert tokens["sampler_logp"].shape == tokens["logp"].shape
+    assert np.abs(tokens["sampler_logp"] - tokens["logp"]).max() <= (
+        1e-3 if engine == "ours" else 0.5
+    )
