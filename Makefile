@@ -86,6 +86,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_trl_step.py --model $(TINY) --out docs/benchmarks.md
 	$(LB) pretrain-tiny --task running-sum --terms 13 --vocab-size 151936 --out $(REAL_VOCAB)
 	$(PY) benchmarks/bench_scale.py --model $(REAL_VOCAB) --out docs/benchmarks.md
+	$(PY) benchmarks/bench_long.py --out docs/benchmarks.md
 	$(MAKE) $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python benchmarks/bench_rollout.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 
