@@ -114,6 +114,8 @@ def progress_line(rec: dict[str, Any]) -> str:
         )
         if isinstance(rec.get(key), int | float)
     ]
+    if rec.get("adv/nonzero_frac") == 0:  # every advantage 0: this step learnt nothing
+        parts.append("no signal")
     return "  ".join(parts)
 
 
