@@ -42,14 +42,14 @@ SOURCES = (
     Source(
         "1_",
         "Qwen2.5-0.5B-…-0.538.log",
-        "eric-haibin-lin/verl-data @ f07af3291bd1 : "
+        "a public verl-data repository, branch experiments @ f07af3291bd1 : "
         "gsm8k/Qwen2.5-0.5B-bsz256_2-prompt512-resp256-0.538.log",
         "Qwen2.5-0.5B-Instruct, PPO, GSM8K (console)",
     ),
     Source(
         "2_",
         "ppo_run_deepseek7b_llm.log",
-        "yushengsu-thu/verl_training_log @ deb1507ca074 : gsm8k/ppo_run_deepseek7b_llm.log",
+        "a public verl_training_log repository @ deb1507ca074 : gsm8k/ppo_run_deepseek7b_llm.log",
         "deepseek-llm-7b-chat, PPO, GSM8K (console)",
     ),
     Source(
