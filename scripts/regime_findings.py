@@ -357,6 +357,7 @@ def seed_runs(out: Path) -> dict[str, list[dict]]:
                     "val_end": float(np.mean([s["val_reward"] for s in vals[-3:]])),
                     "pass_end": float(np.mean([s["val_pass@8"] for s in vals[-3:]])),
                     "selected": float(np.mean(sel)) if sel else None,
+                    "ppo_kl_max": max(s["actor/ppo_kl"] for s in run.steps),
                     "tokens": float(
                         np.mean([s["response_length"] for s in run.steps])
                         * cfg.mini_batch_responses
@@ -364,6 +365,29 @@ def seed_runs(out: Path) -> dict[str, list[dict]]:
                 }
             )
     return results
+
+
+def early_table(runs: list[dict]) -> None:
+    """Per vanilla seed: where the law's points start and end, and what the 15% forecast's fit
+    sees (its first points and the a it fits on them, beside the whole run's a)."""
+    from softmax_theory.law import forecast_entropy_law, series_from_run
+
+    print(
+        "\n| seed | H end | law points fitted | H over them | val_reward over them | "
+        "a (fitted points) | a (all points) | val_reward end | val_pass@8 end |"
+    )
+    print("|---|---:|---:|---|---|---:|---:|---:|---:|")
+    for seed, r in zip(SEEDS, runs, strict=True):
+        series = series_from_run(read_run(r["path"]))
+        fc = forecast_entropy_law(series.entropy, series.reward)
+        k = fc.n_fit - 1
+        print(
+            f"| {seed} | {r['h_end']:.3f} | {fc.n_fit} "
+            f"(steps {series.steps[0]}–{series.steps[k]}) | "
+            f"{series.entropy[0]:.3f} → {series.entropy[k]:.3f} | "
+            f"{series.reward[0]:.3f} → {series.reward[k]:.3f} | {fc.fit.a:.3f} | "
+            f"{r['summary']['law']['a']:.3f} | {r['val_end']:.3f} | {r['pass_end']:.3f} |"
+        )
 
 
 def seeds(out: Path) -> None:
@@ -393,6 +417,7 @@ def seeds(out: Path) -> None:
         print(
             f"\n- {label}: mean {m:+.3f} over seeds, 95% bootstrap interval [{lo:+.3f}, {hi:+.3f}]"
         )
+    early_table(results["vanilla"])
     print("\n## The controls beside vanilla (same seeds and steps)\n")
     print(
         "Mean over seeds [95% bootstrap interval over seeds]. H end: mean of the last 5 steps; "
@@ -401,9 +426,9 @@ def seeds(out: Path) -> None:
     )
     print(
         "| run | tokens selected / update | H end | Δ H end | val_reward end | Δ val_reward | "
-        "val_pass@8 end | Δ pass@8 |"
+        "val_pass@8 end | Δ pass@8 | largest ppo_kl (seeds) |"
     )
-    print("|---|---:|---|---|---|---|---|---|")
+    print("|---|---:|---|---|---|---|---|---|---|")
 
     def cell(x):
         m, lo, hi = boot_mean(x, rng)
@@ -426,7 +451,8 @@ def seeds(out: Path) -> None:
             f"{cell([r['val_end'] for r in rs])} | "
             f"{'—' if name == 'vanilla' else cell(diffs['val_end'])} | "
             f"{cell([r['pass_end'] for r in rs])} | "
-            f"{'—' if name == 'vanilla' else cell(diffs['pass_end'])} |"
+            f"{'—' if name == 'vanilla' else cell(diffs['pass_end'])} | "
+            f"{min(r['ppo_kl_max'] for r in rs):.3f}–{max(r['ppo_kl_max'] for r in rs):.3f} |"
         )
     print()
 
