@@ -68,6 +68,7 @@ from llm_bridge.run_dir import (
     TRL_DIR,
     RunDirectory,
     check_resume,
+    checkpoint_size,
     holds_run,
     latest_trl_checkpoint,
     recorded_config,
@@ -546,6 +547,8 @@ class RunLogCallback(TrainerCallback):
         self.interrupted: Callable[[], bool] = lambda: False
         # the tokens that end a response (a response without one was cut at the budget)
         self.stop_ids: tuple[int, ...] = ()
+        self.log: Callable[[str], None] = lambda _: None
+        self._said_size = False  # a checkpoint's size is said once
         self.stopped_after: int | None = None
 
     @property
@@ -719,6 +722,17 @@ class RunLogCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_after = k
+
+    def on_save(self, args, state, control, **kwargs):
+        """Say the size of the first checkpoint TRL writes (the latest one is kept)."""
+        if self._said_size or not self.is_main:
+            return
+        latest = latest_trl_checkpoint(self.out)
+        if latest is not None:
+            self._said_size = True
+            mib = checkpoint_size(latest[0]) / 2**20
+            step = latest[1] // self.trainer.updates_per_step - 1
+            self.log(f"checkpoint after step {step}: {mib:.1f} MiB in {latest[0]}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.run_dir is not None:
@@ -955,6 +969,7 @@ def train_with_trl(
             progress=progress,
         )
         trainer.run_log.stop_ids = stops
+        trainer.run_log.log = log
         if progress is not None:  # our progress line only: TRL's bars and printed log dicts go
             trainer.remove_callback(ProgressCallback)
             trainer.remove_callback(PrinterCallback)

@@ -250,3 +250,10 @@ def test_the_mismatch_is_zero_when_the_trainer_samples_and_the_correction_runs(
         assert b["entropy"] == pytest.approx(a["entropy"], rel=1e-6)
     tokens = np.load(corrected / "tokens" / "step_000000.npz")
     np.testing.assert_allclose(tokens["sampler_logp"], tokens["logp"], rtol=1e-6, atol=1e-6)
+
+
+def test_our_engine_says_its_checkpoint_size_once(tiny_model, tmp_path):
+    said: list[str] = []
+    train(_cfg(tiny_model, "ours", checkpoint_every=1), tmp_path / "run", log=said.append)
+    lines = [m for m in said if m.startswith("checkpoint after step")]
+    assert len(lines) == 1 and lines[0].startswith("checkpoint after step 0:") and "MiB" in lines[0]
