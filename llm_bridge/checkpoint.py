@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from llm_bridge.run_dir import checkpoint_size, write_checkpoint
+from llm_bridge.run_dir import checkpoint_note, write_checkpoint
 
 STATE_FILE = "trainer.pt"
 
@@ -47,9 +47,7 @@ class Checkpointer:
 
         folder = write_checkpoint(self.out, fill, state.step)
         if log is not None:
-            log(
-                f"checkpoint after step {state.step - 1}: {checkpoint_size(folder) / 2**20:.1f} MiB"
-            )
+            log(checkpoint_note(folder, state.step - 1))
         return folder
 
     def load(self, folder: Path) -> TrainState:

@@ -139,3 +139,29 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
         why = _first_line(e)
         raise ValueError(f"model: the weights in {path} cannot be loaded: {why}") from None
     return model.to(device), tokenizer
+
+
+def check_run_inputs(cfg, task, model, tokenizer, prompt_format, budget: int, log) -> int:
+    """What both engines check and say once before the first step: every training and held-out
+    prompt fits the model's positions with ``budget`` response tokens (refused by name
+    otherwise, ``rollout.check_prompt_lengths``), the ``generation_config`` settings our plain
+    softmax(z/T) sampling overrides, and the notes on the data (``tasks.data_notes``). Returns
+    the longest prompt in tokens."""
+    from llm_bridge.rollout import check_prompt_lengths, sampling_overrides, sampling_warning
+    from llm_bridge.tasks import data_notes
+
+    longest = check_prompt_lengths(
+        tokenizer,
+        [e.prompt for e in task.train + task.test[: cfg.val_prompts]],
+        budget,
+        model_positions(model.config),
+        prompt_format,
+    )
+    warning = sampling_warning(
+        sampling_overrides(model.generation_config, cfg.temperature), cfg.temperature
+    )
+    for line in ([] if warning is None else [warning]) + data_notes(
+        task, cfg.prompts_per_step, cfg.val_prompts, cfg.val_every
+    ):
+        log(line)
+    return longest

@@ -169,6 +169,13 @@ def checkpoint_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def checkpoint_note(folder: Path, last_step: int) -> str:
+    """The line both engines say once, at their first checkpoint: its size and place."""
+    return (
+        f"checkpoint after step {last_step}: {checkpoint_size(folder) / 2**20:.1f} MiB in {folder}"
+    )
+
+
 __all__ = [
     "CHECKPOINT_COMPLETE",
     "CHECKPOINT_DIR",
@@ -178,6 +185,7 @@ __all__ = [
     "TRL_DIR",
     "RunDirectory",
     "check_resume",
+    "checkpoint_note",
     "checkpoint_size",
     "holds_run",
     "latest_trl_checkpoint",

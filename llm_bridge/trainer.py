@@ -35,7 +35,7 @@ from llm_bridge.memory import (
     estimate_step_memory,
 )
 from llm_bridge.mismatch import rollout_mismatch
-from llm_bridge.models import load_config, load_model, load_tokenizer, model_positions
+from llm_bridge.models import check_run_inputs, load_config, load_model, load_tokenizer
 from llm_bridge.probe import (
     measure_tokens,
     parameter_delta,
@@ -49,11 +49,8 @@ from llm_bridge.reporters import parse_report_to
 from llm_bridge.rollout import (
     PromptFormat,
     Rollouts,
-    check_prompt_lengths,
     generate_in_calls,
     make_backend,
-    sampling_overrides,
-    sampling_warning,
 )
 from llm_bridge.run_dir import (
     FINAL_DIR,
@@ -62,7 +59,7 @@ from llm_bridge.run_dir import (
     recorded_config,
     recover_checkpoint,
 )
-from llm_bridge.tasks import Task, check_encodable, data_notes, epoch_order, response_budget, score
+from llm_bridge.tasks import Task, check_encodable, epoch_order, response_budget, score
 from llm_bridge.token_stats import token_covariance
 from llm_bridge.update import StepBatch, UpdateResult, rollout_stats, update
 from softmax_theory.group_advantages import compute_advantages
@@ -109,23 +106,12 @@ class ProbedGRPOTrainer:
             self.ref_model.eval().requires_grad_(False)
         check_encodable(self.task, self.tokenizer)
         self.max_new_tokens = response_budget(task, cfg.max_new_tokens)
-        self.prompt_length = check_prompt_lengths(
-            self.tokenizer,
-            [e.prompt for e in task.train + task.test[: cfg.val_prompts]],
-            self.max_new_tokens,
-            model_positions(self.model.config),
-            self.prompt_format,
+        self.prompt_length = check_run_inputs(
+            cfg, task, self.model, self.tokenizer, self.prompt_format, self.max_new_tokens, log
         )
-        warning = sampling_warning(
-            sampling_overrides(self.model.generation_config, cfg.temperature), cfg.temperature
-        )
-        if warning is not None:
-            log(warning)
         self.backend = make_backend(
             cfg.backend, self.model, self.tokenizer, cfg.model, self.prompt_format
         )
-        for line in data_notes(task, cfg.prompts_per_step, cfg.val_prompts, cfg.val_every):
-            log(line)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = (
             torch.optim.Adam(params, lr=cfg.lr)
@@ -325,9 +311,13 @@ class ProbedGRPOTrainer:
         if k in cfg.cov_table_steps:
             cov = token_covariance(batch.old_logp, batch.advantages, batch.mask)[mask]
             self.run_dir.write_cov_table(k, cov.double().cpu().numpy())
+        return self._end_step(record)
+
+    def _end_step(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Log the step's record, move on, and checkpoint every ``checkpoint_every`` steps."""
         self.run_dir.write_step(record)
         self.state.step += 1
-        if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+        if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return record
 
@@ -346,11 +336,7 @@ class ProbedGRPOTrainer:
         record.update(reward=float(batch.rewards.mean()), **batch.stats)
         for _ in range(self.cfg.updates_per_step):
             self.schedule.step()
-        self.run_dir.write_step(record)
-        self.state.step += 1
-        if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
-            self.save_checkpoint()
-        return record
+        return self._end_step(record)
 
     def update(
         self, batch: StepBatch, entropy_coeff: float, forecast: bool = False

@@ -55,11 +55,8 @@ from llm_bridge.reporters import parse_report_to, trl_report_to
 from llm_bridge.rollout import (
     PromptFormat,
     Rollouts,
-    check_prompt_lengths,
     plain_sampling,
     sampling_config,
-    sampling_overrides,
-    sampling_warning,
     stop_token_ids,
     trl_prompt,
 )
@@ -68,7 +65,7 @@ from llm_bridge.run_dir import (
     TRL_DIR,
     RunDirectory,
     check_resume,
-    checkpoint_size,
+    checkpoint_note,
     holds_run,
     latest_trl_checkpoint,
     recorded_config,
@@ -81,7 +78,6 @@ from softmax_theory.group_advantages import (
 from softmax_theory.policy import CovScope, PolicyLossConfig
 from softmax_theory.registry import parse_choice
 from softmax_theory.runlog import CONFIG_FILE, to_jsonable
-from softmax_theory.stats import token_weighted_means
 from softmax_theory.token_stats import token_covariance
 
 # Inputs TRL passes to the model for vision-language batches; our loss passes them on too.
@@ -433,10 +429,9 @@ class StepMeans:
         values = packed.tolist()
         sums, weights, loss = values[: len(keys)], values[len(keys) : -1], values[-1]
         self.__init__()
-        # the same reduction as token_weighted_means, after the sums of every process
-        means = token_weighted_means(
-            ({k: s / w}, w) for k, s, w in zip(keys, sums, weights, strict=True) if w > 0
-        )
+        # token_weighted_means' reduction (Σ n·m / Σ n over the parts that carry a key), taken
+        # over every process's sums
+        means = {k: s / w for k, s, w in zip(keys, sums, weights, strict=True) if w > 0}
         if not means:
             return {}
         # each process's micro-batch loss is its share of the mini-batch loss × processes
@@ -730,9 +725,7 @@ class RunLogCallback(TrainerCallback):
         latest = latest_trl_checkpoint(self.out)
         if latest is not None:
             self._said_size = True
-            mib = checkpoint_size(latest[0]) / 2**20
-            step = latest[1] // self.trainer.updates_per_step - 1
-            self.log(f"checkpoint after step {step}: {mib:.1f} MiB in {latest[0]}")
+            self.log(checkpoint_note(latest[0], latest[1] // self.trainer.updates_per_step - 1))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.run_dir is not None:
@@ -887,8 +880,7 @@ def train_with_trl(
     the current GRPO step, writes a TRL checkpoint and raises KeyboardInterrupt naming it.
     """
     from llm_bridge.config import RESUME_FREE
-    from llm_bridge.models import load_config, load_model, load_tokenizer, model_positions
-    from llm_bridge.tasks import data_notes
+    from llm_bridge.models import check_run_inputs, load_config, load_model, load_tokenizer
 
     if cfg.val_k is not None:
         raise ValueError(
@@ -931,20 +923,7 @@ def train_with_trl(
     model, tokenizer = load_model(cfg.model)
     fmt = PromptFormat(cfg.chat_template, cfg.max_prompt_tokens)
     budget = args.max_completion_length
-    check_prompt_lengths(
-        tokenizer,
-        [e.prompt for e in task.train + task.test[:val_prompts]],
-        budget,
-        model_positions(model.config),
-        fmt,
-    )
-    warning = sampling_warning(
-        sampling_overrides(model.generation_config, cfg.temperature), cfg.temperature
-    )
-    if warning is not None:
-        log(warning)
-    for line in data_notes(task, cfg.prompts_per_step, cfg.val_prompts, cfg.val_every):
-        log(line)
+    check_run_inputs(cfg, task, model, tokenizer, fmt, budget, log)
     # TRL's sampling, like ours, is softmax(z/T) ending at the model's stop tokens: TRL reads its
     # stop ids from model.generation_config and leaves unset settings to the model's own, so the
     # plain config stands in for the model's while TRL is built and trains
