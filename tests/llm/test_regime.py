@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shlex
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from llm_bridge import TrainConfig
 from llm_bridge.compare import FIG2_POINT, compare_runs, progress_shares
 from llm_bridge.tiny import TinyConfig, noisy_answer
 from softmax_theory.inputs import SettingError
@@ -86,3 +91,68 @@ def test_cli_label_noise_out_of_range_is_one_line_exit_2(cli, tmp_path):
 
     bad = cli(main, ["pretrain-tiny", "--out", tmp_path / "m", "--label-noise", "1.5"])
     assert bad.exit_code == 2 and "label" in bad.output and "Traceback" not in bad.output
+
+
+# The testbed is defined once, in scripts/regime_findings.py (its WINNER); the demo's Makefile
+# flags must train the same run (the demo only validates on fewer samples, to fit its budget).
+ROOT = Path(__file__).resolve().parents[2]
+TRAINING_FLAGS = ("temperature", "prompts_per_step", "lr", "warmup_steps", "steps", "val_every")
+
+
+def _regime_script():
+    spec = importlib.util.spec_from_file_location(
+        "regime_findings", ROOT / "scripts" / "regime_findings.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    threads = torch.get_num_threads()
+    try:
+        spec.loader.exec_module(module)  # sets one thread, for its own runs
+    finally:
+        torch.set_num_threads(threads)
+    return module
+
+
+def _make_variable(name: str) -> dict[str, str]:
+    """A Makefile variable's ``--flag value`` pairs, continuation lines joined."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(f"{name} :=")]
+    words = shlex.split(line.split(":=", 1)[1])
+    return {
+        w[2:].replace("-", "_"): nxt
+        for w, nxt in zip(words, words[1:] + [""], strict=True)
+        if w.startswith("--") and not nxt.startswith("--")
+    }
+
+
+def test_the_demo_trains_the_testbed_of_the_script():
+    rf = _regime_script()
+    cand = next(c for c in rf.SEARCH if c.name == rf.WINNER)
+    model = rf.MODELS[cand.model]
+    pretrain = _make_variable("TESTBED_PRETRAIN")
+    assert {k: float(v) for k, v in pretrain.items()} == {
+        k: float(getattr(model, k)) for k in pretrain
+    }
+    assert set(pretrain) >= {"steps", "lr", "warmup", "label_noise"}
+    demo = _make_variable("DEMO_TRAIN")
+    want = {**rf.SEARCH_BASE, **cand.settings}
+    defaults = {f: getattr(TrainConfig(model="m"), f) for f in TRAINING_FLAGS}
+    for flag in TRAINING_FLAGS:
+        assert float(demo[flag]) == float(want.get(flag, defaults[flag])), flag
+
+
+@pytest.mark.slow
+def test_the_testbed_reaches_the_regime(tmp_path):
+    """Seed 0 of the testbed, pre-trained from nothing, meets every target of the regime
+    (entropy drop, the early shares, saturation, the law's R² on ≥ 30 points, the time)."""
+    rf = _regime_script()
+    cand = next(c for c in rf.SEARCH if c.name == rf.WINNER)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = rf.run_config(cand, tmp_path, seed=0, **rf.SEED_EXTRA)
+        seconds = rf.train_once(cfg, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    checks = rf.regime_checks(rf.summarize(tmp_path / "run"), seconds)
+    assert all(checks.values()), checks
