@@ -95,6 +95,7 @@ def estimators(models: dict[str, str], out: Path) -> None:
         "w = 20 |"
     )
     print("|---|---|---:|---|---:|---:|---:|---:|")
+    trends = []
     for (name, path), (lr, updates), prompts in (
         (m, s, p) for m in models.items() for s in ((3e-5, 1), (5e-4, 2)) for p in (16, 64)
     ):
@@ -117,7 +118,27 @@ def estimators(models: dict[str, str], out: Path) -> None:
                 f"| {name} | {lr:g}, {updates} | {prompts} | {p.key} | "
                 f"{p.correlation:+.3f} | {cells} |"
             )
+        trends.append((f"{name}, {lr:g} × {updates}, {prompts} prompts", run))
+    print(
+        "\nTrends: ΔH and `cov_mean`, means over the first and last fifth of the steps, and "
+        "their per-step correlation (ΔH with −cov_mean) once each series' linear trend is "
+        "removed.\n"
+    )
+    for label, run in trends:
+        d, c = (np.array([s[k] for s in run.steps]) for k in ("delta_entropy", "cov_mean"))
+        k = max(1, len(d) // 5)
+        print(
+            f"- {label}: ΔH {d[:k].mean():+.4f} → {d[-k:].mean():+.4f}, cov_mean "
+            f"{c[:k].mean():.3f} → {c[-k:].mean():.3f}, detrended corr "
+            f"{np.corrcoef(_detrend(d), -_detrend(c))[0, 1]:+.2f}"
+        )
     print()
+
+
+def _detrend(x: np.ndarray) -> np.ndarray:
+    """``x`` less its least-squares line over the step index."""
+    t = np.arange(len(x))
+    return x - np.polyval(np.polyfit(t, x, 1), t)
 
 
 def controls(model: str, out: Path) -> None:
