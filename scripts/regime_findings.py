@@ -181,6 +181,12 @@ SEARCH: list[Candidate] = [
 ]
 
 
+def candidate(name: str) -> Candidate:
+    """The search's candidate ``name``."""
+    (cand,) = [c for c in SEARCH if c.name == name]
+    return cand
+
+
 def run_config(cand: Candidate, out: Path, **extra) -> TrainConfig:
     model = model_dir(cand.model, out)
     task = MODELS[cand.model].task
@@ -252,29 +258,25 @@ def model_accuracy(name: str, out: Path, n: int = 256) -> dict[float, float]:
     cache = path / "accuracy.json"
     if cache.exists():
         return {float(k): v for k, v in json.loads(cache.read_text()).items()}
-    with torch.no_grad():  # the model is pre-trained first when missing, with gradients
-        return _accuracy(path, name, cache, n)
-
-
-def _accuracy(path: Path, name: str, cache: Path, n: int) -> dict[float, float]:
     from llm_bridge.models import load_model
     from llm_bridge.rollout import HFBackend
     from llm_bridge.tasks import response_budget, synthetic_task
 
-    model, tokenizer = load_model(path)
-    task = synthetic_task(MODELS[name].task, seed=MODELS[name].seed)
-    examples = task.test[:n]
-    backend = HFBackend(model.eval(), tokenizer)
-    gen = torch.Generator().manual_seed(0)
-    acc = {}
-    for t in TEMPERATURES:
-        # greedy: the limit T → 0 of softmax(z/T)
-        roll = backend.generate(
-            [e.prompt for e in examples], 1, response_budget(task), t or 1e-4, gen
-        )
-        acc[t] = float(
-            np.mean([task.reward(r, e.answer) for r, e in zip(roll.texts, examples, strict=True)])
-        )
+    # after model_dir, which pre-trains a missing model (with gradients)
+    with torch.no_grad():
+        model, tokenizer = load_model(path)
+        task = synthetic_task(MODELS[name].task, seed=MODELS[name].seed)
+        examples = task.test[:n]
+        backend = HFBackend(model.eval(), tokenizer)
+        gen = torch.Generator().manual_seed(0)
+        acc = {}
+        for t in TEMPERATURES:
+            # greedy: the limit T → 0 of softmax(z/T)
+            roll = backend.generate(
+                [e.prompt for e in examples], 1, response_budget(task), t or 1e-4, gen
+            )
+            pairs = zip(roll.texts, examples, strict=True)
+            acc[t] = float(np.mean([task.reward(r, e.answer) for r, e in pairs]))
     cache.write_text(json.dumps(acc))
     return acc
 
@@ -326,26 +328,22 @@ def search_table(rows: list[dict]) -> None:
 # Where the first steps spend entropy (stage 6's question): per answer position, teacher-forced
 # ---------------------------------------------------------------------------------------------
 
-# (the run whose model and settings are measured, its label) at step 0 and after EARLY steps
-POSITION_RUNS = (
-    ("s5-T3-300", "T = 3 testbed of stage 5"),
-    ("s6-n6000-lr2e-4", "label-noise testbed, T = 1"),
-)
-EARLY = 20
+EARLY = 20  # the positions are measured at step 0 and after EARLY steps of a run
 DIGITS = "0123456789"
 
 
 @torch.no_grad()
-def answer_positions(path: str, temperature: float, n: int = 256) -> dict[str, np.ndarray]:
+def answer_positions(path: str, temperature: float, cfg: TinyConfig, n: int = 256) -> dict:
     """Teacher-forced on the first ``n`` held-out prompts and their right answers (4 digits,
     then EOS), the policy softmax(z/T) at each answer position: its entropy, the probability of
     the right token, and (digit positions) the mass off the ten digits; and P(answer), the
-    product of the right tokens' probabilities, averaged over prompts. Means over prompts."""
+    product of the right tokens' probabilities, averaged over prompts. Means over prompts.
+    ``cfg``: the model's pre-training, whose task and seed give the held-out prompts."""
     from llm_bridge.models import load_model
     from llm_bridge.tasks import synthetic_task
 
     model, tok = load_model(path)
-    task = synthetic_task("addition", seed=0)
+    task = synthetic_task(cfg.task, seed=cfg.seed)
     ids = [
         [tok.bos_token_id]
         + tok(e.prompt + e.answer, add_special_tokens=False)["input_ids"]
@@ -372,17 +370,21 @@ def positions(out: Path) -> None:
         "mass off the digits (d1–d4) | P(answer) |"
     )
     print("|---|---:|---|---|---|---:|")
-    for name, label in POSITION_RUNS:
-        cand = next(c for c in SEARCH if c.name == name)
+
+    def row(v):
+        return " ".join(f"{x:.3f}" for x in v)
+
+    # the run whose model and settings are measured, and its label
+    for name, label in (
+        ("s5-T3-300", "T = 3 testbed of stage 5"),
+        (WINNER, "label-noise testbed, T = 1"),
+    ):
+        cand = candidate(name)
         cfg = run_config(cand, out, steps=EARLY, val_every=0, save_final=True)
         path = out / "positions" / name
         train_once(cfg, path)
         for step, model in ((0, model_dir(cand.model, out)), (EARLY, str(path / "final"))):
-            m = answer_positions(model, cfg.temperature)
-
-            def row(v):
-                return " ".join(f"{x:.3f}" for x in v)
-
+            m = answer_positions(model, cfg.temperature, MODELS[cand.model])
             print(
                 f"| {label} | {step} | {row(m['entropy'])} | {row(m['p_right'])} | "
                 f"{row(m['off_digits'][:-1])} | {m['p_answer']:.3f} |"
@@ -435,7 +437,7 @@ def forecast_interval(path: Path, rng: np.random.Generator) -> tuple[float, floa
 
 def seed_runs(out: Path) -> dict[str, list[dict]]:
     """Train (or reuse) every control × seed; each run's summary, wall time and end values."""
-    cand = next(c for c in SEARCH if c.name == WINNER)
+    cand = candidate(WINNER)
     results: dict[str, list[dict]] = {}
     for name, loss in CONTROLS.items():
         results[name] = []

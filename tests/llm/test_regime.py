@@ -127,7 +127,7 @@ def _make_variable(name: str) -> dict[str, str]:
 
 def test_the_demo_trains_the_testbed_of_the_script():
     rf = _regime_script()
-    cand = next(c for c in rf.SEARCH if c.name == rf.WINNER)
+    cand = rf.candidate(rf.WINNER)
     model = rf.MODELS[cand.model]
     pretrain = _make_variable("TESTBED_PRETRAIN")
     assert {k: float(v) for k, v in pretrain.items()} == {
@@ -146,7 +146,7 @@ def test_the_testbed_reaches_the_regime(tmp_path):
     """Seed 0 of the testbed, pre-trained from nothing, meets every target of the regime
     (entropy drop, the early shares, saturation, the law's R² on ≥ 30 points, the time)."""
     rf = _regime_script()
-    cand = next(c for c in rf.SEARCH if c.name == rf.WINNER)
+    cand = rf.candidate(rf.WINNER)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
