@@ -15,7 +15,7 @@ What to call:
 
 from llm_bridge.compare import RunReport, compare_runs
 from llm_bridge.config import Device, Engine, OptimizerName, TrainConfig
-from llm_bridge.engines import load_task, train
+from llm_bridge.engines import load_task, train, train_or_reuse
 from llm_bridge.head import head_entropy_and_logprobs
 from llm_bridge.losses import (
     LossInputs,
@@ -49,8 +49,7 @@ from softmax_theory.policy import AggMode, PolicyLoss, PolicyLossConfig
 # Names from modules with optional extras (TRL) or a second thought (importers), loaded on first
 # use so that `import llm_bridge` needs neither.
 _LAZY = {
-    "CovGRPOTrainer": "llm_bridge.integrations.trl",
-    "ProbedGRPOConfig": "llm_bridge.integrations.trl",
+    "RegistryLossTrainer": "llm_bridge.integrations.trl",
     "train_with_trl": "llm_bridge.integrations.trl",
     "import_trl": "llm_bridge.integrations.importers",
     "import_verl": "llm_bridge.integrations.importers",
@@ -71,7 +70,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "AggMode",
-    "CovGRPOTrainer",
     "Device",
     "Engine",
     "LossInputs",
@@ -80,8 +78,8 @@ __all__ = [
     "PolicyLossConfig",
     "PolicyLossOutput",
     "ProbeTokens",
-    "ProbedGRPOConfig",
     "ProbedGRPOTrainer",
+    "RegistryLossTrainer",
     "Rollouts",
     "RunReport",
     "StepBatch",
@@ -118,5 +116,6 @@ __all__ = [
     "token_logprobs",
     "token_probe_stats",
     "train",
+    "train_or_reuse",
     "train_with_trl",
 ]

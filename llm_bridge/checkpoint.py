@@ -50,10 +50,16 @@ class Checkpointer:
             log(checkpoint_note(folder, state.step - 1))
         return folder
 
-    def load(self, folder: Path) -> TrainState:
+    def load(self, folder: Path, step: int | None = None) -> TrainState:
         """Restore the optimiser, schedule and generator from ``folder``; the model was loaded
-        from it already (``from_pretrained``)."""
+        from it already (``from_pretrained``). ``step``: the step its ``COMPLETE`` mark names
+        (``run_dir.find_checkpoint``), which the saved state must agree with."""
         saved = torch.load(folder / STATE_FILE, weights_only=False)
+        if step is not None and saved["step"] != step:
+            raise ValueError(
+                f"resume: {folder} is marked complete after step {step - 1} but holds the state "
+                f"after step {saved['step'] - 1}; move it aside to restart the run"
+            )
         self.opt.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.generator.set_state(saved["generator"])

@@ -160,13 +160,14 @@ def stream_entropy_logp(
     micro_batch_size: int | None,
     temperature: float = 1.0,
     rows: slice = slice(None),
+    params: Params | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``response_entropy_logp`` over ``rows`` of the batch, one micro-batch at a time:
-    ([n, R], [n, R])."""
+    ([n, R], [n, R]); at ``params`` (by name) in place of the model's own when given."""
     idx = range(roll.input_ids.shape[0])[rows]
     parts = [
         response_entropy_logp(
-            model, roll, slice(idx.start + s.start, idx.start + s.stop), temperature
+            model, roll, slice(idx.start + s.start, idx.start + s.stop), temperature, params
         )
         for s in micro_slices(len(idx), micro_batch_size)
     ]

@@ -124,21 +124,31 @@ def model_positions(config) -> int | None:
     return int(positions) if positions else None
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
-    """A local Hugging Face causal LM and its tokenizer (left padding for generation), after the
-    checks of the module docstring (config first, then tokenizer, then the weights)."""
+def load_weights(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+):
+    """The causal LM saved in ``path`` (a folder ``load_config`` has accepted), on ``device``;
+    weights that cannot be read are refused in one line naming the folder."""
     from transformers import AutoModelForCausalLM
 
     quiet_progress_bars()
     path = Path(path)
-    load_config(path)
-    tokenizer = load_tokenizer(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except OSError as e:  # no weights file, or a broken one
         why = _first_line(e)
         raise ValueError(f"model: the weights in {path} cannot be loaded: {why}") from None
-    return model.to(device), tokenizer
+    return model.to(device)
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+):
+    """A local Hugging Face causal LM and its tokenizer (left padding for generation), after the
+    checks of the module docstring (config first, then tokenizer, then the weights)."""
+    load_config(path)
+    tokenizer = load_tokenizer(path)
+    return load_weights(path, device, dtype), tokenizer
 
 
 def check_run_inputs(cfg, task, model, tokenizer, prompt_format, budget: int, log) -> int:

@@ -44,23 +44,32 @@ from llm_bridge.forward import (
     response_logits,
 )
 from llm_bridge.head import head_probe_stats
+from llm_bridge.losses import truncated_is_weights
 from llm_bridge.rollout import Rollouts
 from llm_bridge.token_stats import flat_group_covariance, token_probe_stats
 from softmax_theory.attribution import attribution_parts
+from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.stats import correlation
 
 
-def optimizer_update(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
-    """The parameter change Δθ that ``opt.step()`` is about to make, from the current gradients
-    and optimiser state (SGD without momentum; Adam/AdamW), computed before the step; keyed by
-    ``id(parameter)``. A test checks it against the change the step then makes."""
+def optimizer_update(
+    opt: torch.optim.Optimizer, grads: dict[int, torch.Tensor] | None = None
+) -> dict[int, torch.Tensor]:
+    """The parameter change Δθ that ``opt.step()`` is about to make, from the gradients and the
+    optimiser's state (SGD without momentum; Adam/AdamW: its moments, bias corrections and
+    decoupled weight decay), computed before the step; keyed by ``id(parameter)``. ``grads``
+    (by ``id``) stands in for the parameters' ``.grad``: the update a gradient would make. A
+    test checks it against the change the step then makes."""
     out = {}
     for group in opt.param_groups:
         lr = group["lr"]
+        if group.get("amsgrad") or group.get("maximize"):
+            raise ValueError("optimizer: no update forecast for amsgrad or maximize")
         for p in group["params"]:
-            if p.grad is None:
+            g = p.grad if grads is None else grads.get(id(p))
+            if g is None:
                 continue
-            g = p.grad.detach()
+            g = g.detach()
             if isinstance(opt, torch.optim.SGD):
                 if group.get("momentum", 0) or group.get("weight_decay", 0):
                     raise ValueError("optimizer: the forecast supports plain SGD only")
@@ -83,19 +92,56 @@ def optimizer_update(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
     return out
 
 
+def unwrapped_optimizer(opt) -> torch.optim.Optimizer:
+    """The torch optimiser inside a wrapper (accelerate's ``AcceleratedOptimizer``)."""
+    while isinstance(getattr(opt, "optimizer", None), torch.optim.Optimizer):
+        opt = opt.optimizer
+    return opt
+
+
+class UpdateForecast:
+    """Δθ of a step, forecast update by update: before each ``step()`` of the optimiser (a step
+    pre-hook, so both engines forecast the same way whoever calls ``step``) it adds the update
+    the optimiser is about to make (``optimizer_update``) to the step's total, and counts the
+    updates. With ``jvp`` False it only counts. Use as a context manager, or ``close()``."""
+
+    def __init__(self, opt, jvp: bool = True):
+        self.opt, self.jvp = unwrapped_optimizer(opt), jvp
+        self.updates = 0
+        self.total: dict[int, torch.Tensor] = {}
+        self._handle = self.opt.register_step_pre_hook(self._before_step)
+
+    def _before_step(self, opt, args, kwargs) -> None:
+        self.updates += 1
+        if not self.jvp:
+            return
+        for key, delta in optimizer_update(opt).items():
+            self.total[key] = delta if key not in self.total else self.total[key] + delta
+
+    def delta(self, model) -> Params:
+        """The step's forecast Δθ by parameter name (zero for a parameter no update moved)."""
+        return {
+            n: self.total[id(p)] if id(p) in self.total else torch.zeros_like(p)
+            for n, p in model.named_parameters()
+        }
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> UpdateForecast:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def snapshot(model) -> Params:
     """A detached copy of every parameter by name: θ_old, kept for the probe."""
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def parameter_delta(
-    model, params_before: Params, forecast: dict[int, torch.Tensor] | None = None
-) -> Params:
-    """Δθ by name: the optimiser's forecast (keyed by id) when given, else θ_new − θ_old."""
-    if forecast is not None:
-        named = dict(model.named_parameters())
-        delta = {n: forecast[id(p)] for n, p in named.items() if id(p) in forecast}
-        return {n: delta.get(n, torch.zeros_like(v)) for n, v in params_before.items()}
+def parameter_delta(model, params_before: Params) -> Params:
+    """θ_new − θ_old by name: the change the step made (the slow reference of the forecast)."""
     return {n: p.detach() - params_before[n] for n, p in model.named_parameters()}
 
 
@@ -264,6 +310,106 @@ def probe_rows(seed: int, step: int, n_rows: int, n: int | None) -> torch.Tensor
         return None
     gen = torch.Generator().manual_seed(seed * PROBE_ROWS_SEED + step)
     return torch.randperm(n_rows, generator=gen)[:n].sort().values
+
+
+def carried_values(
+    policy_loss: PolicyLossConfig,
+    old_logp: torch.Tensor,
+    sampler_logp: torch.Tensor | None,
+    mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The per-token values the probe keeps beside its own ([B, R] each): the sampler's
+    log-probs (None where the trainer sampled: the probe's θ_old log-probs stand in for them)
+    and, with ``rollout_is``, whether each token's truncated importance weight reached its cap
+    (the attribution's capped split)."""
+    carried = {} if sampler_logp is None else {"sampler_logp": sampler_logp * mask}
+    if policy_loss.rollout_is is not None:
+        carried["is_capped"] = truncated_is_weights(
+            old_logp,
+            old_logp if sampler_logp is None else sampler_logp,
+            mask,
+            policy_loss.rollout_is,
+            policy_loss.rollout_is_threshold,
+        )[1]
+    return carried
+
+
+class StepProbe:
+    """The probe of one GRPO step, the same in both engines. ``begin`` (before the step's first
+    update) keeps θ_old and starts the forecast: each update's Δθ from the optimiser before it
+    steps (``UpdateForecast``), so ``pred_jvp`` is a forecast made before the update in either
+    engine. ``finish`` (after the last update) measures the step's probed responses
+    (``measure_tokens``) and joins every process's tokens (``gather_tokens``)."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        jvp: bool,
+        micro_batch_size: int | None,
+        temperature: float,
+        seed: int,
+        probe_responses: int | None,
+    ):
+        self.model, self.jvp, self.micro_batch_size = model, jvp, micro_batch_size
+        self.temperature, self.seed, self.probe_responses = temperature, seed, probe_responses
+        self.params_before: Params | None = None  # θ_old of the step begun
+        self._forecast: UpdateForecast | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a step has begun and not finished."""
+        return self._forecast is not None
+
+    def begin(self, opt) -> None:
+        """Before the step's first update: keep θ_old and watch ``opt``, the optimiser about to
+        take the step's updates."""
+        self.params_before = snapshot(self.model)
+        self._forecast = UpdateForecast(opt, self.jvp)
+
+    def cancel(self) -> None:
+        """End a begun step without measuring it (a step with no valid token)."""
+        self._forecast.close()
+        self._forecast = None
+
+    def finish(
+        self,
+        step: int,
+        roll: Rollouts,
+        advantages: torch.Tensor,
+        group: torch.Tensor,
+        carried: dict[str, torch.Tensor] | None = None,
+        clipped: torch.Tensor | None = None,
+    ) -> tuple[dict, ProbeTokens]:
+        """After the step's last update: its probe record and its tokens (every process's).
+        ``advantages`` [B, R] per token, ``group`` [B] prompt index, ``carried`` as
+        ``carried_values`` gives, ``clipped`` [B, R] where the engine knows which tokens were
+        clipped."""
+        forecast, self._forecast = self._forecast, None
+        forecast.close()
+        was_training = self.model.training
+        self.model.eval()
+        tokens = measure_tokens(
+            self.model,
+            roll,
+            advantages,
+            torch.as_tensor(group),
+            self.params_before,
+            forecast.delta(self.model) if self.jvp else None,
+            rows=probe_rows(self.seed, step, roll.input_ids.shape[0], self.probe_responses),
+            micro_batch_size=self.micro_batch_size,
+            temperature=self.temperature,
+            clipped=clipped,
+            carried=carried,
+        )
+        self.params_before = None
+        self.model.train(was_training)
+        tokens = gather_tokens(tokens)
+        if "sampler_logp" not in tokens.values:  # the trainer sampled: the sampler is π_old
+            tokens.values["sampler_logp"] = tokens.values["logp"]
+        record = probe_record(tokens)
+        record["probe/updates"] = forecast.updates
+        return record, tokens
 
 
 def token_arrays(tokens: ProbeTokens) -> dict[str, np.ndarray]:

@@ -298,34 +298,6 @@ def rendered_example(tokenizer, prompt, fmt: PromptFormat = PromptFormat()) -> d
     }
 
 
-def trl_prompt(tokenizer, prompt, fmt: PromptFormat = PromptFormat()) -> str | list[dict]:
-    """The ``prompt`` field of the TRL engine's dataset for ``prompt``, such that TRL's own
-    tokenization gives exactly ``prompt_token_ids``: the conversation when the chat template
-    renders it (TRL applies the template itself, ``add_generation_prompt=True``), else the text
-    that TRL's ``tokenizer(text)`` encodes to BOS + the raw text. TRL has no prompt cut, so a
-    prompt that ``max_prompt_tokens`` would cut is refused."""
-    ids = prompt_token_ids(tokenizer, prompt, fmt)
-    if fmt.max_prompt_tokens is not None:
-        whole = prompt_token_ids(tokenizer, prompt, PromptFormat(fmt.chat_template))
-        if len(whole) > len(ids):
-            raise ValueError(
-                f"max_prompt_tokens: the TRL engine cannot cut prompts, and one is {len(whole)} "
-                f"tokens (> {fmt.max_prompt_tokens}); shorten the dataset's prompts, or use "
-                "--engine ours"
-            )
-    if uses_chat_template(tokenizer, prompt, fmt.chat_template):
-        return as_messages(prompt)
-    # TRL encodes a text prompt with add_special_tokens=True: a tokenizer whose post-processor
-    # writes BOS needs the bare text, one without it the BOS token's text in front
-    for text in (prompt, (tokenizer.bos_token or "") + prompt):
-        if tokenizer(text)["input_ids"] == ids:
-            return text
-    raise ValueError(
-        "chat_template: the TRL engine cannot be given this raw prompt so that it reads the "
-        f"same tokens as ours ({prompt[:40]!r}); use --engine ours, or a chat template"
-    )
-
-
 def stop_token_ids(generation_config, tokenizer) -> tuple[int, ...]:
     """The tokens that end a response: the tokenizer's EOS, then the ``generation_config``'s
     ``eos_token_id`` (an id or a list; Qwen2.5-Instruct's ends at ``<|im_end|>`` and

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_bridge.config import Engine
 from llm_bridge.reporters import ReportTarget, open_reporters
 from softmax_theory.runlog import (
     STEPS_FILE,
@@ -164,6 +165,19 @@ def latest_trl_checkpoint(out: Path) -> tuple[Path, int] | None:
     return newest, int(json.loads((newest / "trainer_state.json").read_text())["global_step"])
 
 
+def find_checkpoint(out: Path, engine: Engine, updates_per_step: int) -> tuple[Path, int] | None:
+    """The newest whole checkpoint in ``out`` of the engine that wrote it, and the GRPO step
+    a resume from it runs first; None when there is none. Ours writes that step into its
+    ``COMPLETE`` mark; TRL's records its optimiser step (``updates_per_step`` a GRPO step)."""
+    if engine is Engine.TRL:
+        latest = latest_trl_checkpoint(out)
+        return None if latest is None else (latest[0], latest[1] // updates_per_step)
+    folder = recover_checkpoint(out)
+    if folder is None:
+        return None
+    return folder, int((folder / CHECKPOINT_COMPLETE).read_text().split()[0])
+
+
 def checkpoint_size(folder: Path) -> int:
     """Bytes on disk of a checkpoint folder."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -187,6 +201,7 @@ __all__ = [
     "check_resume",
     "checkpoint_note",
     "checkpoint_size",
+    "find_checkpoint",
     "holds_run",
     "latest_trl_checkpoint",
     "recorded_config",
@@ -196,12 +211,13 @@ __all__ = [
 ]
 
 
-def recorded_config(cfg, task, tokenizer) -> dict[str, Any]:
+def recorded_config(cfg, task, tokenizer, prompt_format) -> dict[str, Any]:
     """What ``config.json`` records for an LM run, in both engines: the settings; for a dataset
     run the dataset (file, fields, answer rule) in place of the synthetic task's name; the task's
     largest reward (the law's ceiling check); and the first training prompt as the model reads
-    it (after the chat template and any cut), so a user can see what the model saw."""
-    from llm_bridge.rollout import PromptFormat, rendered_example
+    it (after the chat template and any cut, ``prompt_format``), so a user can see what the
+    model saw."""
+    from llm_bridge.rollout import rendered_example
 
     config = to_jsonable(cfg)
     if task.dataset is not None:
@@ -209,9 +225,7 @@ def recorded_config(cfg, task, tokenizer) -> dict[str, Any]:
         config.pop("terms", None)
         config["dataset_source"] = to_jsonable(task.dataset)
     config["reward_max"] = task.max_reward
-    seen = rendered_example(
-        tokenizer, task.train[0].prompt, PromptFormat(cfg.chat_template, cfg.max_prompt_tokens)
-    )
+    seen = rendered_example(tokenizer, task.train[0].prompt, prompt_format)
     config["rendered_prompt"] = seen["text"]
     config["rendered_prompt_tokens"] = seen["tokens"]
     return config

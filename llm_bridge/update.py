@@ -19,7 +19,6 @@ import torch
 from llm_bridge.config import TrainConfig
 from llm_bridge.forward import micro_slices, response_entropy_logp
 from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, select_by_scope
-from llm_bridge.probe import optimizer_update
 from llm_bridge.rollout import Rollouts
 from softmax_theory.policy import CovScope
 from softmax_theory.stats import token_weighted_means
@@ -42,7 +41,7 @@ class StepBatch:
     # log π_sampler(y_t|s_t): the sampling engine's own log-probs (equal to old_logp when the
     # trainer samples), for the mismatch keys and the truncated importance weight
     sampler_logp: torch.Tensor | None = None
-    # the rollouts' own statistics for the run log (``rollout_stats``)
+    # the rollouts' own keys for the run log (``step_record.rollout_keys``)
     stats: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -50,30 +49,41 @@ class StepBatch:
         return self.roll.response_mask
 
 
-def rollout_stats(roll: Rollouts, advantages: np.ndarray) -> dict[str, float]:
-    """The step's rollouts in the run log's keys: ``response_length`` (mean response tokens),
-    ``response/clip_frac`` (share cut at the response budget, as the peers log it) and
-    ``adv/nonzero_frac`` (share of responses with a non-zero advantage: 0 means the step had
-    no learning signal, and its update moved nothing but through the controls)."""
-    stats = {
-        "response_length": float(roll.response_mask.sum(-1).float().mean()),
-        "adv/nonzero_frac": float(np.mean(np.asarray(advantages) != 0)),
-    }
-    if roll.truncated is not None:
-        stats["response/clip_frac"] = float(roll.truncated.float().mean())
-    return stats
-
-
 @dataclass(frozen=True)
 class UpdateResult:
     """``metrics``: the loss's metrics, token-weighted over all the step's updates, and
-    ``actor/pg_loss``, the mean mini-batch loss; ``forecast``: Δθ of the step's only update,
-    known before it (None unless asked for); ``clipped``: [B, R] bool, clipped at some update."""
+    ``actor/pg_loss``, the mean mini-batch loss; ``clipped``: [B, R] bool, clipped at some
+    update."""
 
     metrics: dict[str, float]
     n_updates: int
-    forecast: dict[int, torch.Tensor] | None
     clipped: torch.Tensor
+
+
+def loss_normalisers(
+    step_tokens: float,
+    updates_per_epoch: int,
+    mini_batch_responses: float,
+    loss_scale_factor: float | None,
+    response_budget: int,
+    dp_size: int = 1,
+) -> dict[str, float]:
+    """``agg_loss``'s normalisers for every micro-batch of one optimiser update, in both engines,
+    so that each ``loss_agg_mode`` means what it means in verl whatever the split:
+
+    - token-mean: ÷ (the step's valid tokens ÷ updates per epoch): TRL's ``num_items_in_batch``
+      rule, under which every token of a step weighs the same in each of its updates;
+    - seq-mean-*: ÷ the mini-batch's responses (``mini_batch_responses``, every process's), a
+      response that ``mask_truncated`` leaves out included (verl's trainer passes its mini-batch
+      size; TRL's shuffled micro-batches could not count such responses apart);
+    - seq-mean-token-sum-norm: ÷ ``loss_scale_factor``, by default the response budget.
+    """
+    return {
+        "dp_size": dp_size,
+        "batch_num_tokens": step_tokens / updates_per_epoch,
+        "global_batch_size": mini_batch_responses,
+        "loss_scale_factor": loss_scale_factor or float(response_budget),
+    }
 
 
 def loss_inputs(model, batch: StepBatch, rows: slice, temperature: float, grad: bool) -> LossInputs:
@@ -150,12 +160,13 @@ def mini_batch_loss(
     selected = select_mini_batch_tokens(model, batch, rows, cfg, generator)
     if selected_step is not None:
         selected = selected_step[rows]
-    mask = batch.mask[rows]
-    norms = {
-        "batch_num_tokens": float(batch.mask.sum()) / cfg.mini_batches,
-        "global_batch_size": float((mask.sum(-1) > 0).sum()),
-        "loss_scale_factor": lc.loss_scale_factor or float(response_budget),
-    }
+    norms = loss_normalisers(
+        float(batch.mask.sum()),
+        cfg.mini_batches,
+        float(rows.stop - rows.start),
+        lc.loss_scale_factor,
+        response_budget,
+    )
     total = 0.0
     for sl in micro_slices(rows.stop - rows.start, cfg.micro_batch_size):
         sub = slice(rows.start + sl.start, rows.start + sl.stop)
@@ -189,19 +200,15 @@ def update(
     entropy_coeff: float,
     generator: torch.Generator,
     response_budget: int,
-    forecast: bool = False,
 ) -> UpdateResult:
-    """The step's ``epochs × mini_batches`` optimiser updates. With ``forecast`` (the probe's
-    JVP on a step of one update) Δθ is computed from the optimiser before its only update; on a
-    step of several updates the probe measures the actual Δθ instead, so none is computed."""
+    """The step's ``epochs × mini_batches`` optimiser updates (the probe's forecast watches the
+    optimiser's steps: ``probe.UpdateForecast``)."""
     model.train()
     per_mini = cfg.mini_batch_responses
     parts: list[tuple[dict[str, float], float]] = []
     losses: list[float] = []
-    delta = None
     clipped = torch.zeros(batch.mask.shape, dtype=torch.bool, device=batch.mask.device)
     selected_step = select_step_tokens(batch, cfg, generator)
-    want_forecast = forecast and cfg.updates_per_step == 1
     for _ in range(cfg.epochs):
         for mb in range(cfg.mini_batches):
             opt.zero_grad(set_to_none=True)
@@ -220,23 +227,21 @@ def update(
                     selected_step,
                 )
             )
-            if want_forecast:
-                delta = optimizer_update(opt)
             opt.step()
             schedule.step()
     model.eval()
     metrics = token_weighted_means(parts)
     metrics["actor/pg_loss"] = float(np.mean(losses))
     # a loss without a clip clips nothing: clipped stays all False
-    return UpdateResult(metrics, len(losses), delta, clipped)
+    return UpdateResult(metrics, len(losses), clipped)
 
 
 __all__ = [
     "StepBatch",
     "UpdateResult",
     "loss_inputs",
+    "loss_normalisers",
     "mini_batch_loss",
-    "rollout_stats",
     "select_mini_batch_tokens",
     "select_step_tokens",
     "update",

@@ -110,6 +110,7 @@ def test_more_prompts_than_rows_and_too_many_val_prompts_are_said_once(qwen, gsm
 
 def test_mask_truncated_leaves_cut_responses_out_of_the_loss(qwen, gsm8k, tmp_path):
     from llm_bridge import ProbedGRPOTrainer, load_task
+    from llm_bridge.scoring import score_rollouts
 
     cfg = _cfg(qwen, gsm8k, "ours", mask_truncated=True)
     trainer = ProbedGRPOTrainer(cfg, tmp_path / "run", load_task(cfg))
@@ -124,7 +125,7 @@ def test_mask_truncated_leaves_cut_responses_out_of_the_loss(qwen, gsm8k, tmp_pa
         texts=("1", "2", "3", "4"),
         truncated=torch.tensor([True, False, True, True]),
     )
-    batch = trainer.score_rollouts(roll, ["1", "2"])
+    batch = score_rollouts(trainer.task, cfg, roll, ["1", "2"], trainer.model)
     assert batch.stats["response/clip_frac"] == 0.75
     assert batch.stats["response_length"] == (12 * 3 + 5) / 4  # measured before the mask
     assert batch.mask.sum(-1).tolist() == [0, 5, 0, 0]

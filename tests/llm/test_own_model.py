@@ -17,7 +17,6 @@ from llm_bridge.rollout import (
     prompt_token_ids,
     render_prompt,
     rendered_example,
-    trl_prompt,
     uses_chat_template,
 )
 from llm_bridge.tiny import build_tokenizer as build_char_tokenizer
@@ -151,6 +150,14 @@ def test_long_prompts_are_refused_or_cut(tmp_path):
     assert roll.prompt_length == 96 and roll.response_ids.shape == (2, 32)
     with pytest.raises(ValueError, match="max_prompt_tokens: the TRL engine cannot cut"):
         trl_prompt(tok, long_prompt, cut)
+
+
+def trl_prompt(*args):
+    """The TRL engine's prompt field (``integrations.trl.data``), where TRL is installed."""
+    pytest.importorskip("trl")
+    from llm_bridge.integrations.trl.data import trl_prompt as field
+
+    return field(*args)
 
 
 def _bert_masked_lm(path):

@@ -2,6 +2,7 @@
 engines on the same rollouts, and the probe's entropy at a temperature ≠ 1."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -15,9 +16,7 @@ from llm_bridge.tasks import synthetic_task
 
 trl = pytest.importorskip("trl")
 from llm_bridge.integrations.trl import (  # noqa: E402
-    CovGRPOTrainer,
-    EntropyProbe,
-    ProbedGRPOConfig,
+    RegistryLossTrainer,
     trl_dataset,
     trl_reward,
 )
@@ -26,7 +25,7 @@ TASK = synthetic_task("addition", n_train=64, n_test=8)
 
 
 def _trainer(cls, model, tokenizer, tmp_path, temperature=1.0, **kw):
-    args = ProbedGRPOConfig(
+    args = trl.GRPOConfig(
         output_dir=str(tmp_path / "trl"),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
@@ -103,7 +102,7 @@ def test_vanilla_token_mean_equals_trl_dapo_at_accumulation_2(tiny_model, tmp_pa
     micro.append(_micro_inputs(roll, adv, old, slice(4, 8), n_items))
     theirs = _trainer(trl.GRPOTrainer, copy.deepcopy(model), tok, tmp_path / "a")
     ours = _trainer(
-        CovGRPOTrainer,
+        RegistryLossTrainer,
         copy.deepcopy(model),
         tok,
         tmp_path / "b",
@@ -152,7 +151,7 @@ def test_one_step_through_both_engines_is_the_same(tiny_model, tmp_path, loss_mo
 
     model, tok = load_model(tiny_model)
     trl_engine = _trainer(
-        CovGRPOTrainer, model, tok, tmp_path / "t", temperature=temperature, policy_loss=lc
+        RegistryLossTrainer, model, tok, tmp_path / "t", temperature=temperature, policy_loss=lc
     )
     n_items = int(roll.response_mask.sum())
     micro = [_micro_inputs(roll, adv_resp, old, sl, n_items) for sl in (slice(0, 4), slice(4, 8))]
@@ -161,20 +160,62 @@ def test_one_step_through_both_engines_is_the_same(tiny_model, tmp_path, loss_mo
     assert loss_trl == pytest.approx(loss_ours, rel=1e-5)
     for name, g in grad_trl.items():
         torch.testing.assert_close(g, grad_ours[name], rtol=1e-4, atol=1e-6)
-    # the probe's entropy: TRL's tensors through the TRL callback's plumbing, at θ_old
-    out = {
-        "prompt_ids": roll.input_ids[:, : roll.prompt_length],
-        "prompt_mask": roll.attention_mask[:, : roll.prompt_length],
-        "completion_ids": roll.response_ids,
-        "completion_mask": roll.response_mask,
-        "advantages": adv_resp,
-    }
-    trl_engine.updates_per_step = 1
-    probe = EntropyProbe(trl_engine)
-    probe.begin(out, roll.response_mask, np.repeat([0, 1], 4))
-    record, _ = probe.measure(step=0)
-    mask = roll.response_mask.bool()
-    assert record["entropy"] == pytest.approx(float(ent[mask].double().mean()), rel=1e-5)
+
+
+def test_both_engines_forecast_the_same_step_before_its_update(tiny_model, tmp_path, monkeypatch):
+    """One probed step of each engine on the same rollouts, from the same weights and the same
+    Adam: both forecast ΔH before the update from the update the optimiser is about to take
+    (``StepProbe``), so ``pred_jvp`` is the same; so are the probe's entropy, the measured
+    change and Lemma 1 (the TRL engine shuffles the rows of its micro-batch: float rounding)."""
+    from llm_bridge import train
+    from llm_bridge.step_record import rollout_keys
+    from softmax_theory.group_advantages import compute_advantages
+
+    tok = load_model(tiny_model)[1]
+    roll = _rollouts(tok, seed=4)
+    rewards = np.array([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 0.0, 0.25])
+    group = np.repeat([0, 1], 4)
+    adv_resp = compute_advantages("grpo", rewards, group)
+    base = dict(
+        model=str(tiny_model),
+        steps=1,
+        prompts_per_step=2,
+        group_size=4,
+        mini_batches=1,
+        val_every=0,
+        checkpoint_every=0,
+        save_final=False,
+        cov_table_steps=(),
+    )
+
+    engine = ProbedGRPOTrainer(TrainConfig(**base), tmp_path / "ours", task=TASK)
+    ent, old = stream_entropy_logp(engine.model, roll, None, 1.0)
+    mask = roll.response_mask
+    adv = torch.tensor(adv_resp, dtype=torch.float32)[:, None] * mask
+    stats = rollout_keys(mask.sum(-1).numpy(), None, adv_resp)
+    batch = StepBatch(roll, rewards, group, adv, ent, old, None, sampler_logp=old, stats=stats)
+    engine.rollout = lambda: batch
+    ours = engine.step()
+    engine.run_dir.close()
+
+    def generated(self, inputs):  # TRL's generation and scoring, replaced by the same rollouts
+        self._rewards = torch.tensor(rewards, dtype=torch.float32)[:, None]
+        p = roll.prompt_length
+        return {
+            "prompt_ids": roll.input_ids[:, :p],
+            "prompt_mask": roll.attention_mask[:, :p],
+            "completion_ids": roll.response_ids,
+            "completion_mask": roll.response_mask,
+            "num_items_in_batch": roll.response_mask.sum().float(),
+        }
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_and_score_completions", generated)
+    run = train(TrainConfig(**base, engine="trl"), tmp_path / "trl", task=TASK)
+    theirs = json.loads((run / "steps.jsonl").read_text().splitlines()[0])
+    assert ours["probe/updates"] == theirs["probe/updates"] == 1
+    assert ours["pred_jvp"] != 0
+    for key in ("pred_jvp", "entropy", "delta_entropy", "pred_lemma1", "entropy_after"):
+        assert theirs[key] == pytest.approx(ours[key], rel=1e-4, abs=1e-9), key
 
 
 def test_two_processes_write_one_row_per_step_over_both_ranks(tiny_model, tmp_path):
