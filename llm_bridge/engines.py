@@ -5,13 +5,17 @@ no circle."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llm_bridge.config import RESUME_FREE, Engine, TrainConfig, resolve_device
 from llm_bridge.tasks import Task, dataset_task, synthetic_task
+from softmax_theory.runlog import read_run, to_jsonable
 
 
 def load_task(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Task:
@@ -39,19 +43,78 @@ def train(
     progress: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
     task: Task | None = None,
+    stop: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Path:
     """Run GRPO with ``cfg.engine`` and write the run directory ``out``; returns its path.
-    ``task`` overrides ``cfg.task``/``cfg.dataset`` (e.g. a task with a custom reward)."""
+    ``task`` overrides ``cfg.task``/``cfg.dataset`` (e.g. a task with a custom reward);
+    ``stop`` ends the run after a step whose record it returns True for (both engines)."""
     task = load_task(cfg, log) if task is None else task  # a bad dataset fails first
     if cfg.engine is Engine.TRL:
         from llm_bridge.integrations.trl import train_with_trl
 
-        return train_with_trl(cfg, out, task, resume=resume, progress=progress, log=log)
+        return train_with_trl(cfg, out, task, resume=resume, progress=progress, log=log, stop=stop)
     from llm_bridge.trainer import ProbedGRPOTrainer
 
     trainer = ProbedGRPOTrainer(cfg, out, task, resume=resume, log=log)
-    trainer.train(progress)
+    trainer.train(progress, stop=stop)
     return Path(out)
 
 
-__all__ = ["RESUME_FREE", "load_task", "resolve_device", "train"]
+WALL_FILE = "wall.json"
+
+
+def finished_run(cfg: TrainConfig, out: Path) -> bool:
+    """Whether ``out`` holds a finished run of ``cfg``: every field of ``cfg`` recorded as
+    given and all ``cfg.steps`` steps written."""
+    if not (out / "steps.jsonl").exists():
+        return False
+    run = read_run(out)
+    same = all(run.config.get(k) == v for k, v in to_jsonable(cfg).items())
+    return same and len(run.steps) == cfg.steps
+
+
+def train_or_reuse(
+    cfg: TrainConfig, out: str | os.PathLike, task: Task | None = None, poll_s: float = 5.0
+) -> float | None:
+    """Train ``cfg`` into ``out`` unless it holds a finished run of ``cfg`` (then reuse it);
+    the run's wall seconds, from ``out/wall.json`` when reused (None if it has none). Processes
+    sharing runs take turns on one through ``out.lock`` (a dead process's lock is taken over).
+    A folder holding anything else is emptied first: this is for scripts that own ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f"{out.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                time.sleep(poll_s)
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)
+    try:
+        stamp = out / WALL_FILE
+        if finished_run(cfg, out):
+            return json.loads(stamp.read_text())["seconds"] if stamp.exists() else None
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        train(cfg, out, task=task)
+        seconds = time.perf_counter() - t0
+        stamp.write_text(json.dumps({"seconds": seconds}))
+        return seconds
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+__all__ = [
+    "RESUME_FREE",
+    "WALL_FILE",
+    "finished_run",
+    "load_task",
+    "resolve_device",
+    "train",
+    "train_or_reuse",
+]

@@ -13,9 +13,7 @@ separate processes may run at once (each writes its own runs). About 80 minutes 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from llm_bridge import TinyConfig, TrainConfig, pretrain_tiny, train  # noqa: E402
+from llm_bridge import TinyConfig, TrainConfig, pretrain_tiny, train_or_reuse  # noqa: E402
 from llm_bridge.compare import attribution_totals  # noqa: E402
 from softmax_theory import (  # noqa: E402
     ATTRIBUTION_KEYS,
@@ -38,7 +36,6 @@ from softmax_theory import (  # noqa: E402
     read_run,
     simulate,
 )
-from softmax_theory.runlog import to_jsonable  # noqa: E402
 
 SEEDS = (0, 1, 2)
 K = 8  # pass@K
@@ -346,34 +343,10 @@ def _llm_cfg(model: str, seed: int) -> TrainConfig:
 
 
 def _train(cfg: TrainConfig, run_dir: Path):
-    """A finished run of the same config is reused; parts running at once in several processes
-    take turns on a run through a lock file (a dead process's lock is taken over)."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = run_dir.parent / f"{run_dir.name}.lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            break
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text() or 0), 0)
-                time.sleep(5)
-            except (ProcessLookupError, ValueError, FileNotFoundError):
-                lock.unlink(missing_ok=True)
-    try:
-        if (run_dir / "steps.jsonl").exists():
-            run = read_run(run_dir)
-            if len(run.steps) == cfg.steps and all(
-                run.config.get(k) == v for k, v in to_jsonable(cfg).items()
-            ):
-                return _with_n(run, cfg)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        train(cfg, run_dir)
-        return _with_n(read_run(run_dir), cfg)
-    finally:
-        lock.unlink(missing_ok=True)
+    """A finished run of the same config is reused (``train_or_reuse``: parts running at once
+    in several processes take turns on a run)."""
+    train_or_reuse(cfg, run_dir)
+    return _with_n(read_run(run_dir), cfg)
 
 
 def _with_n(run, cfg: TrainConfig):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_scale  # noqa: E402
 
-from llm_bridge import ProbedGRPOTrainer, TinyConfig, TrainConfig, load_task, pretrain_tiny  # noqa: E402
+from llm_bridge import TinyConfig, TrainConfig, pretrain_tiny, train  # noqa: E402
 from llm_bridge.compare import predictor_stats  # noqa: E402
 from softmax_theory.policy import PolicyLossConfig  # noqa: E402
 from softmax_theory.runlog import read_run, to_jsonable  # noqa: E402
@@ -155,18 +155,19 @@ def run_ours(model: Path, size: Size, device: str, name: str, loss, out: Path, d
         micro_batch_size=size.micro,
         val_every=0,
         checkpoint_every=0,
+        save_final=False,
         cov_table_steps=(),
         policy_loss=loss,
     )
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    trainer = ProbedGRPOTrainer(cfg, run_dir, load_task(cfg))
-    records = []
-    for _ in range(cfg.steps):
-        records.append(trainer.step())
-        if time.monotonic() > deadline:
-            break
-    trainer.run_dir.close()
+    records: list[dict] = []
+
+    def past_deadline(record: dict) -> bool:
+        records.append(record)
+        return time.monotonic() > deadline
+
+    train(cfg, run_dir, stop=past_deadline)
     return {"config": to_jsonable(cfg), **summarise(records, cfg.responses_per_step, run_dir)}
 
 

@@ -9,30 +9,25 @@ every number comes from a seeded run written under --out. About 10 minutes on 2 
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from llm_bridge import PolicyLossConfig, TinyConfig, TrainConfig, pretrain_tiny, train
+from llm_bridge import (
+    PolicyLossConfig,
+    TinyConfig,
+    TrainConfig,
+    pretrain_tiny,
+    train_or_reuse,
+)
 from llm_bridge.compare import compare_run
 from softmax_theory import read_run
-from softmax_theory.runlog import to_jsonable
 
 
 def _run(cfg: TrainConfig, out: Path):
     """Train, or reuse a finished run of the same config in ``out``."""
-    if (out / "steps.jsonl").exists():
-        run = read_run(out)
-        if (
-            run.config.get("trainer")
-            and len(run.steps) == cfg.steps
-            and all(run.config.get(k) == v for k, v in to_jsonable(cfg).items())
-        ):
-            return run
-    shutil.rmtree(out, ignore_errors=True)
-    train(cfg, out)
+    train_or_reuse(cfg, out)
     return read_run(out)
 
 
