@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +21,7 @@ from softmax_theory.cli_options import (
     config_options,
     run_cli,
 )
+from softmax_theory.inputs import SettingError
 from softmax_theory.law import LawConfig
 from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.runlog import read_json
@@ -36,17 +37,43 @@ def main_callback() -> None:
     """The entropy mechanism on language-model tokens (Cui et al. 2025)."""
 
 
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="start from a named preset's settings (testbed: docs/regime.md); "
+        "a flag given beside it wins"
+    ),
+]
+
+
+def preset_settings(name: str | None, part: str) -> dict[str, Any] | None:
+    """The settings preset ``name`` gives the command's config (``part``: pretrain or train);
+    an unknown name is refused naming ``--preset``."""
+    if name is None:
+        return None
+    from llm_bridge.testbed import get_preset
+
+    try:
+        preset = get_preset(name)
+    except SettingError as err:
+        raise SettingError("--preset", err.problem) from None
+    if part == "pretrain":
+        return {f.name: getattr(preset.pretrain, f.name) for f in fields(preset.pretrain)}
+    return preset.train_settings()
+
+
 @app.command("pretrain-tiny")
 @config_options(TinyConfig)
 def pretrain_tiny(
     out: Annotated[Path, typer.Option(help="folder for the model (save_pretrained)")],
     force: Annotated[bool, typer.Option(help="retrain even if OUT holds this config")] = False,
+    preset: PresetOption = None,
     **options: Any,
 ) -> None:
     """Build a tiny Llama model and pre-train it on a synthetic task; cached by config."""
     from llm_bridge.tiny import pretrain_tiny as run_pretrain
 
-    cfg = build_config(TinyConfig, options)
+    cfg = build_config(TinyConfig, options, base=preset_settings(preset, "pretrain"))
     check_out_dir(out, "--out")  # before minutes of training, not after
     summary_path = out / "pretrain.json"
     if not force and summary_path.exists():
@@ -62,13 +89,15 @@ def pretrain_tiny(
 def train(
     out: Annotated[Path, typer.Option(help="run directory")],
     resume: Annotated[bool, typer.Option(help="continue a killed run from its checkpoint")] = False,
+    preset: PresetOption = None,
     **options: Any,
 ) -> None:
     """GRPO with per-step entropy probes; writes config.json and steps.jsonl to OUT."""
     from llm_bridge.engines import train as run_train
 
     loss_cfg = build_config(PolicyLossConfig, options, TRAIN_RENAME)
-    cfg = build_config(TrainConfig, options, TRAIN_RENAME, policy_loss=loss_cfg)
+    base = preset_settings(preset, "train")
+    cfg = build_config(TrainConfig, options, TRAIN_RENAME, base=base, policy_loss=loss_cfg)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -27,44 +26,28 @@ torch.set_num_threads(1)
 
 import numpy as np  # noqa: E402
 
-from llm_bridge import PolicyLossConfig, TinyConfig, TrainConfig, pretrain_tiny, train  # noqa: E402
+from llm_bridge import (  # noqa: E402
+    PolicyLossConfig,
+    TinyConfig,
+    TrainConfig,
+    pretrain_tiny,
+    train,
+    train_or_reuse,
+)
 from llm_bridge.compare import compare_run, run_summary  # noqa: E402
+from llm_bridge.testbed import TESTBED  # noqa: E402
 from softmax_theory import read_run  # noqa: E402
 from softmax_theory.runlog import to_jsonable  # noqa: E402
 
-# ---------------------------------------------------------------------------------------------
-# What "the regime" means (the issue's targets; the paper's Fig. 2 and §2)
-# ---------------------------------------------------------------------------------------------
-
-MIN_DROP = 0.75  # vanilla loses ≥ 75% of its starting entropy
-MIN_EARLY = 0.70  # ≥ 70% of the entropy drop and of the reward gain by a third of the steps
-MAX_LATE = 0.10  # the last third adds ≤ 10% of the reward gain
-MAX_MINUTES = 15  # per run, on 2 cores
-LAW_R2, LAW_POINTS = 0.9, 30
-
-
-def regime_checks(entry: dict, seconds: float) -> dict[str, bool]:
-    """Each target, met or not, from a ``compare.run_summary`` entry and the run's wall time."""
-    gain = (entry["train_reward_end"] or 0) - (entry["train_reward_start"] or 0)
-    fig2 = entry["fig2"]
-    law = entry["law"]
-    return {
-        "drop": (entry["entropy_drop"] or 0) >= MIN_DROP,
-        "early_entropy": (fig2["entropy"] or 0) >= MIN_EARLY,
-        "early_reward": gain > 0 and (fig2["reward"] or 0) >= MIN_EARLY,
-        # the last third neither adds nor (a degradation, not a plateau) loses more than 10%
-        "saturates": gain > 0
-        and entry["reward_last_third"] is not None
-        and abs(entry["reward_last_third"]) <= MAX_LATE,
-        "law": (law.get("r2") or 0) >= LAW_R2 and (law.get("n") or 0) >= LAW_POINTS,
-        "minutes": seconds <= 60 * MAX_MINUTES,
-    }
-
+# What "the regime" means (the paper's Fig. 2 and §2) is the testbed preset's targets, in the
+# package (llm_bridge.testbed.RegimeTargets): the search's candidates are held to the same ones.
+regime_checks = TESTBED.targets.checks
 
 # ---------------------------------------------------------------------------------------------
 # Models and runs
 # ---------------------------------------------------------------------------------------------
 
+TESTBED_MODEL = "add-6000-noise0.3"
 MODELS: dict[str, TinyConfig] = {
     "add-1150": TinyConfig(),  # the demo's model until now
     # longer at the same peak lr 3e-3: the transition is not monotone in the schedule
@@ -77,7 +60,7 @@ MODELS: dict[str, TinyConfig] = {
     # label noise, trained long enough to learn the task under it (greedy 92% and 98%): the
     # digits' probability is spread over the other digits, not over the alphabet's other symbols
     "add-3000-noise0.3": TinyConfig(steps=3000, lr=1e-3, warmup=100, label_noise=0.3),
-    "add-6000-noise0.3": TinyConfig(steps=6000, lr=1e-3, warmup=100, label_noise=0.3),
+    TESTBED_MODEL: TESTBED.pretrain,  # the testbed's model (the package's preset)
 }
 
 
@@ -103,6 +86,9 @@ SEARCH_BASE = dict(
     checkpoint_every=0,
     save_final=False,
 )
+
+
+DEFAULTS = {f.name: getattr(TrainConfig(model="m"), f.name) for f in fields(TrainConfig)}
 
 
 @dataclass(frozen=True)
@@ -172,11 +158,12 @@ SEARCH: list[Candidate] = [
         "stage 6",
         {"steps": 300, "val_every": 10, "prompts_per_step": 64},
     ),
+    # the winner: the package's testbed preset is this run (its settings are read from it)
     Candidate(
         "s6-n6000-lr2e-4",
-        "add-6000-noise0.3",
+        TESTBED_MODEL,
         "stage 6",
-        {"steps": 300, "val_every": 10, "lr": 2e-4},
+        {k: v for k, v in TESTBED.train.items() if SEARCH_BASE.get(k, DEFAULTS[k]) != v},
     ),
 ]
 
@@ -191,23 +178,6 @@ def run_config(cand: Candidate, out: Path, **extra) -> TrainConfig:
     model = model_dir(cand.model, out)
     task = MODELS[cand.model].task
     return TrainConfig(model=model, task=task, **{**SEARCH_BASE, **cand.settings, **extra})
-
-
-def train_once(cfg: TrainConfig, out: Path) -> float:
-    """Train into ``out`` unless it holds a finished run of ``cfg``; the wall seconds it took
-    (from its own record when reused)."""
-    stamp = out / "wall.json"
-    if (out / "steps.jsonl").exists() and stamp.exists():
-        run = read_run(out)
-        same = all(run.config.get(k) == v for k, v in to_jsonable(cfg).items())
-        if same and len(run.steps) == cfg.steps:
-            return json.loads(stamp.read_text())["seconds"]
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    train(cfg, out, log=lambda _: None)
-    seconds = time.perf_counter() - t0
-    stamp.write_text(json.dumps({"seconds": seconds}))
-    return seconds
 
 
 def summarize(path: Path, n_boot: int = 200) -> dict:
@@ -229,7 +199,7 @@ def search(out: Path) -> list[dict]:
         if cand.name in done and done[cand.name]["config"] == key:
             rows.append(done[cand.name])
             continue
-        seconds = train_once(cfg, out / "search" / cand.name)
+        seconds = train_or_reuse(cfg, out / "search" / cand.name)
         entry = summarize(out / "search" / cand.name)
         row = {
             "name": cand.name,
@@ -382,7 +352,7 @@ def positions(out: Path) -> None:
         cand = candidate(name)
         cfg = run_config(cand, out, steps=EARLY, val_every=0, save_final=True)
         path = out / "positions" / name
-        train_once(cfg, path)
+        train_or_reuse(cfg, path)
         for step, model in ((0, model_dir(cand.model, out)), (EARLY, str(path / "final"))):
             m = answer_positions(model, cfg.temperature, MODELS[cand.model])
             print(
@@ -444,7 +414,7 @@ def seed_runs(out: Path) -> dict[str, list[dict]]:
         for seed in SEEDS:
             cfg = run_config(cand, out, seed=seed, policy_loss=loss, **SEED_EXTRA)
             path = out / "seeds" / f"{name}_s{seed}"
-            seconds = train_once(cfg, path)
+            seconds = train_or_reuse(cfg, path)
             run = read_run(path)
             vals = [s for s in run.steps if "val_reward" in s]
             sel = [

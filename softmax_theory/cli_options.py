@@ -282,9 +282,14 @@ def option_flag(cls: type, field_name: str, rename: dict[str, str] | None = None
 
 
 def build_config(
-    cls: type, options: dict[str, Any], rename: dict[str, str] | None = None, **nested: Any
+    cls: type,
+    options: dict[str, Any],
+    rename: dict[str, str] | None = None,
+    base: dict[str, Any] | None = None,
+    **nested: Any,
 ) -> Any:
-    """Build ``cls`` from the options the user gave (``None`` = not given) and nested configs.
+    """Build ``cls`` from the options the user gave (``None`` = not given) and nested configs;
+    ``base`` (field values, e.g. a preset's) fills the fields the user left out.
 
     The config checks its own domains and cross-field rules (``__post_init__``); a setting it
     refuses is named here by its flag (``--val-prompts: must be an integer ≥ 1, got 0``).
@@ -299,7 +304,7 @@ def build_config(
         if value is not None:
             given[f.name] = _parse(value, tp, flags[f.name])
     try:
-        return cls(**given, **nested)
+        return cls(**{**(base or {}), **given}, **nested)
     except SettingError as err:
         if err.name not in flags:
             raise

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shlex
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +10,9 @@ import torch
 
 from llm_bridge import TrainConfig
 from llm_bridge.compare import FIG2_POINT, compare_runs, progress_shares
+from llm_bridge.testbed import TESTBED
 from llm_bridge.tiny import TinyConfig, noisy_answer
+from softmax_theory.cli_options import build_config
 from softmax_theory.inputs import SettingError
 from softmax_theory.law import fit_entropy_law, forecast_entropy_law
 from softmax_theory.runlog import RunWriter
@@ -93,66 +91,62 @@ def test_cli_label_noise_out_of_range_is_one_line_exit_2(cli, tmp_path):
     assert bad.exit_code == 2 and "label" in bad.output and "Traceback" not in bad.output
 
 
-# The testbed is defined once, in scripts/regime_findings.py (its WINNER); the demo's Makefile
-# flags must train the same run (the demo only validates on fewer samples, to fit its budget).
-ROOT = Path(__file__).resolve().parents[2]
-TRAINING_FLAGS = ("temperature", "prompts_per_step", "lr", "warmup_steps", "steps", "val_every")
+# The testbed is defined once, in the package (llm_bridge.testbed.TESTBED); `--preset testbed`
+# gives its settings to both commands, and a flag given beside it wins.
 
 
-def _regime_script():
-    spec = importlib.util.spec_from_file_location(
-        "regime_findings", ROOT / "scripts" / "regime_findings.py"
+def test_preset_gives_its_settings_and_a_flag_beside_it_wins():
+    from llm_bridge.cli import preset_settings
+    from llm_bridge.tiny import TinyConfig as Tiny
+
+    pre = Tiny(**preset_settings("testbed", "pretrain"))
+    assert pre == TESTBED.pretrain and pre.label_noise == 0.3
+    base = preset_settings("testbed", "train")
+    cfg = build_config(TrainConfig, {"model": "m", "lr": 1e-3}, base=base)
+    assert cfg.lr == 1e-3  # the flag
+    assert (cfg.steps, cfg.prompts_per_step, cfg.val_every) == (300, 32, 10)  # the preset
+    assert cfg.task == TESTBED.pretrain.task
+
+
+def test_unknown_preset_is_one_line_exit_2(cli, tmp_path):
+    from llm_bridge.cli import main
+
+    commands = (
+        ["pretrain-tiny", "--out", tmp_path / "m"],
+        ["train", "--model", "x", "--out", tmp_path / "r"],
     )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    threads = torch.get_num_threads()
-    try:
-        spec.loader.exec_module(module)  # sets one thread, for its own runs
-    finally:
-        torch.set_num_threads(threads)
-    return module
-
-
-def _make_variable(name: str) -> dict[str, str]:
-    """A Makefile variable's ``--flag value`` pairs, continuation lines joined."""
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    (line,) = [ln for ln in text.splitlines() if ln.startswith(f"{name} :=")]
-    words = shlex.split(line.split(":=", 1)[1])
-    return {
-        w[2:].replace("-", "_"): nxt
-        for w, nxt in zip(words, words[1:] + [""], strict=True)
-        if w.startswith("--") and not nxt.startswith("--")
-    }
-
-
-def test_the_demo_trains_the_testbed_of_the_script():
-    rf = _regime_script()
-    cand = rf.candidate(rf.WINNER)
-    model = rf.MODELS[cand.model]
-    pretrain = _make_variable("TESTBED_PRETRAIN")
-    assert {k: float(v) for k, v in pretrain.items()} == {
-        k: float(getattr(model, k)) for k in pretrain
-    }
-    assert set(pretrain) >= {"steps", "lr", "warmup", "label_noise"}
-    demo = _make_variable("DEMO_TRAIN")
-    want = {**rf.SEARCH_BASE, **cand.settings}
-    defaults = {f: getattr(TrainConfig(model="m"), f) for f in TRAINING_FLAGS}
-    for flag in TRAINING_FLAGS:
-        assert float(demo[flag]) == float(want.get(flag, defaults[flag])), flag
+    for cmd in commands:
+        bad = cli(main, [*cmd, "--preset", "nope"])
+        assert bad.exit_code == 2, bad.output
+        assert "--preset" in bad.output and "testbed" in bad.output
+        assert "Traceback" not in bad.output
 
 
 @pytest.mark.slow
 def test_the_testbed_reaches_the_regime(tmp_path):
     """Seed 0 of the testbed, pre-trained from nothing, meets every target of the regime
     (entropy drop, the early shares, saturation, the law's R² on ≥ 30 points, the time)."""
-    rf = _regime_script()
-    cand = rf.candidate(rf.WINNER)
+    from llm_bridge import pretrain_tiny, train_or_reuse
+    from llm_bridge.compare import compare_run, run_summary
+    from softmax_theory import read_run
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = rf.run_config(cand, tmp_path, seed=0, **rf.SEED_EXTRA)
-        seconds = rf.train_once(cfg, tmp_path / "run")
+        pretrain_tiny(TESTBED.pretrain, tmp_path / "model", log=lambda _: None)
+        cfg = TESTBED.train_config(
+            str(tmp_path / "model"),
+            seed=0,
+            probe=False,
+            checkpoint_every=0,
+            save_final=False,
+            val_prompts=256,
+            val_k=8,
+        )
+        seconds = train_or_reuse(cfg, tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
-    checks = rf.regime_checks(rf.summarize(tmp_path / "run"), seconds)
+    run = read_run(tmp_path / "run")
+    summary = run_summary(compare_run(run, n_boot=200, rng=np.random.default_rng(0)), run)
+    checks = TESTBED.targets.checks(summary, seconds)
     assert all(checks.values()), checks
