@@ -51,6 +51,8 @@ from softmax_theory.policy import AggMode, PolicyLoss, PolicyLossConfig
 _LAZY = {
     "RegistryLossTrainer": "llm_bridge.integrations.trl",
     "train_with_trl": "llm_bridge.integrations.trl",
+    "import_openrlhf": "llm_bridge.integrations.importers",
+    "import_skyrl": "llm_bridge.integrations.importers",
     "import_trl": "llm_bridge.integrations.importers",
     "import_verl": "llm_bridge.integrations.importers",
     "import_tensorboard": "llm_bridge.integrations.importers",
@@ -95,6 +97,8 @@ __all__ = [
     "get_policy_loss",
     "group_covariance",
     "head_entropy_and_logprobs",
+    "import_openrlhf",
+    "import_skyrl",
     "import_tensorboard",
     "import_trl",
     "import_verl",

@@ -222,21 +222,33 @@ def _keys(
 
 @import_app.command("trl")
 def import_trl_cmd(
-    trainer_state: Annotated[Path, typer.Argument(help="trainer_state.json or its folder")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="trainer_state.json (any name; or its folder), or TRL's console output"
+        ),
+    ],
     out: Out,
     updates_per_step: Annotated[
         int | None,
         typer.Option(
             help="optimiser updates per GRPO step (default: from <run>/config.json when the "
-            "state sits in <run>/trl/, else 1)"
+            "log sits in <run>/trl/, else 1)"
+        ),
+    ] = None,
+    logging_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="the run's logging_steps, for console output (default: the progress bar's "
+            "counter beside each dict, else their order)"
         ),
     ] = None,
 ) -> None:
-    """TRL's log_history (entropy, reward, eval_reward, learning_rate) → a run directory, with
-    TRL's optimiser steps put on the GRPO-step axis."""
+    """TRL's log_history or console output (entropy, reward, eval_reward, learning_rate) → a
+    run directory, with TRL's optimiser steps put on the GRPO-step axis."""
     from llm_bridge.integrations.importers import import_trl
 
-    _say(import_trl(trainer_state, out, updates_per_step).describe())
+    _say(import_trl(path, out, updates_per_step, logging_steps).describe())
 
 
 @import_app.command("verl")
@@ -277,11 +289,12 @@ def import_tensorboard_cmd(
 
 @import_app.command("wandb")
 def import_wandb_cmd(
-    path: Annotated[
-        Path,
+    paths: Annotated[
+        list[Path],
         typer.Argument(
-            help="W&B history: the UI's CSV export, wandb-history.jsonl, or an offline run "
-            "(its folder or run-<id>.wandb)"
+            help="W&B history: the UI's CSV exports (one chart per file, or a folder of "
+            "them, merged on Step), wandb-history.jsonl, or an offline run (its folder or "
+            "run-<id>.wandb)"
         ),
     ],
     out: Out,
@@ -296,7 +309,43 @@ def import_wandb_cmd(
     from llm_bridge.integrations.importers import import_wandb
 
     keys = _keys(step_key, entropy_key, reward_key, val_key, lr_key)
-    _say(import_wandb(path, out, keys, run).describe())
+    _say(import_wandb(paths, out, keys, run).describe())
+
+
+@import_app.command("skyrl")
+def import_skyrl_cmd(
+    path: Annotated[Path, typer.Argument(help="SkyRL's console output (loguru lines)")],
+    out: Out,
+    step_key: StepKey = None,
+    entropy_key: EntropyKey = None,
+    reward_key: RewardKey = None,
+    val_key: ValKey = None,
+    lr_key: LrKey = None,
+) -> None:
+    """SkyRL's console output (policy_entropy, avg_raw_rewards; a step per status line) → a
+    run directory."""
+    from llm_bridge.integrations.importers import import_skyrl
+
+    keys = _keys(step_key, entropy_key, reward_key, val_key, lr_key)
+    _say(import_skyrl(path, out, keys).describe())
+
+
+@import_app.command("openrlhf")
+def import_openrlhf_cmd(
+    path: Annotated[Path, typer.Argument(help="OpenRLHF's console output")],
+    out: Out,
+    step_key: StepKey = None,
+    entropy_key: EntropyKey = None,
+    reward_key: RewardKey = None,
+    val_key: ValKey = None,
+    lr_key: LrKey = None,
+) -> None:
+    """OpenRLHF's console output ('Global step N: {…}' and evaluation lines; entropy_loss,
+    reward, eval_<source>_pass1) → a run directory."""
+    from llm_bridge.integrations.importers import import_openrlhf
+
+    keys = _keys(step_key, entropy_key, reward_key, val_key, lr_key)
+    _say(import_openrlhf(path, out, keys).describe())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,10 @@ log holds them (strings for text formats); ``importers`` converts the keys it ta
 - ``csv``: a header line, one row a step (a W&B UI export prefixes columns with the run name).
 - ``wandb-run``: W&B's binary run file ``run-<id>.wandb`` as an offline run writes it (its
   records decoded with W&B's own ``Record`` protobuf).
+- ``trainer_state``: TRL's ``trainer_state.json`` (one JSON object with a ``log_history``).
+- ``trl-console``, ``skyrl-console``, ``openrlhf-console``: those trainers' console output,
+  Python dicts among progress bars and other lines, told apart here and read by their own
+  importers (``console_logs``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import re
 import struct
 from pathlib import Path
 from typing import Any
+
+from llm_bridge.integrations import console_logs
 
 Rows = list[tuple[str, dict[str, Any]]]
 
@@ -55,6 +61,9 @@ class LogFormat(str, enum.Enum):
     CSV = "csv"
     WANDB_RUN = "wandb-run"
     TRL_STATE = "trainer_state"  # TRL's trainer_state.json, read by its own importer
+    TRL_CONSOLE = "trl-console"
+    SKYRL_CONSOLE = "skyrl-console"
+    OPENRLHF_CONSOLE = "openrlhf-console"
 
 
 def event_files(folder: Path) -> list[Path]:
@@ -102,17 +111,42 @@ def detect_format(path: Path) -> tuple[LogFormat, Path]:
     if head.startswith(WANDB_IDENT):
         return LogFormat.WANDB_RUN, path
     text = read_text(path)
+    fmt = text_format(text)
+    if fmt is None:
+        raise ValueError(
+            f"PATH: {path} has no step lines ('step:N - key:value'), metric dicts "
+            "({'loss': …}), JSON lines, CSV header or TensorBoard events"
+        )
+    return fmt, path
+
+
+def text_format(text: str) -> LogFormat | None:
+    """The format of a text log, or None. Python dicts (``{'…``) are never JSON lines
+    (``{"…``), and a whole-file JSON object with a ``log_history`` is TRL's state."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    if first.startswith("{"):
-        return LogFormat.JSONL, path
+    if first.startswith("{") and is_trainer_state(text):
+        return LogFormat.TRL_STATE
+    if console_logs.is_openrlhf_console(text):
+        return LogFormat.OPENRLHF_CONSOLE
+    if console_logs.is_skyrl_console(text):
+        return LogFormat.SKYRL_CONSOLE
+    if first.startswith("{") and not first.startswith("{'"):
+        return LogFormat.JSONL
     if any(STEP_LINE.search(ANSI.sub("", line)) for line in text.splitlines()):
-        return LogFormat.CONSOLE, path
+        return LogFormat.CONSOLE
+    if console_logs.is_trl_console(text):
+        return LogFormat.TRL_CONSOLE
     if "," in first:
-        return LogFormat.CSV, path
-    raise ValueError(
-        f"PATH: {path} has no step lines ('step:N - key:value'), JSON lines, CSV header or "
-        "TensorBoard events"
-    )
+        return LogFormat.CSV
+    return None
+
+
+def is_trainer_state(text: str) -> bool:
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(state, dict) and "log_history" in state
 
 
 def read_text(path: Path) -> str:
@@ -175,9 +209,22 @@ def read_jsonl(path: Path) -> Rows:
 
 
 def read_csv(path: Path) -> Rows:
-    """A CSV file with a header; line numbers count the header as line 1."""
-    reader = csv.DictReader(read_text(path).splitlines())
-    return [(f"{path} line {i + 2}", dict(r)) for i, r in enumerate(reader)]
+    """A CSV file with a header (fields quoted or not, a final newline or none); line numbers
+    count the header as line 1. A row with more or fewer fields than the header — a torn
+    write — is refused naming its line."""
+    reader = csv.reader(read_text(path).splitlines())
+    header = next(reader, [])
+    rows: Rows = []
+    for i, fields in enumerate(reader, start=2):
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{path} line {i}: {len(fields)} fields where the header has {len(header)} "
+                "(a row cut short?)"
+            )
+        rows.append((f"{path} line {i}", dict(zip(header, fields, strict=True))))
+    return rows
 
 
 def read_tensorboard(path: Path) -> Rows:

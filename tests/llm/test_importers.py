@@ -2,17 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from llm_bridge.cli import main as llm_main
 from llm_bridge.integrations.importers import (
     KeyMap,
+    import_skyrl,
     import_tensorboard,
     import_trl,
     import_verl,
     import_wandb,
 )
 from llm_bridge.integrations.log_formats import LogFormat, detect_format
+from softmax_theory.law import series_from_run
 from softmax_theory.runlog import read_run
 
 ESC = "\x1b"
@@ -294,3 +297,231 @@ def test_absent_keys_and_tags_list_what_was_found(tmp_path, cli):
         "is a console log",
         "reads tensorboard",
     )
+
+
+# --- Console output of TRL, SkyRL and OpenRLHF; W&B charts exported one per file ----------
+
+
+def _trl_dict(loss: float, reward: float, entropy: float, epoch: float) -> str:
+    return (
+        f"{{'loss': {loss}, 'grad_norm': 0.5, 'learning_rate': 1e-06, 'reward': {reward}, "
+        f"'reward_std': 0.25, 'entropy': {entropy}, 'epoch': {epoch}}}"
+    )
+
+
+def _bar(n: int, total: int = 6) -> str:
+    return f"\r {100 * n // total:3d}%|#         | {n}/{total} [00:0{n}<00:10,  1.50s/it]"
+
+
+def test_trl_console_dict_after_a_bar_on_its_line_evaluations_and_the_summary(tmp_path, cli):
+    # nohup … > run.log: bars redrawn with \r; a dict printed right after a bar, on its line;
+    # a model-loading bar first; an evaluation (its own bar); the end-of-run summary
+    text = "\rLoading checkpoint shards: 100%|##########| 2/2 [00:01<00:00,  1.9it/s]\n"
+    text += _bar(0) + _bar(1) + _bar(2) + _trl_dict(0.1, 0.25, 0.75, 0.33) + "\n"
+    text += _bar(3) + _bar(4) + "\n" + _trl_dict(0.2, 0.5, 0.5, 0.67) + "\n"
+    text += "\r 50%|#####     | 1/2 [00:00<00:00]\r100%|##########| 2/2 [00:01<00:00]\n"
+    text += "{'eval_loss': 0.3, 'eval_reward': 0.625, 'eval_runtime': 1.5, 'epoch': 0.67}\n"
+    text += _bar(5) + _bar(6) + _trl_dict(0.3, 0.75, 0.25, 1.0) + "\n"
+    text += "{'train_runtime': 12.5, 'train_samples_per_second': 3.2, 'train_loss': 0.2, "
+    text += "'epoch': 1.0}\n" + _bar(6) + "\n"
+    path = tmp_path / "run.log"
+    path.write_text(text)
+    res = cli(llm_main, ["import", "trl", path, "--out", tmp_path / "run"])
+    assert res.exit_code == 0, res.stderr
+    assert "steps: from the progress bar's N/6 counter" in res.stdout
+    assert read_run(tmp_path / "run").steps == (
+        {"step": 1, "entropy": 0.75, "reward": 0.25, "lr": 1e-06},
+        # the evaluation after optimiser step 4 measured the policy GRPO step 4 samples from
+        {"step": 3, "entropy": 0.5, "reward": 0.5, "lr": 1e-06},
+        {"step": 4, "val_reward": 0.625},
+        {"step": 5, "entropy": 0.25, "reward": 0.75, "lr": 1e-06},
+    )
+
+
+def test_trl_console_without_a_bar_takes_the_order_or_logging_steps(tmp_path, cli):
+    path = tmp_path / "pasted.txt"
+    path.write_text("\n".join(_trl_dict(0.1, r / 4, 1 - r / 4, r / 3) for r in (1, 2, 3)))
+    res = cli(llm_main, ["import", "trl", path, "--out", tmp_path / "a"])
+    assert res.exit_code == 0, res.stderr
+    assert "steps: the order of the metric dicts" in res.stdout
+    assert [s["step"] for s in read_run(tmp_path / "a").steps] == [0, 1, 2]
+    res = cli(llm_main, ["import", "trl", path, "--out", tmp_path / "b", "--logging-steps", "4"])
+    assert res.exit_code == 0 and "--logging-steps 4" in res.stdout
+    # optimiser steps 4, 8, 12 → GRPO steps 3, 7, 11; 4 updates a step → 0, 1, 2
+    assert [s["step"] for s in read_run(tmp_path / "b").steps] == [3, 7, 11]
+    args = ["--logging-steps", "4", "--updates-per-step", "4"]
+    cli(llm_main, ["import", "trl", path, "--out", tmp_path / "c", *args])
+    assert [s["step"] for s in read_run(tmp_path / "c").steps] == [0, 1, 2]
+
+
+def test_trainer_state_is_told_by_content_not_name(tmp_path, cli):
+    state = {"log_history": [{"step": 1, "entropy": 0.5, "reward": 0.25}]}
+    path = tmp_path / "history.txt"
+    path.write_text(json.dumps(state, indent=2))
+    res = cli(llm_main, ["import", "trl", path, "--out", tmp_path / "run"])
+    assert res.exit_code == 0 and "trainer_state log" in res.stdout
+    assert read_run(tmp_path / "run").steps == ({"step": 0, "entropy": 0.5, "reward": 0.25},)
+    res = cli(llm_main, ["import", "trl", path, "--out", tmp_path / "b", "--logging-steps", "2"])
+    _one_line(res, "--logging-steps", "history.txt")
+
+
+def _skyrl_line(function: str, line: int, msg: str) -> str:
+    return (
+        f"{ESC}[36m(skyrl_entrypoint pid=7){ESC}[0m {ESC}[32m2025-11-02 10:00:00.000{ESC}[0m | "
+        f"{ESC}[1mINFO    {ESC}[0m | {ESC}[36mskyrl.train.trainer{ESC}[0m:{function}:{line} - {msg}"
+    )
+
+
+def test_skyrl_console_of_a_newer_version_prefers_the_raw_reward(tmp_path):
+    lines = []
+    for h, raw, final in [(0.5, 0.25, 0.2), (0.4, 0.5, 0.45)]:
+        lines.append(_skyrl_line("train", 380, "Example:"))
+        lines.append("  Input: [{'content': 'What is 2 + 2?', 'role': 'user'}]")
+        lines.append(
+            _skyrl_line(
+                "postprocess_generator_output",
+                1117,
+                f"reward/avg_pass_at_4: 1.0, reward/avg_raw_reward: {raw}, "
+                "reward/mean_positive_reward: 1.0",
+            )
+        )
+        lines.append(
+            _skyrl_line(
+                "compute_advantages_and_returns",
+                1226,
+                f"avg_final_rewards: {final}, avg_response_length: 12.5",
+            )
+        )
+        status = {"policy_loss": -0.01, "policy_lr": 1e-06, "policy_entropy": np.float64(h)}
+        lines.append(_skyrl_line("train", 497, repr(status)))
+    path = tmp_path / "skyrl.log"
+    path.write_text("\n".join(lines) + "\n")
+    result = import_skyrl(path, tmp_path / "run")
+    assert result.keys["reward"] == "reward/avg_raw_reward"
+    assert read_run(result.out).steps == (
+        {"step": 1, "entropy": 0.5, "reward": 0.25, "lr": 1e-06},
+        {"step": 2, "entropy": 0.4, "reward": 0.5, "lr": 1e-06},
+    )
+    # the reward the user names instead
+    chosen = import_skyrl(path, tmp_path / "b", KeyMap(reward="avg_final_rewards"))
+    assert [s["reward"] for s in read_run(chosen.out).steps] == [0.2, 0.45]
+
+
+def _wandb_chart(path, run: str, key: str, points: dict[int, float]) -> None:
+    """A W&B chart export: every field quoted, __MIN/__MAX companions, no final newline."""
+    col = f"{run} - {key}"
+    lines = [f'"Step","{col}","{col}__MIN","{col}__MAX"']
+    lines += [f'"{s}","{v}","{v}","{v}"' for s, v in points.items()]
+    path.write_text("\n".join(lines))
+
+
+def test_a_validation_metric_as_the_reward_is_val_reward_on_its_own_steps(tmp_path, cli):
+    entropy = {s: 1 - s / 40 for s in range(1, 31)}
+    val_key = "val-core/openai/gsm8k/acc/mean@1"
+    val = {s: 0.25 + s / 80 for s in range(0, 31, 5)}
+    _wandb_chart(tmp_path / "h.csv", "grpo", "actor/entropy", entropy)
+    _wandb_chart(tmp_path / "v.csv", "grpo", val_key, val)
+    files = [tmp_path / "h.csv", tmp_path / "v.csv"]
+    # no training reward: the validation key is the run's reward, as val_reward
+    res = cli(llm_main, ["import", "wandb", *files, "--out", tmp_path / "a"])
+    assert res.exit_code == 0, res.stderr
+    assert f"val_reward ← {val_key}" in res.stdout and "no training reward" in res.stdout
+    run = read_run(tmp_path / "a")
+    assert [(s["step"], s["val_reward"]) for s in run.steps if "val_reward" in s] == list(
+        val.items()
+    )
+    assert not any("reward" in s for s in run.steps)
+    series = series_from_run(run)  # what `softmax-theory fit` and `compare` fit
+    assert series.reward_key == "val_reward" and list(series.steps) == [5, 10, 15, 20, 25, 30]
+    # a validation key named as the reward is taken as val_reward too
+    res = cli(
+        llm_main,
+        ["import", "wandb", *files, "--out", tmp_path / "b", "--reward-key", val_key],
+    )
+    assert res.exit_code == 0 and "a validation metric" in res.stdout
+    assert read_run(tmp_path / "b").steps == run.steps
+
+
+def test_wandb_exports_of_several_runs_need_run(tmp_path, cli):
+    for name, key in (("h.csv", "actor/entropy"), ("r.csv", "critic/score/mean")):
+        path = tmp_path / "export" / name
+        path.parent.mkdir(exist_ok=True)
+        col_a, col_b = f"a - {key}", f"b - {key}"
+        path.write_text(f'"Step","{col_a}","{col_b}"\n"1","0.5","0.25"\n"2","0.4","0.5"')
+    res = cli(llm_main, ["import", "wandb", tmp_path / "export", "--out", tmp_path / "x"])
+    _one_line(res, "--run", "2 runs (a, b)", "h.csv")
+    args = ["import", "wandb", tmp_path / "export", "--out", tmp_path / "y", "--run", "b"]
+    assert cli(llm_main, args).exit_code == 0
+    assert read_run(tmp_path / "y").steps[1] == {"step": 2, "entropy": 0.5, "reward": 0.5}
+    args[-1] = "c"
+    _one_line(cli(llm_main, args), "--run", "no run 'c'", "h.csv")
+
+
+def test_bad_console_and_chart_input_gets_one_line_naming_file_and_problem(tmp_path, cli):
+    # a console log with no metric dicts
+    log = tmp_path / "crashed.log"
+    log.write_text(
+        "\rLoading checkpoint shards: 100%|####| 2/2 [00:01<00:00]\nCUDA out of memory\n"
+    )
+    for command, what in (("trl", "no metric dict"), ("skyrl", "no SkyRL status line")):
+        _one_line(
+            cli(llm_main, ["import", command, log, "--out", tmp_path / command]),
+            "crashed.log",
+            what,
+        )
+    _one_line(
+        cli(llm_main, ["import", "openrlhf", log, "--out", tmp_path / "o"]),
+        "crashed.log",
+        "Global step",
+    )
+    # a run killed while printing its last dict
+    torn = tmp_path / "torn.log"
+    torn.write_text(_trl_dict(0.1, 0.5, 0.5, 0.1) + "\n{'loss': 0.2, 'grad_norm': 0.4, 'rewa")
+    _one_line(
+        cli(llm_main, ["import", "trl", torn, "--out", tmp_path / "t"]),
+        "torn.log line 2",
+        "cut short",
+    )
+    # a NaN where a value is taken is refused, not written
+    nan = tmp_path / "nan.log"
+    nan.write_text(_trl_dict(0.1, 0.5, 0.5, 0.1) + "\n" + _trl_dict(0.1, "nan", 0.5, 0.2))
+    _one_line(
+        cli(llm_main, ["import", "trl", nan, "--out", tmp_path / "n"]), "nan.log line 2", "reward"
+    )
+    # chart exports whose Steps do not overlap
+    _wandb_chart(tmp_path / "h.csv", "grpo", "actor/entropy", {1: 0.5, 2: 0.4})
+    _wandb_chart(tmp_path / "r.csv", "grpo", "critic/score/mean", {10: 0.5, 11: 0.6})
+    files = [tmp_path / "h.csv", tmp_path / "r.csv"]
+    _one_line(
+        cli(llm_main, ["import", "wandb", *files, "--out", tmp_path / "w"]),
+        "h.csv",
+        "r.csv",
+        "do not overlap",
+        "actor/entropy: steps 1–2",
+        "critic/score/mean: steps 10–11",
+    )
+    # a key in none of the files
+    _one_line(
+        cli(llm_main, ["import", "wandb", *files, "--out", tmp_path / "k", "--entropy-key", "ent"]),
+        "--entropy-key",
+        "h.csv",
+        "r.csv",
+        "'ent'",
+    )
+    # a torn CSV row
+    (tmp_path / "cut.csv").write_text('"Step","grpo - actor/entropy"\n"1","0.5"\n"2"')
+    _one_line(
+        cli(llm_main, ["import", "wandb", tmp_path / "cut.csv", "--out", tmp_path / "c"]),
+        "cut.csv line 3",
+    )
+    # several files merge only as CSV exports
+    (tmp_path / "h.jsonl").write_text('{"_step": 1, "entropy": 0.5, "reward": 0.5}\n')
+    args = ["import", "wandb", tmp_path / "h.jsonl", tmp_path / "r.csv", "--out", tmp_path / "j"]
+    _one_line(cli(llm_main, args), "h.jsonl", "each is a CSV export")
+
+
+@pytest.mark.parametrize("command", ["trl", "skyrl", "openrlhf", "wandb"])
+def test_import_help_fits_80_columns(cli, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "80")
+    res = cli(llm_main, ["import", command, "--help"])
+    assert res.exit_code == 0 and max(len(line) for line in res.stdout.splitlines()) <= 80
