@@ -644,6 +644,13 @@ def trl_rows(path: Path, logging_steps: int | None) -> tuple[LogFormat, Rows, tu
         history = json.loads(text)["log_history"]
         return fmt, [(f"{path} log_history[{i}]", r) for i, r in enumerate(history)], ()
     dicts = console_logs.read_trl_console(path, text) if fmt is LogFormat.TRL_CONSOLE else []
+    if not dicts and text.lstrip().startswith("{"):  # a JSON file, torn or corrupt: say where
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"PATH: {path} line {err.lineno}: not valid JSON ({err.msg})"
+            ) from None
     if not dicts:
         raise ValueError(
             f"PATH: {path} is neither a trainer_state.json nor TRL's console output: it holds "
