@@ -79,6 +79,8 @@ def worker_ours(
 
     start_rss = _rss()
     cfg = TrainConfig(
+        # the defaults of the time, before the testbed became them
+        lr=5e-4,
         model=model,
         device=device,
         task="running-sum",

@@ -35,6 +35,9 @@ def _ours(
     from llm_bridge import ProbedGRPOTrainer, TrainConfig, load_task
 
     cfg = TrainConfig(
+        # the defaults of the time, before the testbed became them
+        lr=5e-4,
+        warmup_steps=10,
         model=model,
         prompts_per_step=prompts,
         group_size=group,

@@ -109,8 +109,8 @@ class TrainConfig:
         default=False,
         metadata=_help("leave responses cut at the budget out of the loss (TRL's name)"),
     )
-    steps: int = field(default=120, metadata=_help("GRPO steps", AT_LEAST_1))
-    prompts_per_step: int = field(default=64, metadata=_help("prompts P per step", AT_LEAST_1))
+    steps: int = field(default=300, metadata=_help("GRPO steps", AT_LEAST_1))
+    prompts_per_step: int = field(default=32, metadata=_help("prompts P per step", AT_LEAST_1))
     # a group of one has no baseline to compare against
     group_size: int = field(default=8, metadata=_help("responses G per prompt", Domain(ge=2)))
     temperature: float = field(
@@ -119,13 +119,13 @@ class TrainConfig:
     )
     optimizer: OptimizerName = field(default=OptimizerName.ADAM, metadata=_help("adam or sgd"))
     lr: float = field(
-        default=5e-4,
+        default=2e-4,
         metadata=_help(
-            "learning rate (5e-4 suits the tiny model; 0.5-7B models: 1e-6)", Domain(gt=0)
+            "learning rate (2e-4 suits the tiny model; 0.5-7B models: 1e-6)", Domain(gt=0)
         ),
     )
     warmup_steps: int = field(
-        default=10,
+        default=5,
         metadata=_help(
             "GRPO steps of linear learning-rate warm-up (Adam's first updates move every "
             "weight by about lr, whatever its gradient)",

@@ -328,6 +328,9 @@ LLM_COV_RATIO = 0.01  # of the ~640-token mini-batch: 6 tokens
 
 def _llm_cfg(model: str, seed: int) -> TrainConfig:
     return TrainConfig(
+        # the defaults of the time, before the testbed became them
+        lr=5e-4,
+        warmup_steps=10,
         model=model,
         steps=LLM_STEPS,
         prompts_per_step=LLM_PROMPTS,
@@ -433,7 +436,19 @@ LONG_TERMS, LONG_STEPS, LONG_PROMPTS = 13, 30, 16
 def long_responses(out: Path, figures: Path) -> None:
     model = out / "tiny-running-sum"
     if not (model / "config.json").exists():
-        pretrain_tiny(TinyConfig(task="running-sum", terms=LONG_TERMS), model, log=lambda _: None)
+        pretrain_tiny(
+            # the first tiny model's schedule (1,150 steps at lr 3e-3, no label noise)
+            TinyConfig(
+                task="running-sum",
+                terms=LONG_TERMS,
+                steps=1150,
+                lr=3e-3,
+                warmup=50,
+                label_noise=0.0,
+            ),
+            model,
+            log=lambda _: None,
+        )
     print("## 3. Long responses: response length under the controls (Fig. 11)\n")
     print(
         f"The tiny model pre-trained on running sums of {LONG_TERMS} terms (answers of "
@@ -453,6 +468,9 @@ def long_responses(out: Path, figures: Path) -> None:
         runs = []
         for s in SEEDS:
             cfg = TrainConfig(
+                # the defaults of the time, before the testbed became them
+                lr=5e-4,
+                warmup_steps=10,
                 model=str(model),
                 task="running-sum",
                 terms=LONG_TERMS,

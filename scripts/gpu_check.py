@@ -60,6 +60,9 @@ GPU = Size(
         heads=8,
         intermediate_size=1024,
         steps=1500,
+        lr=3e-3,
+        warmup=50,
+        label_noise=0.0,
         batch_size=128,
         pad_steps=300,
         pad_batch_size=64,
@@ -81,6 +84,9 @@ SMOKE = Size(
         heads=2,
         intermediate_size=64,
         steps=20,
+        lr=3e-3,
+        warmup=50,
+        label_noise=0.0,
         batch_size=16,
     ),
     terms=2,
@@ -145,6 +151,9 @@ def _step_corr(run_dir: Path, key: str) -> float | None:
 
 def run_ours(model: Path, size: Size, device: str, name: str, loss, out: Path, deadline: float):
     cfg = TrainConfig(
+        # the defaults of the time, before the testbed became them
+        lr=5e-4,
+        warmup_steps=10,
         model=str(model),
         device=device,
         task="running-sum",

@@ -157,7 +157,9 @@ def controls(model: str, out: Path) -> None:
         "kl_cov, ratio 0.01": PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.01),
         "kl_cov, ratio 0.05": PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.05),
     }
-    base = TrainConfig(model=model, checkpoint_every=0)
+    base = TrainConfig(
+        steps=120, prompts_per_step=64, lr=5e-4, warmup_steps=10, model=model, checkpoint_every=0
+    )
     for name, loss in variants.items():
         slug = (
             name.split(",")[0]
@@ -196,7 +198,16 @@ def controls_seeds(model: str, out: Path, seeds: int = 3) -> None:
         slug = name.split(",")[0] + "_" + (name.split("ratio ")[-1] if "ratio" in name else "")
         h_end, h_chg, r_end, v_end = [], [], [], []
         for seed in range(seeds):
-            cfg = TrainConfig(model=model, checkpoint_every=0, policy_loss=loss, seed=seed)
+            cfg = TrainConfig(
+                steps=120,
+                prompts_per_step=64,
+                lr=5e-4,
+                warmup_steps=10,
+                model=model,
+                checkpoint_every=0,
+                policy_loss=loss,
+                seed=seed,
+            )
             suffix = "" if seed == 0 else f"_s{seed}"
             run = _run(cfg, out / f"ctl_{slug}{suffix}")
             h = [s["entropy"] for s in run.steps]
@@ -225,7 +236,14 @@ def main() -> None:
         small = args.out / "tiny-64"
         if not (small / "config.json").exists():
             pretrain_tiny(
-                TinyConfig(hidden_size=64, intermediate_size=128, steps=1500),
+                TinyConfig(
+                    hidden_size=64,
+                    intermediate_size=128,
+                    steps=1500,
+                    lr=3e-3,
+                    warmup=50,
+                    label_noise=0.0,
+                ),
                 small,
                 log=lambda _: None,
             )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -48,13 +48,15 @@ regime_checks = TESTBED.targets.checks
 # ---------------------------------------------------------------------------------------------
 
 TESTBED_MODEL = "add-6000-noise0.3"
+# the tiny model's defaults before the testbed became them: 1,150 steps at peak lr 3e-3, no noise
+FIRST_TINY = TinyConfig(steps=1150, lr=3e-3, warmup=50, label_noise=0.0)
 MODELS: dict[str, TinyConfig] = {
-    "add-1150": TinyConfig(),  # the demo's model until now
+    "add-1150": FIRST_TINY,  # the demo's model until the testbed
     # longer at the same peak lr 3e-3: the transition is not monotone in the schedule
-    "add-1300": TinyConfig(steps=1300),
-    "add-1600": TinyConfig(steps=1600),
+    "add-1300": replace(FIRST_TINY, steps=1300),
+    "add-1600": replace(FIRST_TINY, steps=1600),
     # a gentler peak lr, long enough to pass the transition (~1,500 steps) and learn the task
-    "add-3000-lr1e-3": TinyConfig(steps=3000, lr=1e-3, warmup=100),
+    "add-3000-lr1e-3": TinyConfig(steps=3000, lr=1e-3, warmup=100, label_noise=0.0),
     # the same schedule, shorter, with label noise: the task learnt, its probability spread
     "add-2000-noise0.3": TinyConfig(steps=2000, lr=1e-3, warmup=100, label_noise=0.3),
     # label noise, trained long enough to learn the task under it (greedy 92% and 98%): the
@@ -582,11 +584,15 @@ def instrument_kl_cov(calls: list[dict]):
     return restore
 
 
-# The old demo's KL-Cov run: TrainConfig's defaults (64 prompts × 8, lr 5e-4, 10 warm-up steps,
+# The old demo's KL-Cov run: TrainConfig's defaults of the time (64 prompts × 8, lr 5e-4, 10 warm-up steps,
 # 2 mini-batches, 120 steps) with --kl-cov-ratio 0.01 and --val-every 5.
 def old_demo(model: str, **loss) -> TrainConfig:
     return TrainConfig(
         model=model,
+        steps=120,
+        prompts_per_step=64,
+        lr=5e-4,
+        warmup_steps=10,
         val_every=5,
         probe=False,
         checkpoint_every=0,

@@ -12,7 +12,14 @@ from softmax_theory.runlog import read_run
 def test_lemma1_and_the_jvp_track_a_small_step_at_a_real_vocabulary(tmp_path):
     model = tmp_path / "model"
     summary = pretrain_tiny(
-        TinyConfig(steps=400, vocab_size=QWEN_VOCAB, pad_steps=100), model, log=lambda _: None
+        TinyConfig(
+            steps=400,
+            lr=3e-3,
+            warmup=50,
+            label_noise=0.0,
+            vocab_size=QWEN_VOCAB,
+            pad_steps=100,
+        ), model, log=lambda _: None
     )
     assert summary["padding"]["tail_entropy_share"] > 0.05  # the tail matters
     cfg = TrainConfig(

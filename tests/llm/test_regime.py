@@ -30,7 +30,8 @@ def test_noisy_answer_keeps_format_and_flips_the_asked_share():
 
 
 def test_label_noise_domain():
-    assert TinyConfig().label_noise == 0.0
+    TinyConfig(label_noise=0.0)  # both bounds are allowed
+    TinyConfig(label_noise=1.0)
     with pytest.raises(SettingError, match="label_noise"):
         TinyConfig(label_noise=1.5)
 
@@ -106,6 +107,35 @@ def test_preset_gives_its_settings_and_a_flag_beside_it_wins():
     assert cfg.lr == 1e-3  # the flag
     assert (cfg.steps, cfg.prompts_per_step, cfg.val_every) == (300, 32, 10)  # the preset
     assert cfg.task == TESTBED.pretrain.task
+
+
+def test_the_defaults_are_the_testbed():
+    """What a user types first, with no flags, is the testbed: the model the mechanism shows on
+    and the run that shows it."""
+    assert TinyConfig() == TESTBED.pretrain
+    assert TrainConfig(model="m") == TESTBED.train_config("m")
+
+
+@pytest.mark.slow
+def test_the_first_commands_with_no_flags_learn(cli, tmp_path):
+    """``pretrain-tiny`` and ``train`` with every default (the run cut to 60 steps, the only
+    flag): most groups carry signal, reward rises and entropy falls."""
+    from llm_bridge.cli import main
+    from softmax_theory import read_run
+
+    assert cli(main, ["pretrain-tiny", "--out", tmp_path / "m"]).exit_code == 0
+    run = ["train", "--model", tmp_path / "m", "--out", tmp_path / "r", "--steps", "60"]
+    assert cli(main, run).exit_code == 0
+    steps = read_run(tmp_path / "r").steps
+    signal = np.mean([s["adv/nonzero_frac"] for s in steps])
+    first, last = steps[:10], steps[-10:]
+    reward_gain = np.mean([s["reward"] for s in last]) - np.mean([s["reward"] for s in first])
+    entropy_drop = 1 - np.mean([s["entropy"] for s in last]) / np.mean(
+        [s["entropy"] for s in first]
+    )
+    assert signal > 0.5, signal
+    assert reward_gain >= 0.2, reward_gain
+    assert entropy_drop >= 0.2, entropy_drop
 
 
 def test_unknown_preset_is_one_line_exit_2(cli, tmp_path):
