@@ -12,12 +12,25 @@ the logit gradient is exact:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from softmax_theory.attribution import attribution_parts, lemma1_weights, own_entropy_term
+from softmax_theory.control import (
+    ControlConfig,
+    Controller,
+    ControlState,
+    check_control,
+    control_keys,
+    corrected_target,
+    directional_change,
+    pi_coef,
+    solve_coef,
+    target_path,
+)
 from softmax_theory.envs import TabularEnv, TokenTreeMDP
 from softmax_theory.estimators import entropy, log_softmax
 from softmax_theory.group_advantages import (
@@ -26,7 +39,7 @@ from softmax_theory.group_advantages import (
     check_w_reinforce_lambda,
     compute_advantages,
 )
-from softmax_theory.inputs import Domain, check_domains, check_lr
+from softmax_theory.inputs import Domain, SettingError, check_domains, check_lr
 from softmax_theory.losses import (
     LossInputs,
     agg_weights,
@@ -88,6 +101,7 @@ class AlgoConfig:
         },
     )
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algo", parse_choice(Algo, self.algo, "algo"))
@@ -96,6 +110,7 @@ class AlgoConfig:
         )
         check_domains(self)
         check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
+        check_control(self.control, self.policy_loss.entropy_coeff, self.policy_loss.entropy_target)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class AlgoState:
 
     ref_logits: np.ndarray
     entropy_coeff: float
+    control: ControlState | None = None  # an entropy controller's (``softmax_theory.control``)
 
 
 @dataclass(frozen=True)
@@ -293,6 +309,80 @@ def _entropy_logit_grad(logp: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return -coef[:, None] * p * centred
 
 
+class StepControl:
+    """One step of an entropy controller in the tabular world (``softmax_theory.control``):
+    the bonus coefficient of each of the step's K updates.
+
+    ``predictive``: the step aims at H*(t+1), less the last step's forecast error; update j of
+    K aims at H(z_j) + (aim − H(z_j))/(K − j), and takes the c whose first-order forecast
+    H(z_j) + ∇H(z_j)·Δz(c), Δz(c) = −η·(g + c·b), meets it (``solve_coef``; the forecast is
+    linear in c here). The update is then exact; the forecast's error is the second-order
+    term, O(η²). ``pi``: c = Kp·e + Ki·Σe for the whole step, e = H*(t) − H(z)."""
+
+    def __init__(self, env, logits, state: ControlState | None, cfg: ControlConfig, updates: int):
+        self.env, self.cfg, self.state, self.updates = env, cfg, state, updates
+        self.on = state is not None
+        self.coefs: list[float] = []
+        self.pred_after: float | None = None
+        if not self.on:
+            return
+        self.h = env.entropy(logits)
+        self.error = None if state.pred_after is None else self.h - state.pred_after
+        self.now = state.path.target(state.step)
+        self.aim = state.path.target(state.step + 1)
+        if self.aim is not None:
+            self.aim = corrected_target(self.aim, self.error, cfg.control_error_gain)
+        self.pi = None
+        if cfg.entropy_control is Controller.PI and self.now is not None:
+            self.pi = pi_coef(self.now - self.h, state.integral + self.now - self.h, cfg)
+
+    def coef(self, z: np.ndarray, grad: np.ndarray, bonus: np.ndarray, lr: float) -> float:
+        """The coefficient of the update from ``z`` with policy gradient ``grad`` and the
+        bonus's gradient ``bonus`` (for c = 1)."""
+        h_now = self.env.entropy(z)
+        base = directional_change(self.env.entropy, z, -lr * grad)
+        per_c = directional_change(self.env.entropy, z, -lr * bonus)
+        if self.aim is None:
+            c = 0.0
+        elif self.pi is not None:
+            c = self.pi
+        elif self.cfg.entropy_control is Controller.PI:
+            c = 0.0
+        else:
+            left = self.updates - len(self.coefs)
+            want = h_now + (self.aim - h_now) / left
+            c = solve_coef(
+                lambda x: h_now + base + x * per_c,
+                want,
+                self.cfg.control_coef_min,
+                self.cfg.control_coef_max,
+            )
+        self.coefs.append(c)
+        self.pred_after = h_now + base + c * per_c
+        return c
+
+    def mean_coef(self) -> float:
+        return float(np.mean(self.coefs)) if self.coefs else 0.0
+
+    def keys(self) -> dict[str, float]:
+        if not self.on:
+            return {}
+        return control_keys(
+            self.state.path.target(self.state.step + 1),
+            self.mean_coef(),
+            self.pred_after,
+            self.error,
+        )
+
+    def next_state(self) -> ControlState | None:
+        if not self.on:
+            return None
+        integral = self.state.integral + (0.0 if self.now is None else self.now - self.h)
+        return replace(
+            self.state, step=self.state.step + 1, pred_after=self.pred_after, integral=integral
+        )
+
+
 def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
     """GRPO on the logits: sample G responses per prompt, compute advantages, and take K
     gradient steps of size η on the aggregated surrogate loss (plus controls).
@@ -318,6 +408,7 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
     score = own_entropy_term(logits)[s_t, a_t] if lc.loss_mode in COV_LOSSES else None
     coeff_next, coeff_now = adaptive_entropy_coef(state.entropy_coeff, env.entropy(logits), lc)
     n_states = logits.shape[0]
+    control = StepControl(env, logits, state.control, cfg.control, cfg.epochs)
 
     def loss_inputs(z_now: np.ndarray) -> LossInputs:
         return LossInputs(
@@ -345,13 +436,25 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
         if lc.cov_scope is not CovScope.GLOBAL:
             selected = select_by_scope(inp, lc, rng, cfg.micro_batches)
         out = compute_policy_loss(
-            inp, lc, entropy_coeff=coeff_now, generator=rng, selected=selected
+            inp,
+            lc,
+            entropy_coeff=0.0 if control.on else coeff_now,
+            generator=rng,
+            selected=selected,
         )
         # the gradient of Σ_t w_t·ℓ_t: through log π(a_t|s_t) and through H(s_t)
         dlogit = (out.dlogp * weights).reshape(-1)
         dent = None if out.dentropy is None else (out.dentropy * weights).reshape(-1)
         grad = _scatter_logit_grad(z.shape, np.exp(logp_all), s_t, a_t, dlogit)
-        if dent is not None:
+        if control.on:  # the bonus −c·H with the c the controller picks for this update
+            unit = -(mask * weights).reshape(-1)  # ∂(−H_t·w_t)/∂H_t per token, for c = 1
+            bonus = _entropy_logit_grad(
+                logp_all, np.bincount(s_t, weights=unit, minlength=n_states)
+            )
+            c = control.coef(z, grad, bonus, lr)
+            grad = grad + c * bonus
+            dent = c * unit if c > 0 else None
+        elif dent is not None:
             grad += _entropy_logit_grad(
                 logp_all, np.bincount(s_t, weights=dent, minlength=n_states)
             )
@@ -363,11 +466,12 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
         z = z - lr * grad
         updates.append((out.metrics, float(mask.sum())))
     metrics = token_weighted_means(updates)
-    metrics["actor/entropy_coeff"] = coeff_now
+    metrics["actor/entropy_coeff"] = control.mean_coef() if control.on else coeff_now
+    metrics.update(control.keys())
     metrics.update(attribution_parts(contrib, adv, old_logp, entropy(logits)[s_t], clipped_any))
     return StepResult(
         logits=z,
-        state=replace(state, entropy_coeff=coeff_next),
+        state=replace(state, entropy_coeff=coeff_next, control=control.next_state()),
         tokens=batch,
         token_logp=old_logp,
         token_adv=adv,
@@ -387,9 +491,23 @@ def get_step(name: str | Algo) -> Callable[..., StepResult]:
     return STEPS[parse_choice(Algo, name, "algo")]
 
 
-def initial_state(logits: np.ndarray, cfg: AlgoConfig) -> AlgoState:
+def initial_state(
+    logits: np.ndarray, cfg: AlgoConfig, env: TabularEnv | None = None, steps: int | None = None
+) -> AlgoState:
+    """The state before the first update; an entropy controller (``cfg.control``) needs the
+    environment and the run's length, for its path from the starting entropy."""
+    control = None
+    if cfg.control.on:
+        if env is None or steps is None:
+            raise ValueError("entropy_control: the controller's path needs env and steps")
+        if cfg.algo is not Algo.GRPO:
+            raise SettingError("entropy_control", "is available with algo grpo only")
+        h0 = env.entropy(logits)
+        control = ControlState(target_path(cfg.control, h0, steps, math.log(logits.shape[1])))
     return AlgoState(
-        ref_logits=np.array(logits, copy=True), entropy_coeff=cfg.policy_loss.entropy_coeff
+        ref_logits=np.array(logits, copy=True),
+        entropy_coeff=cfg.policy_loss.entropy_coeff,
+        control=control,
     )
 
 

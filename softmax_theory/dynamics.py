@@ -172,7 +172,7 @@ def simulate(
     """
     rng = np.random.default_rng(config.seed)
     z = env.initial_logits(rng) if logits is None else np.array(logits, dtype=np.float64)
-    state = initial_state(z, config.algo)
+    state = initial_state(z, config.algo, env, config.steps)
     # reward_max: the largest reward any response earns (the law's ceiling cannot exceed it)
     run_config = {"env": env.name, **to_jsonable(config), "reward_max": env.max_reward}
     writer = None if out is None else RunWriter(out, run_config)
