@@ -21,6 +21,7 @@ from softmax_theory.cli_options import (
     config_options,
     run_cli,
 )
+from softmax_theory.control import ControlConfig
 from softmax_theory.inputs import SettingError
 from softmax_theory.law import LawConfig
 from softmax_theory.policy import PolicyLossConfig
@@ -85,7 +86,7 @@ def pretrain_tiny(
 
 
 @app.command()
-@config_options(TrainConfig, PolicyLossConfig, rename=TRAIN_RENAME)
+@config_options(TrainConfig, PolicyLossConfig, ControlConfig, rename=TRAIN_RENAME)
 def train(
     out: Annotated[Path, typer.Option(help="run directory")],
     resume: Annotated[bool, typer.Option(help="continue a killed run from its checkpoint")] = False,
@@ -96,8 +97,11 @@ def train(
     from llm_bridge.engines import train as run_train
 
     loss_cfg = build_config(PolicyLossConfig, options, TRAIN_RENAME)
+    control_cfg = build_config(ControlConfig, options, TRAIN_RENAME)
     base = preset_settings(preset, "train")
-    cfg = build_config(TrainConfig, options, TRAIN_RENAME, base=base, policy_loss=loss_cfg)
+    cfg = build_config(
+        TrainConfig, options, TRAIN_RENAME, base=base, policy_loss=loss_cfg, control=control_cfg
+    )
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

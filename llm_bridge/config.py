@@ -21,6 +21,7 @@ from llm_bridge.tasks import (
     AnswerFormat,
     TaskName,
 )
+from softmax_theory.control import ControlConfig, Controller, check_control
 from softmax_theory.group_advantages import (
     W_REINFORCE_LAMBDA_DOMAIN,
     AdvantageEstimator,
@@ -164,6 +165,8 @@ class TrainConfig:
         ),
     )
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    # entropy control: a controller that sets the bonus coefficient each step (docs/control.md)
+    control: ControlConfig = field(default_factory=ControlConfig)
     val_every: int = field(
         default=10, metadata=_help("steps between validations (0: never)", AT_LEAST_0)
     )
@@ -241,6 +244,15 @@ class TrainConfig:
             object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), name))
         check_domains(self)
         check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
+        lc = self.policy_loss
+        check_control(self.control, lc.entropy_coeff, lc.entropy_target)
+        if self.control.entropy_control is Controller.PREDICTIVE:
+            if lc.loss_agg_mode.value != "token-mean":
+                raise SettingError(
+                    "entropy_control",
+                    "predictive needs loss_agg_mode token-mean (the bonus's gradient is then "
+                    "the entropy's, rescaled)",
+                )
         if self.val_samples is not None and self.val_k is None:
             raise SettingError("val_samples", "has no effect without val_k")
         if self.val_k is not None and self.val_every == 0:

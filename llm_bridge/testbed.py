@@ -6,8 +6,9 @@ findings scripts and the tests read them from here.
 
 ``testbed``: the defaults of ``TinyConfig`` and ``TrainConfig`` (so that the first run a user
 types, with no flags, shows the mechanism; a test holds the two equal): the addition model
-pre-trained on labels whose answer digits are redrawn 30% of the time, until it has learnt the task (greedy 96%) with its probability spread over the digits
-(right 23% of the time at T = 1); GRPO at T = 1 sharpens it, and entropy collapses as reward
+pre-trained on labels whose answer digits are redrawn 30% of the time, until it has learnt the
+task (greedy 96%) with its probability spread over the digits (right 23% of the time at
+T = 1); GRPO at T = 1 sharpens it, and entropy collapses as reward
 rises and saturates (search stage 6 of ``docs/regime.md``).
 """
 

@@ -24,6 +24,7 @@ import torch
 
 from llm_bridge.checkpoint import Checkpointer, TrainState
 from llm_bridge.config import RESUME_FREE, OptimizerName, TrainConfig, warmup_factor
+from llm_bridge.control import EntropyController
 from llm_bridge.forward import head_spec
 from llm_bridge.interrupts import deferred_interrupts, interrupted_message
 from llm_bridge.memory import (
@@ -43,6 +44,7 @@ from llm_bridge.step_record import covariance_tokens, finish_step, step_record, 
 from llm_bridge.tasks import Task
 from llm_bridge.update import StepBatch, UpdateResult, update
 from softmax_theory.policy import COV_LOSSES, adaptive_entropy_coef
+from softmax_theory.runlog import read_run
 
 # Called after each step with its record; True ends the run after that step, with a checkpoint.
 StopHook = Callable[[dict[str, Any]], bool]
@@ -108,7 +110,21 @@ class ProbedGRPOTrainer:
             seed=cfg.seed,
             probe_responses=cfg.probe_responses,
         )
+        # the controller's pre-hook is registered before the probe's, which then forecasts the
+        # update with the coefficient the controller chose
+        self.control = None
+        if cfg.control.on:
+            self.control = EntropyController(
+                self.model,
+                self.opt,
+                cfg.control,
+                cfg.steps,
+                self.model.get_output_embeddings().weight.shape[0],
+                cfg.updates_per_step,
+            )
         self.run_dir = setup.open_run_directory()
+        if self.control is not None and self.state.step > 0:
+            self.control.resume(read_run(self.out).steps)
         self._checkpoints_written = 0
         self._said_empty = False  # a step without valid tokens is said once
 
@@ -186,6 +202,8 @@ class ProbedGRPOTrainer:
         self.state.entropy_coeff, coeff_now = adaptive_entropy_coef(
             self.state.entropy_coeff, h_batch, cfg.policy_loss
         )
+        if self.control is not None:
+            coeff_now = self.control.begin(k, h_batch)
         probing = cfg.probe and k % cfg.probe_every == 0
         lc = cfg.policy_loss
         if lc.loss_mode in COV_LOSSES and (lc.needs_score or probing):
@@ -204,6 +222,9 @@ class ProbedGRPOTrainer:
                 k, batch.roll, batch.advantages, batch.group, carried, result.clipped
             )
         extra = {}
+        if self.control is not None:
+            extra.update(self.control.finish())
+            coeff_now = extra["control/coef"]
         if self.device.type == "cuda":  # the step's own peak (reset at its start)
             extra["memory/gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         record = step_record(
@@ -260,6 +281,7 @@ class ProbedGRPOTrainer:
             entropy_coeff,
             self.gen,
             self.max_new_tokens,
+            None if self.control is None else self.control.entropy_term,
         )
 
     def train(

@@ -11,6 +11,7 @@ same in each of its updates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,11 +150,14 @@ def mini_batch_loss(
     parts: list[tuple[dict[str, float], float]] | None = None,
     clipped: torch.Tensor | None = None,
     selected_step: torch.Tensor | None = None,
+    entropy_term: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> float:
     """Accumulate (``backward``) the gradient of one mini-batch's loss over its micro-batches;
     returns the loss. ``parts`` gathers each micro-batch's loss metrics with its valid tokens
     (``softmax_theory.stats.token_weighted_means`` reduces them); ``clipped`` [B, R] is or-ed
-    with the clipped tokens; ``selected_step`` is the step's global selection.
+    with the clipped tokens; ``selected_step`` is the step's global selection;
+    ``entropy_term`` (an entropy controller's) receives each micro-batch's aggregated entropy
+    agg(H), with its graph, its per-token entropy and mask, before the loss's backward.
     ``response_budget`` is the token budget of a response (the ``seq-mean-token-sum-norm``
     scale when the loss config gives none)."""
     lc = cfg.policy_loss
@@ -170,14 +174,18 @@ def mini_batch_loss(
     total = 0.0
     for sl in micro_slices(rows.stop - rows.start, cfg.micro_batch_size):
         sub = slice(rows.start + sl.start, rows.start + sl.stop)
+        inp = loss_inputs(model, batch, sub, cfg.temperature, True)
         out = compute_policy_loss(
-            loss_inputs(model, batch, sub, cfg.temperature, True),
+            inp,
             lc,
             entropy_coeff=entropy_coeff,
             generator=generator,
             selected=None if selected is None else selected[sl],
         )
         loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
+        if entropy_term is not None:
+            h_term = agg_loss(inp.entropy, batch.mask[sub], lc.loss_agg_mode, **norms)
+            entropy_term(h_term, inp.entropy, batch.mask[sub])
         loss.backward()
         if out.clipped is not None and clipped is not None:
             clipped[sub] |= out.clipped.to(clipped.device)
@@ -200,9 +208,10 @@ def update(
     entropy_coeff: float,
     generator: torch.Generator,
     response_budget: int,
+    entropy_term: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> UpdateResult:
-    """The step's ``epochs × mini_batches`` optimiser updates (the probe's forecast watches the
-    optimiser's steps: ``probe.UpdateForecast``)."""
+    """The step's ``epochs × mini_batches`` optimiser updates (the probe's forecast and an
+    entropy controller watch the optimiser's steps through its pre-hooks)."""
     model.train()
     per_mini = cfg.mini_batch_responses
     parts: list[tuple[dict[str, float], float]] = []
@@ -225,6 +234,7 @@ def update(
                     parts,
                     clipped,
                     selected_step,
+                    entropy_term,
                 )
             )
             opt.step()

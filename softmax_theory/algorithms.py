@@ -368,6 +368,7 @@ class StepControl:
         if not self.on:
             return {}
         return control_keys(
+            self.now,
             self.state.path.target(self.state.step + 1),
             self.mean_coef(),
             self.pred_after,

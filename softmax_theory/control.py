@@ -276,11 +276,19 @@ def directional_change(h: Callable[[np.ndarray], float], z: np.ndarray, v: np.nd
 
 
 def control_keys(
-    target: float | None, coef: float, pred_after: float | None, error: float | None
+    now: float | None,
+    target: float | None,
+    coef: float,
+    pred_after: float | None,
+    error: float | None,
 ) -> dict[str, float]:
-    """The run log's ``control/*`` keys of one step (a value the step has not is left out)."""
+    """The run log's ``control/*`` keys of one step: ``now`` the path at this step (the
+    tracking error is ``entropy`` − it), ``target`` at the next (what the step aims at),
+    ``coef`` the mean coefficient over its updates, ``pred_after`` the forecast of the entropy
+    after it, ``error`` the last step's forecast error (a value the step has not is left
+    out)."""
     keys = {"control/coef": coef}
-    for k, v in (("target", target), ("pred_after", pred_after), ("error", error)):
+    for k, v in (("now", now), ("target", target), ("pred_after", pred_after), ("error", error)):
         if v is not None:
             keys[f"control/{k}"] = v
     return keys

@@ -68,6 +68,10 @@ def refuse_for_trl(
     and of a ``GRPOConfig`` a library caller built (``args``). TRL's prompts are checked where
     they are made (``data.trl_prompt``)."""
     if cfg is not None:
+        if cfg.control.on:
+            raise ValueError(
+                "entropy_control: not available in the TRL engine yet (use --engine ours)"
+            )
         if cfg.val_k is not None:
             raise ValueError(
                 "val_k: TRL's evaluation reports the mean reward only; use --engine ours for pass@K"

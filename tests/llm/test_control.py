@@ -1,0 +1,104 @@
+"""Entropy control on language-model tokens (``llm_bridge.control``): the controller's
+forecast of each step is the probe's JVP forecast of the same update (one update a step, whole
+batch), it holds a level closer than no control, and its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_bridge import TrainConfig, train
+from softmax_theory import read_run
+from softmax_theory.control import ControlConfig
+from softmax_theory.inputs import SettingError
+from softmax_theory.policy import PolicyLossConfig
+
+
+def small(model, **settings) -> TrainConfig:
+    base = dict(
+        steps=6,
+        prompts_per_step=8,
+        group_size=4,
+        mini_batches=1,
+        lr=2e-3,
+        warmup_steps=0,
+        val_every=0,
+        checkpoint_every=0,
+        save_final=False,
+    )
+    return TrainConfig(model=str(model), **{**base, **settings})
+
+
+def hold(**settings) -> ControlConfig:
+    return ControlConfig(
+        entropy_control="predictive",
+        control_level=1.0,
+        control_coef_min=-1.0,
+        control_coef_max=1.0,
+        **settings,
+    )
+
+
+def test_the_controllers_forecast_is_the_probes_jvp(tiny_model, tmp_path):
+    """With one update a step on the whole batch, ∇H̄·Δθ(c) that the controller solves on is
+    the probe's ``pred_jvp`` of the update it took (the same first-order forecast, reached by
+    a gradient dot product here and by a forward-mode JVP there)."""
+    run = train(small(tiny_model, control=hold()), tmp_path / "r")
+    steps = read_run(run).steps
+    assert all("control/pred_after" in s for s in steps)
+    for s in steps:
+        forecast = s["control/pred_after"] - s["entropy"]
+        assert forecast == pytest.approx(s["pred_jvp"], rel=2e-3, abs=1e-6), s["step"]
+
+
+def test_each_step_aims_at_the_path_less_the_last_error(tiny_model, tmp_path):
+    """Where the coefficient is inside its bounds, the forecast after the step is the path's
+    next value less the last step's forecast error (gain 1): the solve meets its aim; the
+    coefficient the step applied is logged as ``actor/entropy_coeff`` too."""
+    steps = read_run(train(small(tiny_model, control=hold()), tmp_path / "c")).steps
+    inside = 0
+    for s in steps:
+        assert s["control/coef"] == s["actor/entropy_coeff"]
+        if abs(s["control/coef"]) < 1.0:
+            inside += 1
+            aim = s["control/target"] - s.get("control/error", 0.0)
+            assert s["control/pred_after"] == pytest.approx(aim, abs=1e-6), s["step"]
+    assert inside >= len(steps) // 2
+
+
+def test_refusals(tiny_model):
+    with pytest.raises(SettingError, match="entropy_coeff"):
+        small(tiny_model, control=hold(), policy_loss=PolicyLossConfig(entropy_coeff=0.01))
+    with pytest.raises(SettingError, match="token-mean"):
+        small(
+            tiny_model,
+            control=hold(),
+            policy_loss=PolicyLossConfig(loss_agg_mode="seq-mean-token-mean"),
+        )
+
+
+def test_the_command_line_refuses_a_target_above_log_v(cli, tiny_model, tmp_path):
+    from llm_bridge.cli import main
+
+    args = [
+        "train",
+        "--model",
+        tiny_model,
+        "--out",
+        tmp_path / "r",
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--val-every",
+        "0",
+        "--entropy-control",
+        "predictive",
+        "--control-level",
+        "50",
+        "--no-control-relative",
+    ]
+    res = cli(main, args)
+    assert res.exit_code == 2 and "log V" in res.output and "Traceback" not in res.output
