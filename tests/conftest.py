@@ -39,5 +39,7 @@ def tiny_model(tmp_path_factory):
     from llm_bridge.tiny import TinyConfig, pretrain_tiny
 
     path = tmp_path_factory.mktemp("tiny")
-    pretrain_tiny(TinyConfig(steps=40, warmup=5, lr=3e-3, label_noise=0.0), path, log=lambda _: None)
+    pretrain_tiny(
+        TinyConfig(steps=40, warmup=5, lr=3e-3, label_noise=0.0), path, log=lambda _: None
+    )
     return path

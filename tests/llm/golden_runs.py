@@ -97,7 +97,12 @@ def golden_model(folder: Path) -> Path:
     """The tests' tiny model (``tests/conftest.py``'s ``tiny_model``)."""
     from llm_bridge.tiny import TinyConfig, pretrain_tiny
 
-    one_thread(pretrain_tiny, TinyConfig(steps=40, warmup=5, lr=3e-3, label_noise=0.0), folder, log=lambda _: None)
+    one_thread(
+        pretrain_tiny,
+        TinyConfig(steps=40, warmup=5, lr=3e-3, label_noise=0.0),
+        folder,
+        log=lambda _: None,
+    )
     return folder
 
 

@@ -4,7 +4,6 @@ batch), it holds a level closer than no control, and its refusals."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from llm_bridge import TrainConfig, train

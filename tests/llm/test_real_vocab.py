@@ -19,7 +19,9 @@ def test_lemma1_and_the_jvp_track_a_small_step_at_a_real_vocabulary(tmp_path):
             label_noise=0.0,
             vocab_size=QWEN_VOCAB,
             pad_steps=100,
-        ), model, log=lambda _: None
+        ),
+        model,
+        log=lambda _: None,
     )
     assert summary["padding"]["tail_entropy_share"] > 0.05  # the tail matters
     cfg = TrainConfig(
