@@ -121,7 +121,7 @@ def test_trl_engine_resumes_from_its_checkpoint_and_refuses_other_settings(tiny_
     said = []
     train(TrainConfig(steps=2, **base), out, log=said.append)
     assert sum(m.startswith("checkpoint after step 0:") and "MiB" in m for m in said) == 1
-    with pytest.raises(ValueError, match="resume:.*lr 0.0005 → 0.01"):
+    with pytest.raises(ValueError, match="resume:.*lr 0.0002 → 0.01"):
         train(TrainConfig(steps=3, lr=0.01, **base), out, resume=True)
     messages = []
     train(TrainConfig(steps=3, **base), out, resume=True, log=messages.append)
