@@ -21,6 +21,7 @@ from llm_bridge.run_dir import (
     SKIPPED_PREFIX,
     TOKENS_DIR,
     TRL_DIR,
+    first_unlogged_step,
     read_cov_tables,
     read_tokens,
     truncate_run,
@@ -110,6 +111,28 @@ def test_a_torn_last_row_is_run_again_on_resume(tiny_model, tmp_path, engine):
     assert any("steps.jsonl line 3 is torn" in m and "step 2 runs again" in m for m in said)
     assert any("lacks step 2" in m and SKIPPED_PREFIX in m for m in said), said
     assert any("no usable checkpoint; starting again at step 0" in m for m in said)
+
+
+def _log(out, steps, tail=""):
+    out.mkdir()
+    rows = "".join(f'{{"step": {k}, "reward": 0.5}}\n' for k in steps)
+    (out / STEPS_FILE).write_text(rows + tail)
+
+
+def test_the_first_unlogged_step_is_where_the_log_first_lacks_one(tmp_path):
+    """The log the old resume left (steps 0…18, 20, 21): a resume must run 19 again."""
+    said = []
+    _log(tmp_path / "gap", [*range(19), 20, 21])
+    assert first_unlogged_step(tmp_path / "gap", (), said.append) == 19
+    assert said == [
+        f"resume: {tmp_path / 'gap' / STEPS_FILE} lacks step 19: it and every later step run again"
+    ]
+    _log(tmp_path / "torn", range(3), '{"step": 3, "rew')
+    assert first_unlogged_step(tmp_path / "torn", (), said.append) == 3
+    assert "line 4 is torn (cut short mid-write): cut away; step 3 runs again" in said[-1]
+    _log(tmp_path / "twice", [0, 1, 1, 2])
+    with pytest.raises(ValueError, match="steps.jsonl line 3: step 1 comes after step 1"):
+        first_unlogged_step(tmp_path / "twice", ())
 
 
 # -- write order: a kill between a step's row and its checkpoint --------------------------------
