@@ -53,7 +53,7 @@ class Checkpointer:
     def load(self, folder: Path, step: int | None = None) -> TrainState:
         """Restore the optimiser, schedule and generator from ``folder``; the model was loaded
         from it already (``from_pretrained``). ``step``: the step its ``COMPLETE`` mark names
-        (``run_dir.find_checkpoint``), which the saved state must agree with."""
+        (``run_dir.resume_point``), which the saved state must agree with."""
         saved = torch.load(folder / STATE_FILE, weights_only=False)
         if step is not None and saved["step"] != step:
             raise ValueError(

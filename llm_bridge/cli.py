@@ -63,6 +63,28 @@ def preset_settings(name: str | None, part: str) -> dict[str, Any] | None:
     return preset.train_settings()
 
 
+def _holds_pretrained(out: Path, config: dict[str, Any]) -> bool:
+    """Whether ``out`` holds a whole pre-trained model of ``config``: its ``pretrain.json``
+    records that config, and its weights and tokenizer files are whole (``file_checks``). A
+    summary or file that does not read is said: the model is then trained again."""
+    from llm_bridge.file_checks import folder_fault
+    from llm_bridge.models import TOKENIZER_JSON, WEIGHT_FILES
+
+    try:
+        summary = read_json(out / "pretrain.json")
+        if not isinstance(summary, dict):
+            raise ValueError(f"{out / 'pretrain.json'}: expected a JSON object")
+    except ValueError as err:
+        console.print(f"pretrain-tiny: {err}; training the model again")
+        return False
+    if summary.get("config") != config:
+        return False
+    fault = folder_fault(out, WEIGHT_FILES + TOKENIZER_JSON)
+    if fault is not None:
+        console.print(f"pretrain-tiny: {fault}; training the model again")
+    return fault is None
+
+
 @app.command("pretrain-tiny")
 @config_options(TinyConfig)
 def pretrain_tiny(
@@ -76,11 +98,9 @@ def pretrain_tiny(
 
     cfg = build_config(TinyConfig, options, base=preset_settings(preset, "pretrain"))
     check_out_dir(out, "--out")  # before minutes of training, not after
-    summary_path = out / "pretrain.json"
-    if not force and summary_path.exists():
-        if read_json(summary_path).get("config") == asdict(cfg):
-            console.print(f"{out} already holds this pre-trained model (use --force to redo)")
-            return
+    if not force and (out / "pretrain.json").exists() and _holds_pretrained(out, asdict(cfg)):
+        console.print(f"{out} already holds this pre-trained model (use --force to redo)")
+        return
     summary = run_pretrain(cfg, out, log=console.print)
     console.print(f"{summary['parameters']:,} parameters, {summary['seconds']:.1f} s; wrote {out}")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from llm_bridge.config import RESUME_FREE, Engine, TrainConfig, resolve_device
 from llm_bridge.tasks import Task, dataset_task, synthetic_task
-from softmax_theory.runlog import read_run, to_jsonable
+from softmax_theory.runlog import atomic_write_text, read_json, read_run, to_jsonable
 
 
 def load_task(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Task:
@@ -65,10 +65,14 @@ WALL_FILE = "wall.json"
 
 def finished_run(cfg: TrainConfig, out: Path) -> bool:
     """Whether ``out`` holds a finished run of ``cfg``: every field of ``cfg`` recorded as
-    given and all ``cfg.steps`` steps written."""
+    given and all ``cfg.steps`` steps written. A run that does not read back whole (a torn or
+    corrupt file, refused by ``read_run``) is not finished."""
     if not (out / "steps.jsonl").exists():
         return False
-    run = read_run(out)
+    try:
+        run = read_run(out)
+    except ValueError:
+        return False
     same = all(run.config.get(k) == v for k, v in to_jsonable(cfg).items())
     return same and len(run.steps) == cfg.steps
 
@@ -79,7 +83,8 @@ def train_or_reuse(
     """Train ``cfg`` into ``out`` unless it holds a finished run of ``cfg`` (then reuse it);
     the run's wall seconds, from ``out/wall.json`` when reused (None if it has none). Processes
     sharing runs take turns on one through ``out.lock`` (a dead process's lock is taken over).
-    A folder holding anything else is emptied first: this is for scripts that own ``out``."""
+    A folder holding anything else (a torn run among them) is emptied first: this is for scripts
+    that own ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f"{out.name}.lock"
@@ -98,12 +103,12 @@ def train_or_reuse(
     try:
         stamp = out / WALL_FILE
         if finished_run(cfg, out):
-            return json.loads(stamp.read_text())["seconds"] if stamp.exists() else None
+            return read_json(stamp)["seconds"] if stamp.exists() else None
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         train(cfg, out, task=task)
         seconds = time.perf_counter() - t0
-        stamp.write_text(json.dumps({"seconds": seconds}))
+        atomic_write_text(stamp, json.dumps({"seconds": seconds}))
         return seconds
     finally:
         lock.unlink(missing_ok=True)

@@ -4,7 +4,9 @@ needs before the first step: each mistake is one line naming ``model``.
 Refused: a folder without ``config.json``; a model type transformers does not know; a model that
 is not a causal LM (T5, DistilBERT, a BERT masked LM: the config's ``architectures`` are looked
 up in transformers' causal-LM mapping); a folder without a tokenizer; a tokenizer with neither an
-EOS nor a pad token. A tokenizer without a pad token pads with its EOS (GPT-2).
+EOS nor a pad token. A tokenizer without a pad token pads with its EOS (GPT-2). Weights, and the
+configs loaded with them, that are not whole (a torn or corrupt copy: ``llm_bridge.file_checks``)
+are refused naming the file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from llm_bridge.file_checks import folder_fault
 from llm_bridge.tiny import quiet_progress_bars
 
 # Files that hold a tokenizer's vocabulary in one of the formats transformers reads: fast
@@ -28,6 +31,24 @@ TOKENIZER_FILES = (
     "vocab.json",
     "vocab.txt",
     "tiktoken.model",
+)
+
+
+# The tokenizer's JSON files: checked whole before AutoTokenizer reads them.
+TOKENIZER_JSON = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+)
+# What from_pretrained reads besides the tokenizer: checked whole before it reads them.
+WEIGHT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.index.json",
+    "pytorch_model*.bin",
 )
 
 
@@ -89,7 +110,8 @@ def load_config(path: str | os.PathLike):
 
 def load_tokenizer(path: str | os.PathLike):
     """The folder's tokenizer, left-padded for generation; a missing pad token becomes the EOS.
-    Refused in one line: no tokenizer in the folder, or one with neither EOS nor pad."""
+    Refused in one line: no tokenizer in the folder, a JSON file of it that is not whole
+    (``TOKENIZER_JSON``, named), or one with neither EOS nor pad."""
     from transformers import AutoTokenizer
 
     path = Path(path)
@@ -100,6 +122,9 @@ def load_tokenizer(path: str | os.PathLike):
             f"model: {path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one "
             "there with tokenizer.save_pretrained"
         )
+    fault = folder_fault(path, TOKENIZER_JSON)
+    if fault is not None:
+        raise ValueError(f"model: {fault}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (ValueError, OSError, TypeError, KeyError, ImportError) as e:
@@ -127,15 +152,20 @@ def model_positions(config) -> int | None:
 def load_weights(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ):
-    """The causal LM saved in ``path`` (a folder ``load_config`` has accepted), on ``device``;
-    weights that cannot be read are refused in one line naming the folder."""
+    """The causal LM saved in ``path`` (a folder ``load_config`` has accepted), on ``device``.
+    Refused in one line: a weights or config file that is not whole (``WEIGHT_FILES``, checked
+    by ``file_checks.folder_fault``), named; weights that cannot be read otherwise, by folder."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     quiet_progress_bars()
     path = Path(path)
+    fault = folder_fault(path, WEIGHT_FILES)
+    if fault is not None:
+        raise ValueError(f"model: {fault}")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    except OSError as e:  # no weights file, or a broken one
+    except (OSError, SafetensorError) as e:  # no weights file, or a broken one
         why = _first_line(e)
         raise ValueError(f"model: the weights in {path} cannot be loaded: {why}") from None
     return model.to(device)

@@ -8,7 +8,8 @@ engines with the same line:
 2. the folder's config and tokenizer (``llm_bridge.models``), the task's text against the
    tokenizer (``tasks.check_encodable``), the recorded config (``run_dir.recorded_config``);
 3. the run directory: a new run refuses one that holds a run; a resume refuses changed
-   settings (``run_dir.check_resume``) and finds the latest checkpoint (``find_checkpoint``);
+   settings (``run_dir.check_resume``) and finds where to continue (``run_dir.resume_point``:
+   the newest whole checkpoint not past the first step the log lacks, or step 0);
 4. the weights (from the checkpoint in our engine; TRL restores its own), then the prompts
    against the model's positions and the sampling notes (``models.check_run_inputs``).
 
@@ -33,9 +34,9 @@ from llm_bridge.rollout import PromptFormat
 from llm_bridge.run_dir import (
     RunDirectory,
     check_resume,
-    find_checkpoint,
     holds_run,
     recorded_config,
+    resume_point,
 )
 from llm_bridge.tasks import Task, check_encodable, response_budget
 
@@ -109,12 +110,9 @@ def prepare_run(
     checkpoint, start_step = None, 0
     if resume:
         check_resume(out, run_config, resume_free, log)
-        found = find_checkpoint(out, cfg.engine, cfg.updates_per_step)
-        if found is None:
-            log("resume: no checkpoint yet; starting again at step 0")
-        else:
-            checkpoint, start_step = found
-            log(f"resume: continuing at step {start_step}")
+        checkpoint, start_step = resume_point(
+            out, cfg.engine, cfg.updates_per_step, cfg.cov_table_steps, log
+        )
     elif holds_run(out):
         raise FileExistsError(f"out: {out} already holds a run; choose a new directory or resume")
     if cfg.engine is Engine.OURS:

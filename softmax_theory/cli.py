@@ -432,6 +432,7 @@ def sweep(
             out=out,
             resume=resume,
             on_run=lambda cell, old: progress.advance(task),
+            log=console.print,
         )
     console.print(_sweep_table(rows, env_cfg.name.value, base.steps, seeds))
     if any(a in ("pg", "npg") for a in algos) and seeds > 1:

@@ -6,6 +6,12 @@ both halves write and what each means in each world: ``docs/architecture.md``, "
 contract". A file that is rewritten rather than appended (``config.json``, a truncated
 ``steps.jsonl``, the covariance tables) is replaced whole by ``atomic_write_text``, so a kill
 mid-write leaves the old file or the new one, never half of either.
+
+Reading back trusts nothing: every line of ``steps.jsonl`` must be a JSON object with an
+integer ``step`` after the line before's, and ``config.json`` a JSON object. The one fault an
+append can leave, a torn last line, is set apart (``read_step_lines``): a resume cuts it, since it
+re-runs that step, and every other reader (``read_run``: ``fit``, ``compare``) refuses it by file
+and line, as it refuses any other fault.
 """
 
 from __future__ import annotations
@@ -102,15 +108,17 @@ class RunWriter:
 
 def truncate_steps(directory: str | os.PathLike, first_step: int) -> int:
     """Keep only the records of steps before ``first_step`` (a run resumed from a checkpoint
-    recomputes the later ones); returns how many records were dropped. The file is replaced
-    atomically: a kill mid-rewrite keeps the whole old log."""
+    recomputes the later ones); returns how many records were dropped, a torn last line
+    (``read_step_lines``) counted among them: it belongs to a step after the last whole one, so
+    the caller that chose ``first_step`` says so. The file is replaced atomically: a kill
+    mid-rewrite keeps the whole old log."""
     path = Path(directory) / STEPS_FILE
     if not path.exists():
         return 0
-    steps = read_run(directory).steps
-    kept = [s for s in steps if s["step"] < first_step]
+    lines = read_step_lines(path)
+    kept = [s for s in lines.records if s["step"] < first_step]
     atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in kept))
-    return len(steps) - len(kept)
+    return len(lines.records) - len(kept) + (lines.torn_line is not None)
 
 
 @dataclass(frozen=True)
@@ -133,11 +141,14 @@ class RunLog:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file, or a ValueError naming the file and the line of the fault."""
+    """A JSON file, or a ValueError naming the file and the line of the fault (a torn or
+    corrupt copy: not JSON, or not UTF-8 text)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
 
 
 def parse_json_line(line: str, where: str) -> dict[str, Any]:
@@ -152,9 +163,73 @@ def parse_json_line(line: str, where: str) -> dict[str, Any]:
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """A run directory's ``config.json`` ({} when it has none)."""
+    """A run directory's ``config.json`` ({} when it has none); one that is not a JSON object
+    is refused naming the file (``read_json``)."""
     path = Path(directory) / CONFIG_FILE
-    return read_json(path) if path.exists() else {}
+    if not path.exists():
+        return {}
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+@dataclass(frozen=True)
+class StepLines:
+    """A JSON-lines file of one object per step, read and checked (``read_step_lines``).
+    ``torn_line``: the number of a torn last line, which ``records`` leaves out."""
+
+    path: Path
+    records: tuple[dict[str, Any], ...]
+    torn_line: int | None = None
+
+    def whole(self) -> tuple[dict[str, Any], ...]:
+        """The records, for a reader that will not re-run a torn line's step: a torn last line
+        is refused, naming the file and line, rather than read past."""
+        if self.torn_line is not None:
+            raise ValueError(
+                f"{self.path} line {self.torn_line} is torn (cut short mid-write, or a bad "
+                "copy): resuming the run re-runs its step; or delete the line"
+            )
+        return self.records
+
+
+def read_step_lines(path: Path) -> StepLines:
+    """The records of a JSON-lines file of steps (``steps.jsonl``, ``cov_tables.jsonl``), each
+    line checked: a JSON object whose integer ``step`` is greater than the line before's (blank
+    lines are skipped). A last line that is not whole JSON -- what a kill or a full disk leaves
+    mid-write; a cut object never parses -- is set apart as ``torn_line``, for the caller to cut
+    (a resume that re-runs its step) or refuse (``StepLines.whole``). Any other fault is a
+    ValueError naming the file and line."""
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if number == last:
+                return StepLines(path, tuple(records), torn_line=number)
+            why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+            raise ValueError(f"{path} line {number}: not valid JSON ({why})") from None
+        previous = records[-1]["step"] if records else None
+        records.append(checked_step(record, previous, f"{path} line {number}"))
+    return StepLines(path, tuple(records))
+
+
+def checked_step(record: Any, previous: int | None, where: str) -> dict[str, Any]:
+    """``record`` when it is a JSON object with an integer ``step`` after ``previous``; else a
+    ValueError that starts with ``where`` (the file and line)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ValueError(f"{where}: 'step' is {step!r}, not an integer")
+    if previous is not None and step <= previous:
+        raise ValueError(f"{where}: step {step} comes after step {previous}")
+    return record
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -215,7 +290,8 @@ def distinct_labels(paths: list[str | os.PathLike]) -> list[str]:
 
 
 def read_run(directory: str | os.PathLike) -> RunLog:
-    """Read a run directory. A torn last line (a run killed mid-write) is skipped."""
+    """Read a run directory, checked as it is read (``read_config``, ``read_step_lines``): a
+    torn or corrupt line is refused in one line naming the file and line, never skipped."""
     path = Path(directory)
     steps_path = path / STEPS_FILE
     if not path.is_dir():
@@ -223,15 +299,4 @@ def read_run(directory: str | os.PathLike) -> RunLog:
     if not steps_path.exists():
         raise FileNotFoundError(f"run: {path} has no {STEPS_FILE}")
     config = read_config(path)
-    lines = steps_path.read_text(encoding="utf-8").splitlines()
-    steps = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            steps.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # the run was killed while writing its last step
-            raise ValueError(f"run: {steps_path} line {i + 1} is not JSON") from None
-    return RunLog(path=path, config=config, steps=tuple(steps))
+    return RunLog(path=path, config=config, steps=read_step_lines(steps_path).whole())

@@ -4,12 +4,18 @@ With an output directory, each finished cell is a run directory of its own (``ru
 the run-log contract) and a row appended to ``sweep.csv``, so an interrupted sweep keeps every
 finished cell and ``resume`` runs only the missing ones. PG and NPG are exact (they sample
 nothing), so they run once per step size whatever the number of seeds.
+
+A resume reads back only what is whole: a torn last row of ``sweep.csv`` (a kill mid-append) and
+a finished cell whose run directory does not read back whole (a torn or corrupt ``steps.jsonl``,
+fewer steps than the sweep's) run again, each said in one line, their rows dropped first; any
+other fault of ``sweep.csv`` is refused naming the file and line.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -26,9 +32,10 @@ from softmax_theory.envs import EnvConfig, make_env
 from softmax_theory.inputs import Domain, SettingError, check_domains
 from softmax_theory.runlog import (
     CONFIG_FILE,
+    STEPS_FILE,
     atomic_write_text,
     check_resumable,
-    read_json,
+    read_config,
     read_run,
     to_jsonable,
 )
@@ -44,6 +51,7 @@ CURVE_KEYS = ("entropy", "reward", "delta_within", "pred_lemma1")
 
 Curves = dict[str, np.ndarray]
 Cell = tuple[str, float, int]  # (algo, η, seed)
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -144,39 +152,113 @@ def sweep_cells(algos: Sequence[str], lrs: Sequence[float], seeds: Sequence[int]
     return cells
 
 
-def _read_rows(path: Path) -> dict[Cell, SweepRow]:
-    """The finished rows of a sweep.csv (by cell)."""
-    if not path.exists():
-        return {}
+ROW_FIELDS = tuple(f.name for f in dataclasses.fields(SweepRow))
+
+
+def _parse_row(fields: list[str]) -> SweepRow:
+    """One row of sweep.csv, its fields in ``ROW_FIELDS`` order; a ValueError saying what does
+    not read."""
+    if len(fields) != len(ROW_FIELDS):
+        raise ValueError(f"{len(fields)} fields, not {len(ROW_FIELDS)}")
     kinds = {f.name: f.type for f in dataclasses.fields(SweepRow)}
-    rows = {}
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            values = {}
-            for name, text in raw.items():
-                kind = kinds[name]
-                if text == "":
-                    values[name] = None
-                elif "int" in kind:
-                    values[name] = int(text)
-                elif "float" in kind:
-                    values[name] = float(text)
-                else:
-                    values[name] = text
-            row = SweepRow(**values)
-            rows[(row.algo, row.lr, row.seed)] = row
-    return rows
+    values: dict[str, Any] = {}
+    for name, text in zip(ROW_FIELDS, fields, strict=True):
+        kind = kinds[name]
+        if text == "":
+            values[name] = None
+        elif "int" in kind:
+            values[name] = int(text)
+        elif "float" in kind:
+            values[name] = float(text)
+        else:
+            values[name] = text
+    return SweepRow(**values)
+
+
+def _read_rows(path: Path) -> tuple[dict[Cell, SweepRow], int | None]:
+    """The finished rows of a sweep.csv by cell, and the number of a torn last line or None.
+    The last line is torn when the file does not end with a newline (a kill mid-append: a
+    number cut short may still read) or when it does not read; its cell is unfinished. Any
+    other line that does not read is refused naming the file and line."""
+    if not path.exists():
+        return {}, None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    lines = text.splitlines()
+    last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
+    rows: dict[Cell, SweepRow] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if number == last and not text.endswith("\n"):
+            return rows, number
+        fields = next(csv.reader([line]))
+        try:
+            if number == 1:
+                if tuple(fields) != ROW_FIELDS:
+                    raise ValueError(f"the header is not sweep.csv's ({', '.join(ROW_FIELDS)})")
+                continue
+            row = _parse_row(fields)
+        except (ValueError, TypeError) as err:
+            if number == last:
+                return rows, number
+            raise ValueError(f"{path} line {number}: {err}") from None
+        rows[(row.algo, row.lr, row.seed)] = row
+    return rows, None
+
+
+def _write_rows(path: Path, rows: Sequence[SweepRow]) -> None:
+    """Replace sweep.csv by ``rows`` (atomically: a kill keeps the old table)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(ROW_FIELDS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(dataclasses.asdict(row))
+    atomic_write_text(path, text.getvalue())
 
 
 def _append_row(path: Path, row: SweepRow) -> None:
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(SweepRow)])
+        writer = csv.DictWriter(f, fieldnames=list(ROW_FIELDS))
         if new:
             writer.writeheader()
         writer.writerow(dataclasses.asdict(row))
         f.flush()
         os.fsync(f.fileno())
+
+
+def cell_fault(run_dir: Path, steps: int) -> str | None:
+    """Why a finished cell's run directory does not read back whole (``read_run``'s refusal,
+    or steps other than 0 … ``steps`` − 1), or None."""
+    try:
+        run = read_run(run_dir)
+    except (ValueError, FileNotFoundError) as err:
+        return str(err)
+    if [r["step"] for r in run.steps] != list(range(steps)):
+        return f"{run_dir / STEPS_FILE} holds {len(run.steps)} of the cell's {steps} steps"
+    return None
+
+
+def _drop_unreadable(
+    out: Path, done: dict[Cell, SweepRow], cells: Sequence[Cell], steps: int, log: Log
+) -> dict[Cell, SweepRow]:
+    """``done`` without the cells of the grid whose run directory is not whole (``cell_fault``):
+    each is said and runs again, its row first dropped from sweep.csv."""
+    bad = []
+    for cell in cells:
+        if cell in done:
+            why = cell_fault(out / RUNS_DIR / cell_name(*cell), steps)
+            if why is not None:
+                log(f"sweep: {why}: cell {cell_name(*cell)} runs again")
+                bad.append(cell)
+    if not bad:
+        return done
+    kept = {c: row for c, row in done.items() if c not in bad}
+    _write_rows(out / SWEEP_FILE, list(kept.values()))
+    return kept
 
 
 def _curves(records: Sequence[dict[str, Any]]) -> Curves:
@@ -205,6 +287,7 @@ def run_sweep(
     out: str | os.PathLike | None = None,
     resume: bool = False,
     on_run: Callable[[Cell, bool], None] | None = None,
+    log: Log = lambda _: None,
 ) -> tuple[list[SweepRow], dict[Cell, Curves]]:
     """Every cell of the grid on one environment; with ``out``, each is written when it ends.
 
@@ -213,6 +296,7 @@ def run_sweep(
       resume: continue the sweep in ``out``: its finished cells are read back, not rerun; the
         environment and the base settings must be the ones it was started with.
       on_run: called with each cell and whether it was read back (True) or run.
+      log: the lines a resume says (a torn row, a cell that runs again).
     Returns:
       rows and curves (entropy, reward, ΔH within states, Lemma 1) by cell, in grid order.
     """
@@ -225,7 +309,9 @@ def run_sweep(
     done: dict[Cell, SweepRow] = {}
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
-        done = _open_sweep(out_dir, sweep_config(env_config, algos, lrs, seeds, base), resume)
+        config = sweep_config(env_config, algos, lrs, seeds, base)
+        done = _open_sweep(out_dir, config, resume, log)
+        done = _drop_unreadable(out_dir, done, cells, base.steps, log)
     env = make_env(env_config)
     rows, curves = [], {}
     for cell in cells:
@@ -246,12 +332,16 @@ def run_sweep(
     return rows, curves
 
 
-def _open_sweep(out: Path, config: dict[str, Any], resume: bool) -> dict[Cell, SweepRow]:
-    """Prepare ``out`` for a sweep; return its finished rows when resuming."""
+def _open_sweep(out: Path, config: dict[str, Any], resume: bool, log: Log) -> dict[Cell, SweepRow]:
+    """Prepare ``out`` for a sweep; return its finished rows when resuming (a torn last row is
+    said, and dropped from sweep.csv: its cell runs again)."""
     table = out / SWEEP_FILE
     if resume and (out / CONFIG_FILE).exists():
         check_resumable(out, config, SWEEP_FREE)
-        finished = _read_rows(table)
+        finished, torn = _read_rows(table)
+        if torn is not None:
+            log(f"sweep: {table} line {torn} is torn (cut short mid-write): its cell runs again")
+            _write_rows(table, list(finished.values()))
     elif table.exists() and table.stat().st_size > 0:
         raise FileExistsError(
             f"out: {out} already holds a sweep; choose a new directory or --resume"
@@ -260,6 +350,6 @@ def _open_sweep(out: Path, config: dict[str, Any], resume: bool) -> dict[Cell, S
         finished = {}
     out.mkdir(parents=True, exist_ok=True)
     if (out / CONFIG_FILE).exists():
-        config = {**read_json(out / CONFIG_FILE), **{k: config[k] for k in SWEEP_FREE}}
+        config = {**read_config(out), **{k: config[k] for k in SWEEP_FREE}}
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return finished

@@ -137,12 +137,13 @@ def test_series_prefers_val_reward(tmp_path):
     np.testing.assert_allclose(series.reward, r[::3])
 
 
-def test_torn_last_line_is_skipped(tmp_path):
+def test_a_torn_last_line_is_named_not_read_past(tmp_path):
     h, r = _curve(0.2, 1.0, n=10)
     _write_run(tmp_path / "run", h, r)
     with open(tmp_path / "run" / "steps.jsonl", "a") as f:
         f.write('{"step": 10, "entr')
-    assert len(read_run(tmp_path / "run").steps) == 10
+    with pytest.raises(ValueError, match=r"steps.jsonl line 11 is torn"):
+        read_run(tmp_path / "run")
 
 
 def test_run_writer_refuses_nan_and_overwrites(tmp_path):
