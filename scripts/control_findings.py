@@ -1,0 +1,237 @@
+"""Steering entropy on the regime testbed (docs/control.md): the predictive controller against a
+fixed bonus, the adaptive rule and PI, on two target paths, and holding entropy at four levels
+to ask whether reward settles where the law fitted on vanilla says.
+
+    .venv/bin/python scripts/control_findings.py --out runs/control --seeds 0
+
+Every number is from a seeded run written under --out; a finished run of the same config is
+reused (``train_or_reuse``), so an interrupted invocation loses nothing. Runs use one thread and
+run one at a time. Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+import numpy as np  # noqa: E402
+
+from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
+from llm_bridge.testbed import TESTBED  # noqa: E402
+from softmax_theory import read_run  # noqa: E402
+from softmax_theory.control import ControlConfig, target_path  # noqa: E402
+from softmax_theory.law import fit_entropy_law  # noqa: E402
+from softmax_theory.policy import PolicyLossConfig  # noqa: E402
+
+# the runs' shared settings beside the preset: no probe (the controller needs none), validation
+# every 10 steps on 128 held-out prompts × 8 samples (val_reward and the unbiased pass@8)
+EXTRA = dict(probe=False, checkpoint_every=0, save_final=False, val_prompts=128, val_k=8)
+# the bonus's range for every controller (below 0: a penalty, so a path below vanilla's
+# entropy can be followed too)
+COEF = dict(control_coef_min=-0.05, control_coef_max=0.1)
+PATHS = {
+    "hold 0.5·H₀ from step 10": dict(control_path="constant", control_level=0.5, control_start=10),
+    "linear H₀ → 0.2·H₀": dict(control_path="linear", control_level=0.2),
+}
+FIXED_COEF = 0.005  # the fixed bonus, beside the paths' controllers
+ADAPTIVE_DELTA = 0.005  # the adaptive rule's step (Skywork-OR1's ±δ)
+LEVELS = (0.2, 0.4, 0.6, 0.8)  # the held levels of the law-as-intervention runs
+
+
+def model(out: Path) -> str:
+    path = out / "model"
+    if not (path / "pretrain.json").exists():
+        pretrain_tiny(TESTBED.pretrain, path, log=lambda _: None)
+    return str(path)
+
+
+def run(out: Path, name: str, seed: int, **settings) -> list[dict]:
+    cfg = TESTBED.train_config(model(out), seed=seed, **{**EXTRA, **settings})
+    path = out / "runs" / f"{name}_s{seed}"
+    train_or_reuse(cfg, path)
+    return read_run(path).steps
+
+
+def controlled(kind: str, path: dict) -> dict:
+    return {"control": ControlConfig(entropy_control=kind, **path, **COEF)}
+
+
+def path_values(steps: list[dict], path: dict, h0: float) -> list[float | None]:
+    """The path each step should be at (the same for every run of a seed: H₀ is step 0's)."""
+    p = target_path(ControlConfig(**path), h0, len(steps), np.log(10_000))
+    return [p.target(s["step"]) for s in steps]
+
+
+def rmse(steps: list[dict], targets: list[float | None]) -> float:
+    err = [s["entropy"] - t for s, t in zip(steps, targets, strict=True) if t is not None]
+    return float(np.sqrt(np.mean(np.square(err))))
+
+
+def tail(steps: list[dict], key: str, n: int = 3) -> float:
+    vals = [s[key] for s in steps if key in s]
+    return float(np.mean(vals[-n:]))
+
+
+def tabular(seeds: list[int]) -> None:
+    """The tabular world, exact: the same controllers on the token tree and the contextual
+    bandit, GRPO with 4 epochs of η 0.5 on the logits, 200 steps."""
+    from softmax_theory.algorithms import AlgoConfig
+    from softmax_theory.dynamics import SimConfig, simulate
+    from softmax_theory.envs import EnvConfig, make_env
+
+    print("## The tabular world (exact)\n")
+    print(
+        "GRPO on the logits (4 epochs of η = 0.5 a step, 200 steps), the bonus in [−1, 1] for "
+        "PI and the forecast (a negative one is a penalty); RMSE of H − H* from step 10 on. The "
+        "adaptive rule (a bonus only, by its definition) aims at the path's end, at its best "
+        "δ of 0.001, 0.005 and 0.02. Mean "
+        f"over seeds {', '.join(map(str, seeds))}.\n"
+    )
+    print("| env | path | vanilla | adaptive (best δ) | PI | predictive | adaptive ÷ predictive |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    paths = {
+        "hold 0.8·H₀": dict(control_path="constant", control_level=0.8),
+        "linear H₀ → 0.5·H₀": dict(control_path="linear", control_level=0.5),
+    }
+    for env_name in ("tree", "contextual"):
+        env = make_env(EnvConfig(name=env_name))
+        for title, path in paths.items():
+            res: dict[str, list[float]] = {}
+            for seed in seeds:
+                h0 = env.entropy(env.initial_logits(np.random.default_rng(seed)))
+                p = target_path(ControlConfig(**path), h0, 200, 10.0)
+
+                def err(algo, seed=seed, p=p, env=env) -> float:
+                    rec = simulate(env, SimConfig(steps=200, lr=0.5, seed=seed, algo=algo))
+                    e = [r["entropy"] - p.target(r["step"]) for r in rec.records[10:]]
+                    return float(np.sqrt(np.mean(np.square(e))))
+
+                level = p.target(199)
+                ctl = dict(**path, control_coef_min=-1.0, control_coef_max=1.0)
+                res.setdefault("vanilla", []).append(err(AlgoConfig()))
+                res.setdefault("adaptive", []).append(
+                    min(
+                        err(
+                            AlgoConfig(
+                                policy_loss=PolicyLossConfig(entropy_target=level, entropy_delta=d)
+                            )
+                        )
+                        for d in (0.001, 0.005, 0.02)
+                    )
+                )
+                res.setdefault("pi", []).append(
+                    err(AlgoConfig(control=ControlConfig(entropy_control="pi", **ctl)))
+                )
+                res.setdefault("predictive", []).append(
+                    err(AlgoConfig(control=ControlConfig(entropy_control="predictive", **ctl)))
+                )
+            m = {k: float(np.mean(v)) for k, v in res.items()}
+            print(
+                f"| {env_name} | {title} | {m['vanilla']:.2e} | {m['adaptive']:.2e} | "
+                f"{m['pi']:.2e} | {m['predictive']:.2e} | {m['adaptive'] / m['predictive']:.0f}× |"
+            )
+    print()
+
+
+def tracking(out: Path, seeds: list[int]) -> None:
+    print("## Tracking a path\n")
+    print(
+        "The testbed's run (`--preset testbed`, 300 steps) with no probe; the bonus in "
+        f"[{COEF['control_coef_min']}, {COEF['control_coef_max']}] for every controller. "
+        "RMSE of `entropy` − H* over the steps the path holds; val reward and pass@8: the mean "
+        "of the last 3 validations. Mean ± sd over seeds "
+        f"{', '.join(map(str, seeds))}.\n"
+    )
+    for title, path in PATHS.items():
+        print(f"### {title}\n")
+        print("| control | RMSE | H end | val reward | val pass@8 |")
+        print("|---|---:|---:|---:|---:|")
+        rows: dict[str, list[tuple[float, float, float, float]]] = {}
+        for seed in seeds:
+            vanilla = run(out, "vanilla", seed)
+            h0 = vanilla[0]["entropy"]
+            targets = path_values(vanilla, path, h0)
+            level = [t for t in targets if t is not None][-1]
+            slug = title.split()[0]
+            runs = {
+                "vanilla": vanilla,
+                f"fixed bonus {FIXED_COEF}": run(
+                    out, "fixed", seed, policy_loss=PolicyLossConfig(entropy_coeff=FIXED_COEF)
+                ),
+                "adaptive rule (target: the path's end)": run(
+                    out,
+                    f"adaptive_{slug}",
+                    seed,
+                    policy_loss=PolicyLossConfig(
+                        entropy_target=level, entropy_delta=ADAPTIVE_DELTA
+                    ),
+                ),
+                "PI": run(out, f"pi_{slug}", seed, **controlled("pi", path)),
+                "predictive": run(
+                    out, f"predictive_{slug}", seed, **controlled("predictive", path)
+                ),
+            }
+            for name, steps in runs.items():
+                rows.setdefault(name, []).append(
+                    (
+                        rmse(steps, targets),
+                        tail(steps, "entropy", 5),
+                        tail(steps, "val_reward"),
+                        tail(steps, "val_pass@8"),
+                    )
+                )
+        for name, vals in rows.items():
+            cells = [
+                f"{np.mean(col):.3f} ± {np.std(col):.3f}" if len(col) > 1 else f"{col[0]:.3f}"
+                for col in zip(*vals, strict=True)
+            ]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print()
+
+
+def law_intervention(out: Path, seeds: list[int]) -> None:
+    print("## The law as an intervention\n")
+    print(
+        "Entropy held at a share of H₀ from step 10 by the predictive controller; where the "
+        "validation reward settles (mean of the last 5 validations) beside what the law "
+        "R = −a·e^H + b, fitted on the vanilla run of the same seed (validation reward against "
+        "entropy), gives at the held entropy.\n"
+    )
+    print("| seed | level | H held (last 50 steps) | val reward settles at | the law says |")
+    print("|---:|---:|---:|---:|---:|")
+    for seed in seeds:
+        vanilla = run(out, "vanilla", seed)
+        vals = [s for s in vanilla if "val_reward" in s]
+        fit = fit_entropy_law(
+            np.array([s["entropy"] for s in vals]), np.array([s["val_reward"] for s in vals])
+        )
+        for level in LEVELS:
+            path = dict(control_path="constant", control_level=level, control_start=10)
+            steps = run(out, f"hold{level}", seed, **controlled("predictive", path))
+            h = float(np.mean([s["entropy"] for s in steps[-50:]]))
+            settled = tail(steps, "val_reward", 5)
+            law = -fit.a * np.exp(h) + fit.b
+            print(f"| {seed} | {level} | {h:.3f} | {settled:.3f} | {law:.3f} |")
+    print(f"\nThe law on vanilla: a = {fit.a:.3f}, b = {fit.b:.3f}, R² = {fit.r2:.3f}.\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("runs/control"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", choices=["tabular", "tracking", "law"], default=None)
+    args = parser.parse_args()
+    if args.only in (None, "tabular"):
+        tabular(args.seeds)
+    if args.only in (None, "tracking"):
+        tracking(args.out, args.seeds)
+    if args.only in (None, "law"):
+        law_intervention(args.out, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
