@@ -93,6 +93,8 @@ bench: $(VENV)/.installed-bench
 		--out $(REAL_VOCAB)
 	$(PY) benchmarks/bench_scale.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 	$(PY) benchmarks/bench_long.py --out docs/benchmarks.md
+	$(LB) pretrain-tiny --preset testbed --out $(TESTBED)
+	$(PY) benchmarks/bench_control.py --model $(TESTBED) --out docs/benchmarks.md
 	$(MAKE) $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python benchmarks/bench_rollout.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 

@@ -143,7 +143,8 @@ class EntropyController:
         def ahead(c: float) -> float:
             return base + self.forecast(c, g_pg, g_mean)
 
-        c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max)
+        # 24 halvings: c to within 2⁻²⁴ of its range, far below what the forecast resolves
+        c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max, iters=24)
         for p, gh in zip(self.params, self.g_h, strict=True):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

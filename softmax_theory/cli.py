@@ -25,6 +25,7 @@ from softmax_theory.cli_options import (
     config_options,
     run_cli,
 )
+from softmax_theory.control import ControlConfig
 from softmax_theory.dynamics import SimConfig
 from softmax_theory.envs import EnvConfig
 from softmax_theory.law import (
@@ -268,6 +269,7 @@ SIM_RENAME = {
     "EnvConfig.name": "env",
     "EnvConfig.seed": "env_seed",
     "AlgoConfig.policy_loss": "policy_loss",  # nested; never a flag
+    "AlgoConfig.control": "control",  # nested; never a flag
     "PolicyLossConfig.loss_mode": "loss",
     "SimConfig.cov_table_steps": "cov_table",
 }
@@ -279,7 +281,10 @@ SIM_EXCLUDE = frozenset({"cov_scope"})
 def _sim_configs(options: dict[str, Any]) -> tuple[EnvConfig, SimConfig]:
     env_cfg = build_config(EnvConfig, options, SIM_RENAME)
     loss_cfg = build_config(PolicyLossConfig, options, SIM_RENAME)
-    algo_cfg = build_config(AlgoConfig, options, SIM_RENAME, policy_loss=loss_cfg)
+    control_cfg = build_config(ControlConfig, options, SIM_RENAME)
+    algo_cfg = build_config(
+        AlgoConfig, options, SIM_RENAME, policy_loss=loss_cfg, control=control_cfg
+    )
     sim_cfg = build_config(SimConfig, options, SIM_RENAME, algo=algo_cfg)
     return env_cfg, sim_cfg
 
@@ -297,7 +302,13 @@ SUMMARY_COLUMNS = (
 
 @app.command()
 @config_options(
-    EnvConfig, SimConfig, AlgoConfig, PolicyLossConfig, rename=SIM_RENAME, exclude=SIM_EXCLUDE
+    EnvConfig,
+    SimConfig,
+    AlgoConfig,
+    PolicyLossConfig,
+    ControlConfig,
+    rename=SIM_RENAME,
+    exclude=SIM_EXCLUDE,
 )
 def simulate(
     out: Annotated[
