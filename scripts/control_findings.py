@@ -32,7 +32,7 @@ from softmax_theory.policy import PolicyLossConfig  # noqa: E402
 EXTRA = dict(probe=False, checkpoint_every=0, save_final=False, val_prompts=128, val_k=8)
 # the bonus's range for every controller (below 0: a penalty, so a path below vanilla's
 # entropy can be followed too)
-COEF = dict(control_coef_min=-0.05, control_coef_max=0.1)
+COEF = dict(control_coef_min=-0.5, control_coef_max=1.0)
 PATHS = {
     "hold 0.5·H₀ from step 10": dict(control_path="constant", control_level=0.5, control_start=10),
     "linear H₀ → 0.2·H₀": dict(control_path="linear", control_level=0.2),

@@ -79,7 +79,7 @@ class ControlConfig:
         default=None, metadata=_help("CSV of step,target (every step of the run, in nats)")
     )
     control_coef_max: float = field(
-        default=0.1, metadata=_help("the largest bonus coefficient a controller sets", Domain(gt=0))
+        default=1.0, metadata=_help("the largest bonus coefficient a controller sets", Domain(gt=0))
     )
     control_coef_min: float = field(
         default=0.0,
