@@ -68,6 +68,57 @@ class RunReport:
     attribution: dict[str, float] = field(default_factory=dict)
     # (steps with a learning signal, steps that logged it); None: the run does not log it
     signal: tuple[int, int] | None = None
+    # an entropy controller's tracking (``tracking_stats``); None: the run has no controller
+    tracking: TrackingStats | None = None
+
+
+@dataclass(frozen=True)
+class TrackingStats:
+    """How closely a controlled run's ``entropy`` followed its path ``control/now``."""
+
+    rmse: float
+    n: int  # steps where the path held
+    coef_mean: float
+    coef_max: float
+
+
+def tracking_stats(run: RunLog) -> TrackingStats | None:
+    """RMSE of ``entropy`` − ``control/now`` over the steps that log both; None without a
+    controller."""
+    pairs = [
+        (s["entropy"], s["control/now"])
+        for s in run.steps
+        if isinstance(s.get("entropy"), float) and isinstance(s.get("control/now"), float)
+    ]
+    if not pairs:
+        return None
+    err = np.array([h - t for h, t in pairs])
+    _, coefs = run.series("control/coef")
+    return TrackingStats(
+        rmse=float(np.sqrt(np.mean(err**2))),
+        n=len(pairs),
+        coef_mean=float(np.mean(coefs)),
+        coef_max=float(np.max(coefs)),
+    )
+
+
+def _tracking_section(reports: list[RunReport]) -> list[str]:
+    rows = [r for r in reports if r.tracking is not None]
+    if not rows:
+        return []
+    lines = [
+        "## Entropy against its target path",
+        "",
+        "RMSE of `entropy` − `control/now` over the steps the path held, and the controller's "
+        "bonus coefficient (`control.png` draws both over steps).",
+        "",
+        "| run | tracking RMSE | steps | coef mean | coef max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r.tracking
+        lines.append(f"| {r.name} | {t.rmse:.4f} | {t.n} | {t.coef_mean:.4f} | {t.coef_max:.4f} |")
+    return lines
 
 
 # The share of responses with a non-zero advantage: 0 means a step without learning signal.
@@ -218,6 +269,7 @@ def compare_run(
         law_error=law_error,
         attribution=attribution_totals(run),
         signal=signal_steps(run),
+        tracking=tracking_stats(run),
     )
 
 
@@ -533,6 +585,7 @@ REPORT_SECTIONS = (
     _attribution_section,
     _shares_section,
     _law_section,
+    _tracking_section,
 )
 
 
@@ -634,7 +687,7 @@ def compare_runs(
     logs = [replace(read_run(r), label=label) for r, label in zip(runs, labels, strict=True)]
     reports = [compare_run(log, fit_fraction, n_boot, rng, reward_key) for log in logs]
     if out is not None:
-        from llm_bridge.plots import plot_attribution, plot_predictions, plot_runs
+        from llm_bridge.plots import plot_attribution, plot_control, plot_predictions, plot_runs
         from softmax_theory.plots import plot_law
 
         out = Path(out)
@@ -644,6 +697,8 @@ def compare_runs(
         figures = {"curves.png": plot_runs(logs), "predictions.png": plot_predictions(logs)}
         if any(r.attribution for r in reports):
             figures["attribution.png"] = plot_attribution(logs, SIGN_PARTS)
+        if any(r.tracking for r in reports):
+            figures["control.png"] = plot_control(logs)
         laws = [r.law for r in reports if r.law is not None]
         if laws:
             figures["law.png"] = plot_law(laws)

@@ -43,6 +43,29 @@ def plot_runs(runs: Sequence[RunLog]):
     return fig, axes
 
 
+def plot_control(runs: Sequence[RunLog]):
+    """Entropy against its target path (dashed) and the controller's bonus coefficient, over
+    steps, one colour per run; a run without a controller draws its entropy only."""
+    fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for i, run in enumerate(runs):
+        colour = f"C{i % 10}"
+        steps, h = run.series("entropy")
+        ax_h.plot(steps, h, color=colour, label=run.name)
+        steps, target = run.series("control/now")
+        if target:
+            ax_h.plot(steps, target, color=colour, ls="--", lw=1)
+        steps, coef = run.series("control/coef")
+        if coef:
+            ax_c.plot(steps, coef, color=colour, label=run.name)
+    ax_h.set(xlabel="step", ylabel="entropy (nats); dashed: target")
+    ax_c.set(xlabel="step", ylabel="bonus coefficient")
+    for ax in (ax_h, ax_c):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, (ax_h, ax_c)
+
+
 # Axes of the prediction scatter span these quantiles of the points, so one outlier step does not
 # squeeze the rest into a corner; the title says how many points fall outside.
 ROBUST_QUANTILES = (0.01, 0.99)

@@ -4,6 +4,7 @@ batch), it holds a level closer than no control, and its refusals."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from llm_bridge import TrainConfig, train
@@ -101,3 +102,16 @@ def test_the_command_line_refuses_a_target_above_log_v(cli, tiny_model, tmp_path
     ]
     res = cli(main, args)
     assert res.exit_code == 2 and "log V" in res.output and "Traceback" not in res.output
+
+
+def test_compare_tabulates_the_tracking_and_draws_the_path(tiny_model, tmp_path):
+    from llm_bridge.compare import compare_runs
+
+    run = train(small(tiny_model, steps=3, control=hold()), tmp_path / "c")
+    (report,) = compare_runs([run], out=tmp_path / "cmp", n_boot=10)
+    steps = read_run(run).steps
+    err = [s["entropy"] - s["control/now"] for s in steps]
+    assert report.tracking.rmse == pytest.approx(float(np.sqrt(np.mean(np.square(err)))))
+    assert report.tracking.n == 3
+    text = (tmp_path / "cmp" / "report.md").read_text()
+    assert "Entropy against its target path" in text and (tmp_path / "cmp" / "control.png").exists()
