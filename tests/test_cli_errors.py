@@ -22,6 +22,7 @@ from llm_bridge.config import TrainConfig
 from llm_bridge.tiny import TinyConfig
 from softmax_theory.algorithms import AlgoConfig
 from softmax_theory.checks import CheckConfig
+from softmax_theory.control import ControlConfig
 from softmax_theory.cli import SIM_EXCLUDE, SIM_RENAME
 from softmax_theory.cli import app as st_app
 from softmax_theory.cli import main as st_main
@@ -250,7 +251,7 @@ COMMANDS = (
         "simulate",
         st_main,
         [],
-        (EnvConfig, SimConfig, AlgoConfig, PolicyLossConfig),
+        (EnvConfig, SimConfig, AlgoConfig, PolicyLossConfig, ControlConfig),
         SIM_RENAME,
         SIM_EXCLUDE,
     ),
@@ -268,7 +269,7 @@ COMMANDS = (
         "train",
         llm_main,
         ["--out", "{tmp}/run"],
-        (TrainConfig, PolicyLossConfig),
+        (TrainConfig, PolicyLossConfig, ControlConfig),
         TRAIN_RENAME,
         frozenset(),
     ),
