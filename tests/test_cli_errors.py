@@ -22,26 +22,18 @@ from llm_bridge.config import TrainConfig
 from llm_bridge.tiny import TinyConfig
 from softmax_theory.algorithms import AlgoConfig
 from softmax_theory.checks import CheckConfig
-from softmax_theory.control import ControlConfig
 from softmax_theory.cli import SIM_EXCLUDE, SIM_RENAME
 from softmax_theory.cli import app as st_app
 from softmax_theory.cli import main as st_main
 from softmax_theory.cli_options import option_flag
+from softmax_theory.control import ControlConfig
 from softmax_theory.dynamics import SimConfig
 from softmax_theory.envs import EnvConfig
 from softmax_theory.inputs import Domain, numeric_fields
 from softmax_theory.law import LawConfig
 from softmax_theory.policy import LOSS_KNOBS, LOSS_SPECIFIC, PolicyLossConfig
 from softmax_theory.sweep import SweepGrid
-
-
-def _expect_one_line(result, *names):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
+from tests.one_line import expect_one_line
 
 
 @pytest.fixture
@@ -101,34 +93,34 @@ ST_CASES = {
 def test_softmax_theory_user_errors(case, tmp_path, a_file, run_dir, cli):
     args, names = ST_CASES[case]
     (tmp_path / "a_file.csv").write_text("step,entropy\n0,1.0\n")
-    _expect_one_line(cli(st_main, args(tmp_path, a_file, run_dir)), *names)
+    expect_one_line(cli(st_main, args(tmp_path, a_file, run_dir)), *names)
 
 
 def test_a_broken_config_json_is_one_line(run_dir, cli):
     (run_dir / "config.json").write_text('{"env": "bandit-4",\n  "steps": 5,,\n}')
-    _expect_one_line(cli(st_main, ["fit", run_dir]), "config.json", "line 2")
-    _expect_one_line(cli(llm_main, ["compare", run_dir]), "config.json", "line 2")
+    expect_one_line(cli(st_main, ["fit", run_dir]), "config.json", "line 2")
+    expect_one_line(cli(llm_main, ["compare", run_dir]), "config.json", "line 2")
 
 
 def test_unwritable_outputs_are_named_before_any_work(a_file, cli):
     """A directory that cannot be created (its parent is a file: even root cannot) is refused
     before the work starts, not after minutes of pre-training."""
-    _expect_one_line(cli(st_main, ["check", "--json", a_file / "c.json"]), "--json", "is a file")
+    expect_one_line(cli(st_main, ["check", "--json", a_file / "c.json"]), "--json", "is a file")
     result = cli(llm_main, ["pretrain-tiny", "--out", a_file / "m", "--steps", "100000"])
-    _expect_one_line(result, "--out", "cannot create")
+    expect_one_line(result, "--out", "cannot create")
 
 
 def test_llm_bridge_user_errors(tmp_path, a_file, run_dir, tiny_model, cli):
-    _expect_one_line(cli(llm_main, ["compare", run_dir, "--out", a_file]), "--out", "is a file")
-    _expect_one_line(
+    expect_one_line(cli(llm_main, ["compare", run_dir, "--out", a_file]), "--out", "is a file")
+    expect_one_line(
         cli(llm_main, ["train", "--model", tiny_model, "--out", tmp_path / "r", "--lr", "-1"]), "lr"
     )
-    _expect_one_line(cli(llm_main, ["train", "--out", tmp_path / "r2"]), "model")
+    expect_one_line(cli(llm_main, ["train", "--out", tmp_path / "r2"]), "model")
     # a bad line of a dataset is named by its line number in the file
     data = tmp_path / "d.jsonl"
     lines = [json.dumps({"prompt": "1+1=", "answer": "2"})] * 11 + ["{not json"]
     data.write_text("\n".join(lines[:5] + [""] + lines[5:]))
-    _expect_one_line(
+    expect_one_line(
         cli(
             llm_main, ["train", "--model", tiny_model, "--dataset", data, "--out", tmp_path / "r3"]
         ),
@@ -141,7 +133,7 @@ def test_llm_bridge_user_errors(tmp_path, a_file, run_dir, tiny_model, cli):
             json.dumps({"prompt": f"what is {i}+1?", "answer": str(i + 1)}) for i in range(20)
         )
     )
-    _expect_one_line(
+    expect_one_line(
         cli(
             llm_main,
             [
@@ -165,21 +157,21 @@ def test_importers_refuse_what_they_cannot_read(tmp_path, cli):
     no_reward.write_text(
         "\n".join(json.dumps({"step": i, "actor/entropy": 1.0 - i / 10}) for i in range(3))
     )
-    _expect_one_line(
+    expect_one_line(
         cli(llm_main, ["import", "verl", no_reward, "--out", tmp_path / "a"]),
         "reward-key",
         "critic/score/mean",
     )
     bad_cell = tmp_path / "m.csv"
     bad_cell.write_text("step,actor/entropy,critic/score/mean\n1,0.9,0.1\n2,abc,0.2\n")
-    _expect_one_line(
+    expect_one_line(
         cli(llm_main, ["import", "verl", bad_cell, "--out", tmp_path / "b"]),
         "m.csv line 3",
         "actor/entropy",
     )
     broken = tmp_path / "t.json"
     broken.write_text('{"log_history": [\n{"step": 1,}\n]}')
-    _expect_one_line(
+    expect_one_line(
         cli(llm_main, ["import", "trl", broken, "--out", tmp_path / "c"]), "t.json", "line 2"
     )
 
@@ -420,18 +412,18 @@ def test_every_command_and_numeric_field_is_walked():
 
 def test_cross_field_rules_name_the_flag(tmp_path, cli, no_work):
     """Rules between settings live beside the domains and are refused before any work."""
-    _expect_one_line(cli(st_main, ["check", "--bandit-actions", "1"]), "--bandit-actions", "≥ 2")
-    _expect_one_line(cli(st_main, ["fit", "x", "--fit-fraction", "1.5"]), "--fit-fraction")
-    _expect_one_line(
+    expect_one_line(cli(st_main, ["check", "--bandit-actions", "1"]), "--bandit-actions", "≥ 2")
+    expect_one_line(cli(st_main, ["fit", "x", "--fit-fraction", "1.5"]), "--fit-fraction")
+    expect_one_line(
         cli(llm_main, ["train", "--out", tmp_path / "r", "--val-prompts", "0", "--val-every", "1"]),
         "--val-prompts",
     )
-    _expect_one_line(
+    expect_one_line(
         cli(llm_main, ["train", "--out", tmp_path / "r", "--mini-batches", "3"]),
         "--mini-batches",
         "prompts_per_step",
     )
-    _expect_one_line(cli(st_main, ["simulate", "--steps", "5", "--cov-table", "5"]), "--cov-table")
-    _expect_one_line(
+    expect_one_line(cli(st_main, ["simulate", "--steps", "5", "--cov-table", "5"]), "--cov-table")
+    expect_one_line(
         cli(llm_main, ["pretrain-tiny", "--out", tmp_path / "m", "--heads", "3"]), "--heads"
     )

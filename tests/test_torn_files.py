@@ -15,18 +15,10 @@ from softmax_theory.runlog import (
     truncate_steps,
 )
 from softmax_theory.sweep import RUNS_DIR, SWEEP_FILE, cell_name, run_sweep
+from tests.one_line import expect_one_line
 
 ENV = EnvConfig(name="bandit", actions=4)
 BASE = SimConfig(steps=6, algo=AlgoConfig(algo="grpo"))
-
-
-def _one_line(result, *names):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 @pytest.fixture
@@ -92,12 +84,12 @@ def test_fit_names_a_torn_or_corrupt_line_instead_of_reading_past_it(run, cli, h
     path = run / STEPS_FILE
     if how == "torn":
         _tear(path)
-        _one_line(cli(st_main, ["fit", run]), "RUNS", "steps.jsonl line 5 is torn")
+        expect_one_line(cli(st_main, ["fit", run]), "RUNS", "steps.jsonl line 5 is torn")
     else:
         lines = path.read_text().splitlines()
         lines[2] = lines[2][:10]
         path.write_text("\n".join(lines) + "\n")
-        _one_line(cli(st_main, ["fit", run]), "RUNS", "steps.jsonl line 3", "not valid JSON")
+        expect_one_line(cli(st_main, ["fit", run]), "RUNS", "steps.jsonl line 3", "not valid JSON")
 
 
 # -- config.json ------------------------------------------------------------------------------
@@ -112,7 +104,7 @@ def test_a_torn_or_corrupt_config_json_is_named(run, cli, text, why):
     with pytest.raises(ValueError, match="config.json") as err:
         read_config(run)
     assert why in str(err.value)
-    _one_line(cli(st_main, ["fit", run]), "config.json", why)
+    expect_one_line(cli(st_main, ["fit", run]), "config.json", why)
 
 
 def test_read_json_names_a_file_that_is_not_text(tmp_path):
@@ -193,7 +185,7 @@ def test_a_corrupt_row_of_sweep_csv_is_refused_by_line(tmp_path, cli):
         _sweep(tmp_path / "s", resume=True)
     args = ["sweep", "--out", tmp_path / "s", "--resume", "--env", "bandit", "--actions", "4"]
     args += ["--algos", "npg,grpo", "--lrs", "0.1,1", "--steps", str(BASE.steps)]
-    _one_line(cli(st_main, args), "sweep.csv line 3")
+    expect_one_line(cli(st_main, args), "sweep.csv line 3")
 
 
 def test_a_torn_sweep_config_json_is_refused(tmp_path, cli):

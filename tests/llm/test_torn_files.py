@@ -29,6 +29,7 @@ from llm_bridge.run_dir import (
 from llm_bridge.tasks import synthetic_task
 from softmax_theory import EnvConfig, SimConfig, make_env, simulate
 from softmax_theory.runlog import STEPS_FILE, read_run
+from tests.one_line import expect_one_line
 
 TASK = synthetic_task("addition", n_train=200, n_test=16)
 ENGINES = ["ours", "trl"]
@@ -84,15 +85,6 @@ def _flip(path, at=0.5):
     data = bytearray(path.read_bytes())
     data[int(len(data) * at)] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def _one_line(result, *names):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 # -- the measured case: a finished run whose last row is torn -----------------------------------
@@ -356,13 +348,19 @@ def test_a_corrupt_covariance_table_or_row_refuses_the_resume_by_line(tiny_model
     tables = out / COV_TABLES_FILE
     good = tables.read_text()
     tables.write_text("not json\n" + good.split("\n", 1)[1])
-    _one_line(cli(llm_main, ["train", *flags, "--out", out, "--resume"]), "cov_tables.jsonl line 1")
+    expect_one_line(
+        cli(llm_main, ["train", *flags, "--out", out, "--resume"]), "cov_tables.jsonl line 1"
+    )
     tables.write_text(good)
     steps = out / STEPS_FILE
     steps.write_text(steps.read_text().replace('"step": 0', '"step": 7', 1))
-    _one_line(cli(llm_main, ["train", *flags, "--out", out, "--resume"]), "steps.jsonl line 2")
+    expect_one_line(
+        cli(llm_main, ["train", *flags, "--out", out, "--resume"]), "steps.jsonl line 2"
+    )
     (out / "config.json").write_text('{"model": "x",\n "st')
-    _one_line(cli(llm_main, ["train", *flags, "--out", out, "--resume"]), "config.json", "line 2")
+    expect_one_line(
+        cli(llm_main, ["train", *flags, "--out", out, "--resume"]), "config.json", "line 2"
+    )
 
 
 def _token_files(out):
@@ -412,7 +410,7 @@ def test_a_model_folder_with_a_file_not_whole_is_refused_naming_it(
     name, spoil = MODEL_DAMAGE[damage]
     spoil(model / name)
     result = cli(llm_main, ["train", "--model", model, "--out", tmp_path / "r", "--steps", "1"])
-    _one_line(result, "model:", str(model / name))
+    expect_one_line(result, "model:", str(model / name))
 
 
 def test_pretrain_tiny_trains_again_over_a_torn_summary_or_weights(tmp_path, cli):
@@ -441,7 +439,7 @@ def test_compare_names_a_torn_line_rather_than_read_past_it(tmp_path, cli):
     run = tmp_path / "run"
     simulate(make_env(EnvConfig(name="bandit", actions=4)), SimConfig(steps=5), out=run)
     _tear(run / STEPS_FILE)
-    _one_line(cli(llm_main, ["compare", run]), "steps.jsonl line 5 is torn")
+    expect_one_line(cli(llm_main, ["compare", run]), "steps.jsonl line 5 is torn")
 
 
 @pytest.mark.parametrize(
@@ -459,5 +457,5 @@ def test_compare_names_a_torn_line_rather_than_read_past_it(tmp_path, cli):
 def test_imported_logs_name_a_torn_line(tmp_path, cli, importer, name, text, where):
     path = tmp_path / name
     path.write_text(text)
-    _one_line(cli(llm_main, ["import", importer, path, "--out", tmp_path / "out"]), where)
+    expect_one_line(cli(llm_main, ["import", importer, path, "--out", tmp_path / "out"]), where)
     assert not (tmp_path / "out" / STEPS_FILE).exists()
