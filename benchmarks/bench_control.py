@@ -2,7 +2,7 @@
 without the controller, in the same process.
 
 The controller adds, per update, a second backward pass (the entropy term's gradient) and a
-bisection over the optimiser's would-be update (26 evaluations of Adam's rule over the
+bisection over the optimiser's would-be update (42 evaluations of Adam's rule over the
 parameters and a dot product each). Blocks of steps alternate (off, on, off, on) so that both
 see the same machine state; the table gives the median step time over the blocks, the first
 step of each block left out. Goal: the controller adds at most 30% to an unprobed step.

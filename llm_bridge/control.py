@@ -143,8 +143,9 @@ class EntropyController:
         def ahead(c: float) -> float:
             return base + self.forecast(c, g_pg, g_mean)
 
-        # 24 halvings: c to within 2⁻²⁴ of its range, far below what the forecast resolves
-        c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max, iters=24)
+        # 40 halvings: Adam's early updates are close to −lr·sign(g), so where the gradient is
+        # small the forecast is steep in c, and fewer halvings land off the aim
+        c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max)
         for p, gh in zip(self.params, self.g_h, strict=True):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

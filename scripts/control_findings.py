@@ -193,30 +193,73 @@ def tracking(out: Path, seeds: list[int]) -> None:
         print()
 
 
-def law_intervention(out: Path, seeds: list[int]) -> None:
+def law_intervention(out: Path, seeds: list[int], figure: Path | None = None) -> None:
     print("## The law as an intervention\n")
     print(
         "Entropy held at a share of H₀ from step 10 by the predictive controller; where the "
-        "validation reward settles (mean of the last 5 validations) beside what the law "
-        "R = −a·e^H + b, fitted on the vanilla run of the same seed (validation reward against "
-        "entropy), gives at the held entropy.\n"
+        "validation reward settles (mean ± standard error of the last 5 validations) beside "
+        "what the law R = −a·e^H + b, fitted on the vanilla run of the same seed (validation "
+        "reward against entropy), gives at the held entropy (95% bootstrap interval over the "
+        "vanilla run's validation points, 1,000 resamples).\n"
     )
     print("| seed | level | H held (last 50 steps) | val reward settles at | the law says |")
     print("|---:|---:|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    points = []
     for seed in seeds:
         vanilla = run(out, "vanilla", seed)
         vals = [s for s in vanilla if "val_reward" in s]
-        fit = fit_entropy_law(
-            np.array([s["entropy"] for s in vals]), np.array([s["val_reward"] for s in vals])
-        )
+        h_v = np.array([s["entropy"] for s in vals])
+        r_v = np.array([s["val_reward"] for s in vals])
+        fit = fit_entropy_law(h_v, r_v)
+        boots = []
+        for _ in range(1000):
+            idx = rng.integers(0, h_v.size, h_v.size)
+            if np.ptp(h_v[idx]) > 0:
+                boots.append(fit_entropy_law(h_v[idx], r_v[idx]))
         for level in LEVELS:
             path = dict(control_path="constant", control_level=level, control_start=10)
             steps = run(out, f"hold{level}", seed, **controlled("predictive", path))
             h = float(np.mean([s["entropy"] for s in steps[-50:]]))
-            settled = tail(steps, "val_reward", 5)
+            last = [s["val_reward"] for s in steps if "val_reward" in s][-5:]
+            settled, se = float(np.mean(last)), float(np.std(last, ddof=1) / np.sqrt(len(last)))
             law = -fit.a * np.exp(h) + fit.b
-            print(f"| {seed} | {level} | {h:.3f} | {settled:.3f} | {law:.3f} |")
-    print(f"\nThe law on vanilla: a = {fit.a:.3f}, b = {fit.b:.3f}, R² = {fit.r2:.3f}.\n")
+            lo, hi = np.percentile([-f.a * np.exp(h) + f.b for f in boots], [2.5, 97.5])
+            points.append((h, settled, se, law, lo, hi))
+            print(
+                f"| {seed} | {level} | {h:.3f} | {settled:.3f} ± {se:.3f} | "
+                f"{law:.3f} [{lo:.3f}, {hi:.3f}] |"
+            )
+        print(
+            f"\nThe law on vanilla, seed {seed}: a = {fit.a:.3f}, b = {fit.b:.3f}, "
+            f"R² = {fit.r2:.3f} ({fit.n} points).\n"
+        )
+        if figure is not None:
+            plot_intervention(h_v, r_v, fit, boots, points).savefig(figure, dpi=110)
+
+
+def plot_intervention(h_v, r_v, fit, boots, points):
+    """Vanilla's (H, val reward) points and the law fitted on them with its band, and the held
+    runs' settled rewards at their held entropy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    grid = np.linspace(min(h_v.min(), min(p[0] for p in points)) * 0.9, h_v.max() * 1.02, 100)
+    curves = np.array([-f.a * np.exp(grid) + f.b for f in boots])
+    lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
+    ax.fill_between(grid, lo, hi, color="C0", alpha=0.2, label="law, 95% band")
+    ax.plot(grid, -fit.a * np.exp(grid) + fit.b, color="C0", label="law fitted on vanilla")
+    ax.scatter(h_v, r_v, s=10, color="C0", alpha=0.6, label="vanilla validations")
+    h, r, se = (np.array([p[i] for p in points]) for i in range(3))
+    ax.errorbar(h, r, yerr=se, fmt="o", color="C3", label="held entropy: settled reward")
+    ax.set(xlabel="entropy (nats)", ylabel="validation reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def main() -> None:
@@ -224,13 +267,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/control"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=["tabular", "tracking", "law"], default=None)
+    parser.add_argument("--figure", type=Path, default=None, help="the law-as-intervention figure")
     args = parser.parse_args()
     if args.only in (None, "tabular"):
         tabular(args.seeds)
     if args.only in (None, "tracking"):
         tracking(args.out, args.seeds)
     if args.only in (None, "law"):
-        law_intervention(args.out, args.seeds)
+        law_intervention(args.out, args.seeds, args.figure)
 
 
 if __name__ == "__main__":
