@@ -115,3 +115,32 @@ def test_compare_tabulates_the_tracking_and_draws_the_path(tiny_model, tmp_path)
     assert report.tracking.n == 3
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert "Entropy against its target path" in text and (tmp_path / "cmp" / "control.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["predictive", "pi"])
+def test_a_killed_controlled_run_resumes_with_the_controllers_state(tiny_model, tmp_path, kind):
+    """The controller's state (its path from step 0's entropy, the last forecast, PI's
+    integral) is rebuilt from the run log on resume: a run killed after step 2, with its last
+    checkpoint after step 1, resumes to the uninterrupted run's ``control/*`` keys."""
+    from llm_bridge import ProbedGRPOTrainer, load_task
+
+    control = ControlConfig(
+        entropy_control=kind,
+        control_level=0.9,
+        control_coef_min=-1.0,
+        control_coef_max=1.0,
+        control_kp=0.5,
+        control_ki=0.2,
+    )
+    cfg = small(tiny_model, steps=4, checkpoint_every=2, control=control)
+    full = read_run(train(cfg, tmp_path / "full")).steps
+    trainer = ProbedGRPOTrainer(cfg, tmp_path / "killed", load_task(cfg))
+    for _ in range(3):
+        trainer.step()
+    trainer.run_dir.close()
+    trainer.control.close()
+    resumed = read_run(train(cfg, tmp_path / "killed", resume=True)).steps
+    assert [s["step"] for s in resumed] == [0, 1, 2, 3]
+    for a, b in zip(full, resumed, strict=True):
+        for key in (k for k in a if k.startswith("control/")):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (a["step"], key)
