@@ -30,10 +30,9 @@ from softmax_theory.control import (
     ControlConfig,
     Controller,
     ControlState,
-    control_keys,
-    corrected_target,
-    pi_coef,
     solve_coef,
+    step_aims,
+    step_end,
     target_path,
 )
 
@@ -84,20 +83,14 @@ class EntropyController:
         if self.state is None:
             path = target_path(self.cfg, entropy, self.steps, self.max_entropy)
             self.state = ControlState(path, step=step)
-        st = self.state
-        self.k, self.h, self.h_est = step, entropy, entropy
-        self.error = None if st.pred_after is None else entropy - st.pred_after
-        self.now, aim = st.path.target(step), st.path.target(step + 1)
-        self.aim = (
-            None if aim is None else corrected_target(aim, self.error, self.cfg.control_error_gain)
-        )
+        self.aims = step_aims(self.state, step, entropy, self.cfg)
+        self.h_est = entropy
         self.coefs: list[float] = []
         self.reset_terms()
-        self.active = self.predictive and self.aim is not None
-        if self.cfg.entropy_control is Controller.PI and self.now is not None:
-            c = pi_coef(self.now - entropy, st.integral + self.now - entropy, self.cfg)
-            self.coefs.append(c)
-            return c
+        self.active = self.predictive and self.aims.aim is not None
+        if self.aims.pi is not None:
+            self.coefs.append(self.aims.pi)
+            return self.aims.pi
         return 0.0
 
     def reset_terms(self) -> None:
@@ -137,7 +130,7 @@ class EntropyController:
         scale = (self.h_sum / self.agg_sum) / self.tokens  # ∇H̄ = scale · ∇agg(H)
         g_mean = [scale * g for g in self.g_h]
         left = self.updates - len(self.coefs)
-        want = self.h_est + (self.aim - self.h_est) / max(left, 1)
+        want = self.h_est + (self.aims.aim - self.h_est) / max(left, 1)
         base = self.h_est
 
         def ahead(c: float) -> float:
@@ -156,12 +149,8 @@ class EntropyController:
 
     def finish(self) -> dict[str, float]:
         """The step's ``control/*`` keys, and the state carried to the next step."""
-        st = self.state
-        pred = self.h_est if self.predictive and self.aim is not None else None
-        coef = sum(self.coefs) / len(self.coefs) if self.coefs else 0.0
-        keys = control_keys(self.now, st.path.target(self.k + 1), coef, pred, self.error)
-        integral = st.integral + (0.0 if self.now is None else self.now - self.h)
-        self.state = ControlState(st.path, self.k + 1, pred, integral)
+        pred = self.h_est if self.predictive and self.aims.aim is not None else None
+        keys, self.state = step_end(self.state, self.aims, self.coefs, pred)
         self.active = False
         return keys
 

@@ -24,11 +24,10 @@ from softmax_theory.control import (
     Controller,
     ControlState,
     check_control,
-    control_keys,
-    corrected_target,
     directional_change,
-    pi_coef,
     solve_coef,
+    step_aims,
+    step_end,
     target_path,
 )
 from softmax_theory.envs import TabularEnv, TokenTreeMDP
@@ -324,17 +323,8 @@ class StepControl:
         self.on = state is not None
         self.coefs: list[float] = []
         self.pred_after: float | None = None
-        if not self.on:
-            return
-        self.h = env.entropy(logits)
-        self.error = None if state.pred_after is None else self.h - state.pred_after
-        self.now = state.path.target(state.step)
-        self.aim = state.path.target(state.step + 1)
-        if self.aim is not None:
-            self.aim = corrected_target(self.aim, self.error, cfg.control_error_gain)
-        self.pi = None
-        if cfg.entropy_control is Controller.PI and self.now is not None:
-            self.pi = pi_coef(self.now - self.h, state.integral + self.now - self.h, cfg)
+        if self.on:
+            self.aims = step_aims(state, state.step, env.entropy(logits), cfg)
 
     def coef(self, z: np.ndarray, grad: np.ndarray, bonus: np.ndarray, lr: float) -> float:
         """The coefficient of the update from ``z`` with policy gradient ``grad`` and the
@@ -342,15 +332,14 @@ class StepControl:
         h_now = self.env.entropy(z)
         base = directional_change(self.env.entropy, z, -lr * grad)
         per_c = directional_change(self.env.entropy, z, -lr * bonus)
-        if self.aim is None:
+        aim = self.aims.aim
+        if aim is None:
             c = 0.0
-        elif self.pi is not None:
-            c = self.pi
         elif self.cfg.entropy_control is Controller.PI:
-            c = 0.0
+            c = 0.0 if self.aims.pi is None else self.aims.pi
         else:
             left = self.updates - len(self.coefs)
-            want = h_now + (self.aim - h_now) / left
+            want = h_now + (aim - h_now) / left
             c = solve_coef(
                 lambda x: h_now + base + x * per_c,
                 want,
@@ -364,24 +353,11 @@ class StepControl:
     def mean_coef(self) -> float:
         return float(np.mean(self.coefs)) if self.coefs else 0.0
 
-    def keys(self) -> dict[str, float]:
+    def end(self) -> tuple[dict[str, float], ControlState | None]:
+        """The step's ``control/*`` keys and the state carried to the next step."""
         if not self.on:
-            return {}
-        return control_keys(
-            self.now,
-            self.state.path.target(self.state.step + 1),
-            self.mean_coef(),
-            self.pred_after,
-            self.error,
-        )
-
-    def next_state(self) -> ControlState | None:
-        if not self.on:
-            return None
-        integral = self.state.integral + (0.0 if self.now is None else self.now - self.h)
-        return replace(
-            self.state, step=self.state.step + 1, pred_after=self.pred_after, integral=integral
-        )
+            return {}, None
+        return step_end(self.state, self.aims, self.coefs, self.pred_after)
 
 
 def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepResult:
@@ -468,11 +444,12 @@ def grpo_step(env, logits, state: AlgoState, cfg: AlgoConfig, lr, rng) -> StepRe
         updates.append((out.metrics, float(mask.sum())))
     metrics = token_weighted_means(updates)
     metrics["actor/entropy_coeff"] = control.mean_coef() if control.on else coeff_now
-    metrics.update(control.keys())
+    step_control_keys, control_state = control.end()
+    metrics.update(step_control_keys)
     metrics.update(attribution_parts(contrib, adv, old_logp, entropy(logits)[s_t], clipped_any))
     return StepResult(
         logits=z,
-        state=replace(state, entropy_coeff=coeff_next, control=control.next_state()),
+        state=replace(state, entropy_coeff=coeff_next, control=control_state),
         tokens=batch,
         token_logp=old_logp,
         token_adv=adv,

@@ -265,6 +265,45 @@ def pi_coef(error: float, integral: float, cfg: ControlConfig) -> float:
     return min(max(c, cfg.control_coef_min), cfg.control_coef_max)
 
 
+@dataclass(frozen=True)
+class StepAims:
+    """What a controller knows as step ``step`` starts at its measured ``entropy``: the last
+    step's forecast ``error`` (measured − forecast), the path ``now`` and the corrected
+    ``aim`` for the step's end (None where the path does not hold), and PI's coefficient
+    ``pi`` for the whole step (None unless the controller is PI and the path holds now)."""
+
+    step: int
+    entropy: float
+    error: float | None
+    now: float | None
+    aim: float | None
+    pi: float | None
+
+
+def step_aims(state: ControlState, step: int, entropy: float, cfg: ControlConfig) -> StepAims:
+    """The aims of step ``step``: one definition for the tabular world and both engines."""
+    error = None if state.pred_after is None else entropy - state.pred_after
+    now, aim = state.path.target(step), state.path.target(step + 1)
+    if aim is not None:
+        aim = corrected_target(aim, error, cfg.control_error_gain)
+    pi = None
+    if cfg.entropy_control is Controller.PI and now is not None:
+        pi = pi_coef(now - entropy, state.integral + now - entropy, cfg)
+    return StepAims(step, entropy, error, now, aim, pi)
+
+
+def step_end(
+    state: ControlState, aims: StepAims, coefs: Sequence[float], pred_after: float | None
+) -> tuple[dict[str, float], ControlState]:
+    """The step's ``control/*`` keys (``coefs``: the coefficients it applied) and the state
+    carried to the next step (its forecast, the PI integral over the steps the path held)."""
+    coef = float(np.mean(coefs)) if coefs else 0.0
+    target = state.path.target(aims.step + 1)
+    keys = control_keys(aims.now, target, coef, pred_after, aims.error)
+    integral = state.integral + (0.0 if aims.now is None else aims.now - aims.entropy)
+    return keys, ControlState(state.path, aims.step + 1, pred_after, integral)
+
+
 def directional_change(h: Callable[[np.ndarray], float], z: np.ndarray, v: np.ndarray) -> float:
     """∇h(z)·v, the first-order change of ``h`` along ``v``, by a central difference scaled so
     that the largest coordinate moves by 1e-5 (float64: error ~1e-10 relative)."""
@@ -300,6 +339,7 @@ __all__ = [
     "Controller",
     "EntropyPath",
     "PathKind",
+    "StepAims",
     "check_control",
     "control_keys",
     "corrected_target",
@@ -307,5 +347,7 @@ __all__ = [
     "pi_coef",
     "read_path_file",
     "solve_coef",
+    "step_aims",
+    "step_end",
     "target_path",
 ]
