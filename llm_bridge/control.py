@@ -30,6 +30,7 @@ from softmax_theory.control import (
     ControlConfig,
     Controller,
     ControlState,
+    PathKind,
     solve_coef,
     step_aims,
     step_end,
@@ -58,6 +59,9 @@ class EntropyController:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state: ControlState | None = None
         self.active = False
+        if cfg.control_path is PathKind.FILE or not cfg.control_relative:
+            # targets that do not scale with H₀ are checked now, before the first rollout
+            target_path(cfg, 1.0, steps, self.max_entropy)
         self.hook = opt.register_step_pre_hook(self.before_update)
 
     @property

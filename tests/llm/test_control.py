@@ -144,3 +144,19 @@ def test_a_killed_controlled_run_resumes_with_the_controllers_state(tiny_model, 
     for a, b in zip(full, resumed, strict=True):
         for key in (k for k in a if k.startswith("control/")):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (a["step"], key)
+
+
+def test_a_short_path_file_is_refused_before_the_first_rollout(cli, tiny_model, tmp_path):
+    from llm_bridge.cli import main
+
+    path = tmp_path / "path.csv"
+    path.write_text("step,target\n0,0.5\n1,0.5\n")  # the run has 3 steps
+    args = [
+        "train", "--model", tiny_model, "--out", tmp_path / "r", "--steps", "3",
+        "--prompts-per-step", "2", "--group-size", "2", "--val-every", "0",
+        "--entropy-control", "predictive", "--control-path", "file",
+        "--control-path-file", path,
+    ]  # fmt: skip
+    res = cli(main, args)
+    assert res.exit_code == 2 and "path.csv has 2 steps; the run has 3" in res.output
+    assert not (tmp_path / "r" / "steps.jsonl").exists()
