@@ -584,8 +584,8 @@ def instrument_kl_cov(calls: list[dict]):
     return restore
 
 
-# The old demo's KL-Cov run: TrainConfig's defaults of the time (64 prompts × 8, lr 5e-4, 10 warm-up steps,
-# 2 mini-batches, 120 steps) with --kl-cov-ratio 0.01 and --val-every 5.
+# The old demo's KL-Cov run: TrainConfig's defaults of the time (64 prompts × 8, lr 5e-4,
+# 10 warm-up steps, 2 mini-batches, 120 steps) with --kl-cov-ratio 0.01 and --val-every 5.
 def old_demo(model: str, **loss) -> TrainConfig:
     return TrainConfig(
         model=model,
