@@ -35,7 +35,30 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) 
     """z/T = (h·Wᵀ)/T in fp32 at least: [n, d], [V, d] → [n, V]. The product runs in the model's
     dtype, as the model's own head does; the division in fp32."""
     z = torch.nn.functional.linear(hidden, weight)
-    return z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
+    return _scaled(z, temperature)
+
+
+def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z/T in fp32 at least; z is a fresh product, so an fp32 one is divided in place."""
+    if z.dtype != torch.promote_types(z.dtype, torch.float32):
+        return z.float() / temperature
+    return z if temperature == 1.0 else z.div_(temperature)
+
+
+def head_tangent(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    hidden_tangent: torch.Tensor,
+    weight_tangent: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """The logits' first-order change (dh·Wᵀ + h·dWᵀ)/T (product rule): [n, d] rows and [V, d]
+    weights → [n, V], fp32 at least. The second product accumulates into the first's output
+    (one ``addmm_``), so no second [n, V] tensor is formed."""
+    dz = torch.nn.functional.linear(hidden_tangent, weight)
+    if weight_tangent is not None:
+        dz.addmm_(hidden, weight_tangent.T)
+    return _scaled(dz, temperature)
 
 
 class _HeadStats(torch.autograd.Function):
@@ -137,8 +160,8 @@ def head_probe_stats(
         z_after = head_logits(hidden_after[sl], weight_after, temperature)
         dz = None
         if hidden_tangent is not None:
-            dz = head_logits(hidden_tangent[sl], weight_before, temperature)
-            if weight_tangent is not None:
-                dz = dz + head_logits(hidden_before[sl], weight_tangent, temperature)
+            dz = head_tangent(
+                hidden_before[sl], weight_before, hidden_tangent[sl], weight_tangent, temperature
+            )
         parts.append(token_probe_stats(z, z_after, tokens[sl], dz))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -9,6 +9,7 @@ import torch
 
 from llm_bridge.forward import Params, jvp_ready, logits_fn, response_logits
 from llm_bridge.rollout import Rollouts
+from llm_bridge.token_stats import token_entropy_change
 
 
 def naive_token_stats(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -26,6 +27,30 @@ def naive_lemma1(logits: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     p = logp.exp()
     d = delta.double()
     return -((p * logp * d).sum(-1) - (p * logp).sum(-1) * (p * d).sum(-1))
+
+
+def naive_probe_rows(
+    x: torch.Tensor, xa: torch.Tensor, dz: torch.Tensor | None, tokens: torch.Tensor
+) -> torch.Tensor:
+    """The probe's per-token fields (``token_stats.PROBE_FIELDS`` order) of rows x, xa, dz
+    [n, V], one textbook formula each, in float64: [n, 6] (pred_jvp NaN without dz).
+
+    score = π(y)(log π(y) + H) − Σ_a π_a²(log π_a + H) (Lemma 1 for Δz = e_y − π)."""
+    stats = naive_token_stats(x, tokens)
+    logp = torch.log_softmax(x.double(), dim=-1)
+    p = logp.exp()
+    entropy, logp_y = stats["entropy"], stats["logp"]
+    cov_logp_p = (p * p * (logp + entropy.unsqueeze(-1))).sum(-1)
+    jvp_pred = torch.full_like(entropy, float("nan")) if dz is None else naive_lemma1(x, dz)
+    cols = (
+        entropy,
+        logp_y,
+        token_entropy_change(x.double(), xa.double()),
+        naive_lemma1(x, xa.double() - x.double()),
+        logp_y.exp() * (logp_y + entropy) - cov_logp_p,
+        jvp_pred,
+    )
+    return torch.stack(cols, dim=-1)
 
 
 @torch.no_grad()

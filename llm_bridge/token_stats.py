@@ -361,34 +361,80 @@ PROBE_FIELDS = (
 
 
 def _probe_rows(
-    x: torch.Tensor, xa: torch.Tensor, dz: torch.Tensor | None, tokens: torch.Tensor
+    x: torch.Tensor,
+    xa: torch.Tensor,
+    dz: torch.Tensor | None,
+    tokens: torch.Tensor,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """The probe's per-token quantities for rows x (before), xa (after) and dz (a first-order
-    logit change, e.g. J·Δθ), all [n, V] in the compute dtype; returns [n, 6] in PROBE_FIELDS
-    order (pred_jvp is NaN when dz is None).
+    logit change, e.g. J·Δθ), all [n, V] in any float dtype, computed in ``dtype``; returns
+    [n, 6] in PROBE_FIELDS order (pred_jvp is NaN when dz is None):
 
     - entropy H(z) and log π(y);
     - delta_entropy: H(z') − H(z), cancellation-free (``token_entropy_change``);
     - pred_lemma1: −Cov_π(log π, z' − z) (Lemma 1); pred_jvp: −Cov_π(log π, dz);
     - score: π(y)(log π(y) + H) − Cov_π(log π, π), Lemma 1 for the score-function step
       Δz_a = 1[a = y] − π_a (so A·score estimates −ΔH of a one-token update).
+
+    Fused, with one exp, one expm1 and one batched product (the slow reference, one softmax and
+    one reduction per quantity, is ``llm_bridge.reference.naive_probe_rows``).
+
+    With u = x − max x, e = e^u, s = Σe, c = Σe·u/s: H = log s − c and g = u − c = log π − E log π.
+    The centred change d = (xa − x) − E_π(xa − x), [dz], e^d − 1 (zeroed on rows past
+    ``STABLE_CHANGE_MAX_STEP``, which take the plain difference) and g are stacked on the right,
+    e, e·g and e·(e^d − 1) on the left: one ``bmm`` gives the E_π-products the six fields need
+    (every pass over V is memory-bound, so each buffer is written once and read by the product).
     """
-    logp = torch.log_softmax(x, dim=-1)
-    p = logp.exp()
-    mean_logp = torch.linalg.vecdot(p, logp)  # −H
-    g = logp - mean_logp.unsqueeze(-1)  # log π − E log π
+    from softmax_theory.estimators import STABLE_CHANGE_MAX_STEP
 
-    def lemma(d: torch.Tensor) -> torch.Tensor:
-        return -(
-            torch.linalg.vecdot(p * g, d) - torch.linalg.vecdot(p, g) * torch.linalg.vecdot(p, d)
-        )
+    n = x.shape[0]
+    k = 3 if dz is None else 4  # right-hand rows: d, [dz], e^d − 1, g
+    right = torch.empty(n, k, x.shape[1], dtype=dtype, device=x.device)  # (n, k, V)
+    left = torch.empty(n, 3, x.shape[1], dtype=dtype, device=x.device)  # (n, 3, V)
+    u = right[:, k - 1].copy_(x)
+    u.sub_(u.amax(dim=-1, keepdim=True))  # (n, V) u = x − max
+    e = torch.exp(u, out=left[:, 0])  # (n, V)
+    s = e.sum(-1)
+    log_s = s.log()
+    c = _rowwise_dot(e, u) / s  # E_π u
+    entropy = log_s - c
+    logp_y = u.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_s
+    d = right[:, 0].copy_(xa)
+    d.sub_(x)  # (n, V) xa − x, subtracted in ``dtype``
+    d.sub_((_rowwise_dot(e, d) / s).unsqueeze(-1))  # centred
+    small = torch.maximum(-d.amin(dim=-1), d.amax(dim=-1)) <= STABLE_CHANGE_MAX_STEP
+    em1 = torch.expm1(d, out=right[:, k - 2])
+    if not bool(small.all()):
+        em1[~small] = 0.0
+    g = u.sub_(c.unsqueeze(-1))  # log π − E log π
+    torch.mul(e, g, out=left[:, 1])
+    torch.mul(e, em1, out=left[:, 2])
+    if dz is not None:
+        right[:, 1].copy_(dz)
+    prod = torch.bmm(left, right.transpose(1, 2)) / s.view(n, 1, 1)  # (n, 3, k) E_π products
+    p_d, m, p_g = prod[:, 0, 0], prod[:, 0, k - 2], prod[:, 0, k - 1]
+    pg_d, pg_em1 = prod[:, 1, 0], prod[:, 1, k - 2]
+    pem1_d = prod[:, 2, 0]
 
-    logp_y = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -mean_logp
-    cov_logp_p = torch.linalg.vecdot(p * p, logp) - mean_logp * (p * p).sum(-1)
+    def lemma(pg_v: torch.Tensor, p_v: torch.Tensor) -> torch.Tensor:
+        return -(pg_v - p_g * p_v)  # −Cov_π(log π, v); E_π g is zero up to rounding
+
+    cov_logp_p = _rowwise_dot(left[:, 1], e) / (s * s)  # Σ π²·g = Cov_π(log π, π)
     score = logp_y.exp() * (logp_y + entropy) - cov_logp_p
-    jvp_pred = torch.full_like(entropy, float("nan")) if dz is None else lemma(dz)
-    cols = (entropy, logp_y, _entropy_change_rows(x, xa), lemma(xa - x), score, jvp_pred)
+    change = (
+        -(pg_em1 - m * p_g) / (1 + m) - (p_d + (pem1_d - m * p_d) / (1 + m)) + torch.log1p(m)
+    )
+    if not bool(small.all()):
+        big = (~small).nonzero().squeeze(-1)
+        za = xa[big].to(dtype)
+        h_after = torch.logsumexp(za, -1) - torch.linalg.vecdot(torch.softmax(za, -1), za)
+        change[big] = h_after - entropy[big]
+    if dz is None:
+        jvp_pred = torch.full_like(entropy, float("nan"))
+    else:
+        jvp_pred = lemma(prod[:, 1, 1], prod[:, 0, 1])
+    cols = (entropy, logp_y, change, lemma(pg_d, p_d), score, jvp_pred)
     return torch.stack(cols, dim=-1)
 
 
@@ -422,8 +468,8 @@ def token_probe_stats(
     rows = _rows_per_chunk(n_vocab, chunk_size)
     for start in range(0, out.shape[0], rows):
         sl = slice(start, start + rows)
-        dz = None if flat_t is None else flat_t[sl].to(dtype)
-        out[sl] = _probe_rows(flat[0][sl].to(dtype), flat[1][sl].to(dtype), dz, flat_y[sl])
+        dz = None if flat_t is None else flat_t[sl]
+        out[sl] = _probe_rows(flat[0][sl], flat[1][sl], dz, flat_y[sl], dtype)
     shape = logits_before.shape[:-1]
     stats = {k: out[:, i].reshape(shape) for i, k in enumerate(PROBE_FIELDS)}
     if tangent is None:

@@ -153,3 +153,49 @@ def test_masked_logits_match_the_unmasked_support():
         keep = torch.isfinite(z[i])
         assert float(h[i]) == pytest.approx(float(smt.entropy(z[i][keep].numpy())), rel=1e-6)
     assert torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 0.3])
+@pytest.mark.parametrize("with_tangent", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_probe_rows_equal_the_slow_reference(scale, with_tangent, dtype):
+    """The probe's fused rows (one exp, one expm1, one batched product) against one textbook
+    formula per field in float64, at update scales from a tiny to a large step; a row whose step
+    is past the stable bound takes the plain difference in both."""
+    from llm_bridge.reference import naive_probe_rows
+    from llm_bridge.token_stats import PROBE_FIELDS, token_probe_stats
+
+    g = torch.Generator().manual_seed(1)
+    n, v = 9, 4099
+    x = (3 * torch.randn(n, v, generator=g)).to(dtype)
+    xa = (x.float() + scale * torch.randn(n, v, generator=g)).to(dtype)
+    xa[4] = x[4].float() + 80 * torch.randn(v, generator=g)  # past STABLE_CHANGE_MAX_STEP
+    dz = (scale * torch.randn(n, v, generator=g)).to(dtype) if with_tangent else None
+    y = torch.randint(0, v, (n,), generator=g)
+    ref = naive_probe_rows(x, xa, dz, y)
+    for chunk in (1, 4, None):
+        fast = token_probe_stats(x, xa, y, dz, chunk_size=chunk)
+        for i, key in enumerate(PROBE_FIELDS):
+            if key == "pred_jvp" and dz is None:
+                assert key not in fast
+                continue
+            want = ref[:, i]
+            # the reference's own rounding: a few ulps of the largest term it sums
+            tol = 1e-12 * want.abs().max() + 1e-15
+            assert torch.allclose(fast[key], want, rtol=1e-10, atol=float(tol)), key
+
+
+def test_fused_probe_rows_at_the_real_vocabulary():
+    """V = 151,936, where a row's sums run over the whole vocabulary."""
+    from llm_bridge.reference import naive_probe_rows
+    from llm_bridge.token_stats import PROBE_FIELDS, token_probe_stats
+
+    g = torch.Generator().manual_seed(2)
+    x = 2 * torch.randn(3, 151_936, generator=g)
+    xa = x + 1e-4 * torch.randn(3, 151_936, generator=g)
+    dz = 1e-4 * torch.randn(3, 151_936, generator=g)
+    y = torch.randint(0, 151_936, (3,), generator=g)
+    ref = naive_probe_rows(x, xa, dz, y)
+    fast = token_probe_stats(x, xa, y, dz)
+    for i, key in enumerate(PROBE_FIELDS):
+        assert torch.allclose(fast[key], ref[:, i], rtol=1e-9, atol=1e-15), key
