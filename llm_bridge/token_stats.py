@@ -422,9 +422,7 @@ def _probe_rows(
 
     cov_logp_p = _rowwise_dot(left[:, 1], e) / (s * s)  # Σ π²·g = Cov_π(log π, π)
     score = logp_y.exp() * (logp_y + entropy) - cov_logp_p
-    change = (
-        -(pg_em1 - m * p_g) / (1 + m) - (p_d + (pem1_d - m * p_d) / (1 + m)) + torch.log1p(m)
-    )
+    change = -(pg_em1 - m * p_g) / (1 + m) - (p_d + (pem1_d - m * p_d) / (1 + m)) + torch.log1p(m)
     if not bool(small.all()):
         big = (~small).nonzero().squeeze(-1)
         za = xa[big].to(dtype)
