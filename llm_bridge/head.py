@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from llm_bridge.token_stats import entropy_and_logprobs, stats_grad_rows, token_probe_stats
+from llm_bridge.token_stats import (
+    ProbeWork,
+    entropy_and_logprobs,
+    probe_rows_per_chunk,
+    stats_grad_rows,
+    token_probe_stats,
+)
 
 # Rows per chunk are chosen so that one chunk of logits holds about this many entries (32 MiB in
 # fp32): large enough for an efficient matrix product, small beside a model's activations.
@@ -45,20 +51,36 @@ def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return z if temperature == 1.0 else z.div_(temperature)
 
 
-def head_tangent(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    hidden_tangent: torch.Tensor,
-    weight_tangent: torch.Tensor | None,
-    temperature: float,
-) -> torch.Tensor:
-    """The logits' first-order change (dh·Wᵀ + h·dWᵀ)/T (product rule): [n, d] rows and [V, d]
-    weights → [n, V], fp32 at least. The second product accumulates into the first's output
-    (one ``addmm_``), so no second [n, V] tensor is formed."""
-    dz = torch.nn.functional.linear(hidden_tangent, weight)
-    if weight_tangent is not None:
-        dz.addmm_(hidden, weight_tangent.T)
-    return _scaled(dz, temperature)
+class HeadWork:
+    """Reused [rows, V] buffers for the head's products in the probe: before, after and the
+    tangent, in the product's dtype, and fp32 copies where that dtype is narrower (allocating
+    them per chunk leaves the C allocator's heap fragmented; see ``token_stats.ProbeWork``)."""
+
+    def __init__(self, rows: int, weight: torch.Tensor, tangent: bool):
+        n_vocab, dt, dev = weight.shape[0], weight.dtype, weight.device
+        wide = torch.promote_types(dt, torch.float32)
+        names = ("before", "after", "tangent") if tangent else ("before", "after")
+        self.products = {k: torch.empty(rows, n_vocab, dtype=dt, device=dev) for k in names}
+        self.wide = (
+            {}
+            if wide == dt
+            else {k: torch.empty(rows, n_vocab, dtype=wide, device=dev) for k in names}
+        )
+
+    def logits(self, name: str, n: int, temperature: float) -> torch.Tensor:
+        """The buffer ``name``'s first n rows as z/T in fp32 at least (the product is in place)."""
+        z = self.products[name][:n]
+        if name in self.wide:
+            z = self.wide[name][:n].copy_(z)
+        return z if temperature == 1.0 else z.div_(temperature)
+
+
+def head_work_bytes(rows: int, n_vocab: int, dtype: torch.dtype, tangent: bool) -> int:
+    """The bytes of a ``HeadWork`` (the memory model's term for it)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    wide = torch.empty((), dtype=torch.promote_types(dtype, torch.float32)).element_size()
+    per = size + (wide if wide != size else 0)
+    return (3 if tangent else 2) * rows * n_vocab * per
 
 
 class _HeadStats(torch.autograd.Function):
@@ -153,15 +175,25 @@ def head_probe_stats(
     [V, d]. Returns ``token_probe_stats``'s fields, each [N], float64.
     """
     rows = head_rows(weight_before.shape[0], chunk_rows)
+    n = hidden_before.shape[0]
+    with_tangent = hidden_tangent is not None
+    buf = HeadWork(max(1, min(rows, n)), weight_before, with_tangent)
+    n_vocab = weight_before.shape[0]
+    work = ProbeWork(
+        min(probe_rows_per_chunk(n_vocab), max(1, n)), n_vocab, torch.float64, weight_before.device
+    )
     parts: list[dict[str, torch.Tensor]] = []
-    for start in range(0, hidden_before.shape[0], rows):
+    for start in range(0, n, rows):
         sl = slice(start, start + rows)
-        z = head_logits(hidden_before[sl], weight_before, temperature)
-        z_after = head_logits(hidden_after[sl], weight_after, temperature)
+        m = hidden_before[sl].shape[0]
+        torch.mm(hidden_before[sl], weight_before.T, out=buf.products["before"][:m])
+        torch.mm(hidden_after[sl], weight_after.T, out=buf.products["after"][:m])
         dz = None
-        if hidden_tangent is not None:
-            dz = head_tangent(
-                hidden_before[sl], weight_before, hidden_tangent[sl], weight_tangent, temperature
-            )
-        parts.append(token_probe_stats(z, z_after, tokens[sl], dz))
+        if with_tangent:
+            prod = torch.mm(hidden_tangent[sl], weight_before.T, out=buf.products["tangent"][:m])
+            if weight_tangent is not None:
+                prod.addmm_(hidden_before[sl], weight_tangent.T)  # product rule: + h·dWᵀ
+            dz = buf.logits("tangent", m, temperature)
+        z, z_after = buf.logits("before", m, temperature), buf.logits("after", m, temperature)
+        parts.append(token_probe_stats(z, z_after, tokens[sl], dz, work=work))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -360,12 +360,38 @@ PROBE_FIELDS = (
 )
 
 
+class ProbeWork:
+    """The work buffers of the probe's fused rows, for up to ``rows`` rows at a time, allocated
+    once and reused by every chunk: a fresh pair per chunk leaves freed blocks behind in the C
+    allocator's heap, and the process's resident memory then climbs by about a chunk per chunk
+    (measured: 0.6 MB per row at V = 151,936, 2.5 GB over 4,096 tokens)."""
+
+    def __init__(self, rows: int, n_vocab: int, dtype: torch.dtype, device: torch.device):
+        self.rows, self.dtype = rows, dtype
+        self.right = torch.empty(rows, 4, n_vocab, dtype=dtype, device=device)  # (rows, 4, V)
+        self.left = torch.empty(rows, 3, n_vocab, dtype=dtype, device=device)  # (rows, 3, V)
+
+    @property
+    def nbytes(self) -> int:
+        return self.right.nbytes + self.left.nbytes
+
+
+def probe_work_bytes(rows: int, n_vocab: int, dtype: torch.dtype = torch.float64) -> int:
+    """The bytes of a ``ProbeWork`` for ``rows`` rows (the memory model's term for it)."""
+    return 7 * rows * n_vocab * torch.empty((), dtype=dtype).element_size()
+
+
+def probe_rows_per_chunk(n_vocab: int, chunk_size: int | None = None) -> int:
+    """Rows per chunk of ``token_probe_stats`` at a vocabulary of ``n_vocab``."""
+    return _rows_per_chunk(n_vocab, chunk_size)
+
+
 def _probe_rows(
     x: torch.Tensor,
     xa: torch.Tensor,
     dz: torch.Tensor | None,
     tokens: torch.Tensor,
-    dtype: torch.dtype,
+    work: ProbeWork,
 ) -> torch.Tensor:
     """The probe's per-token quantities for rows x (before), xa (after) and dz (a first-order
     logit change, e.g. J·Δθ), all [n, V] in any float dtype, computed in ``dtype``; returns
@@ -388,10 +414,10 @@ def _probe_rows(
     """
     from softmax_theory.estimators import STABLE_CHANGE_MAX_STEP
 
-    n = x.shape[0]
+    n, dtype = x.shape[0], work.dtype
     k = 3 if dz is None else 4  # right-hand rows: d, [dz], e^d − 1, g
-    right = torch.empty(n, k, x.shape[1], dtype=dtype, device=x.device)  # (n, k, V)
-    left = torch.empty(n, 3, x.shape[1], dtype=dtype, device=x.device)  # (n, 3, V)
+    right = work.right[:n, :k]  # (n, k, V)
+    left = work.left[:n]  # (n, 3, V)
     u = right[:, k - 1].copy_(x)
     u.sub_(u.amax(dim=-1, keepdim=True))  # (n, V) u = x − max
     e = torch.exp(u, out=left[:, 0])  # (n, V)
@@ -443,6 +469,7 @@ def token_probe_stats(
     tangent: torch.Tensor | None = None,
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float64,
+    work: ProbeWork | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every per-token quantity of the entropy probe in one chunked pass over the rows.
 
@@ -452,6 +479,8 @@ def token_probe_stats(
       tangent: a first-order logit change J·Δθ, [..., V], or None.
       dtype: compute dtype (float64 by default: per-token changes are often below fp32's
         resolution of H).
+      work: work buffers to reuse (a caller that calls chunk after chunk keeps one); by default
+        one is allocated for this call. Its dtype is the compute dtype.
     Returns:
       ``PROBE_FIELDS`` → tensors of shape [...] (``pred_jvp`` only with a tangent).
     """
@@ -462,12 +491,16 @@ def token_probe_stats(
     flat = [t.reshape(-1, n_vocab) for t in (logits_before, logits_after)]
     flat_t = None if tangent is None else tangent.reshape(-1, n_vocab)
     flat_y = tokens.reshape(-1).long()
-    out = torch.empty(flat[0].shape[0], len(PROBE_FIELDS), dtype=dtype, device=flat_y.device)
+    n = flat_y.shape[0]
     rows = _rows_per_chunk(n_vocab, chunk_size)
+    if work is None:
+        work = ProbeWork(max(1, min(rows, n)), n_vocab, dtype, flat_y.device)
+    rows = min(rows, work.rows)
+    out = torch.empty(n, len(PROBE_FIELDS), dtype=work.dtype, device=flat_y.device)
     for start in range(0, out.shape[0], rows):
         sl = slice(start, start + rows)
         dz = None if flat_t is None else flat_t[sl]
-        out[sl] = _probe_rows(flat[0][sl], flat[1][sl], dz, flat_y[sl], dtype)
+        out[sl] = _probe_rows(flat[0][sl], flat[1][sl], dz, flat_y[sl], work)
     shape = logits_before.shape[:-1]
     stats = {k: out[:, i].reshape(shape) for i, k in enumerate(PROBE_FIELDS)}
     if tangent is None:
