@@ -19,7 +19,7 @@ from llm_bridge.token_stats import (
     ProbeWork,
     entropy_and_logprobs,
     probe_rows_per_chunk,
-    stats_grad_rows,
+    stats_grad_into,
     token_probe_stats,
 )
 
@@ -52,20 +52,24 @@ def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 class HeadWork:
-    """Reused [rows, V] buffers for the head's products in the probe: before, after and the
-    tangent, in the product's dtype, and fp32 copies where that dtype is narrower (allocating
-    them per chunk leaves the C allocator's heap fragmented; see ``token_stats.ProbeWork``)."""
+    """Reused [rows, V] buffers for the head's products, one per name, in the product's dtype,
+    and fp32 copies where that dtype is narrower: allocating them chunk by chunk leaves the C
+    allocator's heap fragmented, and the resident memory climbs by about a chunk per chunk
+    (see ``token_stats.ProbeWork``)."""
 
-    def __init__(self, rows: int, weight: torch.Tensor, tangent: bool):
+    def __init__(self, rows: int, weight: torch.Tensor, names: tuple[str, ...]):
         n_vocab, dt, dev = weight.shape[0], weight.dtype, weight.device
         wide = torch.promote_types(dt, torch.float32)
-        names = ("before", "after", "tangent") if tangent else ("before", "after")
         self.products = {k: torch.empty(rows, n_vocab, dtype=dt, device=dev) for k in names}
         self.wide = (
             {}
             if wide == dt
             else {k: torch.empty(rows, n_vocab, dtype=wide, device=dev) for k in names}
         )
+
+    def product(self, name: str, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """h·Wᵀ into the buffer ``name``: [n, d], [V, d] → [n, V] (the product's dtype)."""
+        return torch.mm(hidden, weight.T, out=self.products[name][: hidden.shape[0]])
 
     def logits(self, name: str, n: int, temperature: float) -> torch.Tensor:
         """The buffer ``name``'s first n rows as z/T in fp32 at least (the product is in place)."""
@@ -75,12 +79,12 @@ class HeadWork:
         return z if temperature == 1.0 else z.div_(temperature)
 
 
-def head_work_bytes(rows: int, n_vocab: int, dtype: torch.dtype, tangent: bool) -> int:
-    """The bytes of a ``HeadWork`` (the memory model's term for it)."""
+def head_work_bytes(rows: int, n_vocab: int, dtype: torch.dtype, buffers: int) -> int:
+    """The bytes of a ``HeadWork`` of ``buffers`` names (the memory model's term for it)."""
     size = torch.empty((), dtype=dtype).element_size()
     wide = torch.empty((), dtype=torch.promote_types(dtype, torch.float32)).element_size()
     per = size + (wide if wide != size else 0)
-    return (3 if tangent else 2) * rows * n_vocab * per
+    return buffers * rows * n_vocab * per
 
 
 class _HeadStats(torch.autograd.Function):
@@ -90,10 +94,12 @@ class _HeadStats(torch.autograd.Function):
         cd = torch.promote_types(weight.dtype, torch.float32)
         entropy = torch.empty(n, dtype=cd, device=hidden.device)
         logp = torch.empty_like(entropy)
+        buf = HeadWork(max(1, min(rows, n)), weight, ("z",))
         with torch.no_grad():
             for start in range(0, n, rows):
                 sl = slice(start, start + rows)
-                z = head_logits(hidden[sl], weight, temperature)  # (rows, V)
+                m = buf.product("z", hidden[sl], weight).shape[0]
+                z = buf.logits("z", m, temperature)  # (rows, V)
                 entropy[sl], logp[sl] = entropy_and_logprobs(z, tokens[sl])
         ctx.save_for_backward(hidden, weight, tokens, entropy)
         ctx.temperature, ctx.rows = temperature, rows
@@ -108,21 +114,33 @@ class _HeadStats(torch.autograd.Function):
         grad_w = (
             torch.zeros(weight.shape, dtype=entropy.dtype, device=weight.device) if need_w else None
         )
-        for start in range(0, hidden.shape[0], ctx.rows):
-            sl = slice(start, start + ctx.rows)
-            z = head_logits(hidden[sl], weight, ctx.temperature)
-            g_z = stats_grad_rows(
+        n, rows, cd = hidden.shape[0], ctx.rows, entropy.dtype
+        buf = HeadWork(max(1, min(rows, n)), weight, ("z",))
+        scratch = torch.empty(max(1, min(rows, n)), weight.shape[0], dtype=cd, device=weight.device)
+        narrow = weight.dtype != cd  # the gradient goes back to the weight's dtype for the products
+        for start in range(0, n, rows):
+            sl = slice(start, start + rows)
+            m = buf.product("z", hidden[sl], weight).shape[0]
+            z = buf.logits("z", m, ctx.temperature)  # (m, V), overwritten by its gradient
+            g_z = stats_grad_into(
                 z,
                 tokens[sl],
                 entropy[sl],
                 None if g_entropy is None else g_entropy[sl],
                 None if g_logp is None else g_logp[sl],
+                scratch[:m],
             )
-            g_z = (g_z / ctx.temperature).to(weight.dtype)  # ∂/∂(h·Wᵀ)
+            if ctx.temperature != 1.0:
+                g_z.div_(ctx.temperature)  # ∂/∂(h·Wᵀ)
+            if narrow:
+                g_z = buf.products["z"][:m].copy_(g_z)
             if need_h:
-                grad_h[sl] = g_z @ weight  # (rows, d)
+                torch.mm(g_z, weight, out=grad_h[sl])  # (m, d)
             if need_w:
-                grad_w += (g_z.T @ hidden[sl]).to(grad_w.dtype)  # (V, d)
+                if narrow:
+                    grad_w += (g_z.T @ hidden[sl]).to(grad_w.dtype)  # (V, d)
+                else:
+                    grad_w.addmm_(g_z.T, hidden[sl])
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
 
 
@@ -177,7 +195,8 @@ def head_probe_stats(
     rows = head_rows(weight_before.shape[0], chunk_rows)
     n = hidden_before.shape[0]
     with_tangent = hidden_tangent is not None
-    buf = HeadWork(max(1, min(rows, n)), weight_before, with_tangent)
+    names = ("before", "after", "tangent") if with_tangent else ("before", "after")
+    buf = HeadWork(max(1, min(rows, n)), weight_before, names)
     n_vocab = weight_before.shape[0]
     work = ProbeWork(
         min(probe_rows_per_chunk(n_vocab), max(1, n)), n_vocab, torch.float64, weight_before.device
@@ -186,11 +205,11 @@ def head_probe_stats(
     for start in range(0, n, rows):
         sl = slice(start, start + rows)
         m = hidden_before[sl].shape[0]
-        torch.mm(hidden_before[sl], weight_before.T, out=buf.products["before"][:m])
-        torch.mm(hidden_after[sl], weight_after.T, out=buf.products["after"][:m])
+        buf.product("before", hidden_before[sl], weight_before)
+        buf.product("after", hidden_after[sl], weight_after)
         dz = None
         if with_tangent:
-            prod = torch.mm(hidden_tangent[sl], weight_before.T, out=buf.products["tangent"][:m])
+            prod = buf.product("tangent", hidden_tangent[sl], weight_before)
             if weight_tangent is not None:
                 prod.addmm_(hidden_before[sl], weight_tangent.T)  # product rule: + h·dWᵀ
             dz = buf.logits("tangent", m, temperature)

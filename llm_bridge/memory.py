@@ -88,6 +88,9 @@ class StepMemory:
         fixed += self.theta_old + self.reference
         return fixed + transient + self.batch_arrays + self.chunk
 
+    def phases(self) -> dict[str, int]:
+        return {"total": self.total}
+
     def describe(self) -> str:
         parts = {
             "weights": self.weights,

@@ -129,6 +129,36 @@ def stats_grad_rows(
     return grad
 
 
+def stats_grad_into(
+    z: torch.Tensor,
+    tokens: torch.Tensor,
+    entropy: torch.Tensor,
+    g_entropy: torch.Tensor | None,
+    g_logp: torch.Tensor | None,
+    work: torch.Tensor,
+) -> torch.Tensor:
+    """``stats_grad_rows`` in place, with no other [n, V] tensor: z [n, V] (compute dtype) is
+    overwritten with the gradient, which is returned; work [n, V] (same dtype) is scratch.
+
+    log π = z − max − log Σe^{z−max} and π = e^{z−max}/Σ in the two buffers, then
+    −g_H·π(log π + H) − g_y·π + g_y·e_y into z."""
+    m = z.amax(dim=-1, keepdim=True)
+    z.sub_(m)
+    p = torch.exp(z, out=work)  # (n, V) e^{z − max}
+    total = p.sum(dim=-1, keepdim=True)
+    logp = z.sub_(total.log())  # (n, V) log π
+    p.div_(total)  # π
+    if g_entropy is not None:
+        logp.add_(entropy.unsqueeze(-1)).mul_(p).mul_(-g_entropy.unsqueeze(-1))
+    else:
+        logp.zero_()
+    grad = logp
+    if g_logp is not None:
+        grad.sub_(p.mul_(g_logp.unsqueeze(-1)))
+        grad.scatter_add_(-1, tokens.unsqueeze(-1), g_logp.unsqueeze(-1).to(grad.dtype))
+    return grad
+
+
 class _EntropyAndLogprobs(torch.autograd.Function):
     """Chunked forward and backward: no [N, V] graph is kept, only the logits themselves."""
 
