@@ -1,18 +1,27 @@
 """The memory a GRPO step needs, estimated before the first step, and the guard that refuses a
 step that cannot fit.
 
-Peak = weights + gradients + optimiser state and its step's temporaries + the θ_old copy and Δθ
-(the probe and its JVP) + a reference model
-(a KL penalty) + the larger of (generation: one generate call's responses) and (one micro-batch's
-activations and logits) + the per-token arrays of the batch + O(chunk). ``docs/memory.md``
-states the model with its numbers next to measured peaks (``benchmarks/bench_scale.py``).
+A step runs in phases, and its peak is the largest of them (``StepMemory.phases``):
 
-The activation term counts, per token and layer, the tensors a Llama-style block keeps for
-backward: about 12·d (attention inputs, projections, norms, residuals) + 4·I (the MLP's gate, up,
-activation and product) + the attention weights of the eager kernel (heads × sequence length);
-fused attention (SDPA) keeps none of the latter. It is an estimate: measured peaks of the
-real-vocabulary model are 1.5–1.7× above it (docs/memory.md, which says where), which is enough for
-a guard against a 100× oversized batch and not for packing a card to its last GiB.
+    persistent = weights + gradients + optimiser state (+ a reference model)
+    rollout    = persistent + one generate call (KV cache, sampling logits)
+    old pass   = persistent + one head chunk and one layer's activations (no graph is kept)
+    update     = persistent + θ_old and Δθ (the probe) + max(backward, optimiser step)
+                 backward: a micro-batch's activations + the head's chunked backward
+                 (two [rows, V] fp32 buffers, its fp32 gradient, a tied embedding's gradient)
+                 step: Adam's parameter-sized temporaries (and the forecast's, with the JVP)
+    probe      = persistent + θ_old and Δθ + max(JVP, head)
+                 JVP: eager attention, primal and tangent, about six [b, heads, S, S] fp32
+                 tensors live at once (forward-mode AD runs attention eager) + one layer's
+                 activations and their tangents
+                 head: three [rows, V] product buffers + the fused rows' float64 work buffers
+
+plus the batch's per-token arrays and the trainer's own footprint (``TRAINER_OVERHEAD``) in every
+phase. ``docs/memory.md`` states the model with its
+numbers next to measured peaks (``benchmarks/bench_memory.py``). The activation term counts, per
+token and layer, the tensors a Llama-style block keeps for backward: about 12·d (attention inputs,
+projections, norms, residuals) + 4·I (the MLP's gate, up, activation and product) + the attention
+weights of the eager kernel (heads × sequence length); fused attention (SDPA) keeps none of them.
 """
 
 from __future__ import annotations
@@ -22,15 +31,26 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_bridge.head import head_rows
+from llm_bridge.token_stats import probe_rows_per_chunk, probe_work_bytes
+
 GIB = 1024**3
 # bytes of one element per dtype
 BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.float64: 8}
-# the allocator's slack and Python's own footprint: the guard leaves this share of the free memory
-HEADROOM = 0.9
+# the guard passes a step whose estimate fits in this share of the memory there is: the
+# estimate's measured error is within ±15% (docs/memory.md), so 1/1.15 of it leaves that to spare
+HEADROOM = 0.85
+# what a trainer holds beyond its tensors (the tokenizer, the modules' Python objects, the
+# allocator's arenas): measured 48–70 MiB above the tensors of every phase
+# (benchmarks/bench_memory.py); a constant, so it matters for small models only
+TRAINER_OVERHEAD = 64 * 2**20
 # per-token floats the trainer keeps for the whole batch (entropy, log-probs, advantages, masks…)
 PER_TOKEN_FLOATS = 12
-# fp32 buffers of one head chunk at a time (logits, softmax, gradient, work buffers)
-CHUNK_BUFFERS = 6
+# float64 values the probe keeps per probed token (its six fields, the advantage, carried values)
+PROBE_TOKEN_FLOATS = 10
+# [b, heads, S, S] fp32 tensors of eager attention live at once inside the JVP (scores, masked
+# scores, softmax, and the tangent of each; measured: benchmarks/bench_memory.py)
+JVP_ATTENTION_TENSORS = 6
 
 
 @dataclass(frozen=True)
@@ -68,42 +88,57 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class StepMemory:
-    """Bytes of each part of a step's peak; ``total`` is the estimate."""
+    """Bytes of each part of a step; ``phases`` adds them up phase by phase, ``total`` is the
+    largest phase (the estimate the guard compares)."""
 
     weights: int
     gradients: int
     optimizer: int
-    optimizer_step: int
-    theta_old: int
     reference: int
+    theta_old: int  # θ_old and, with the JVP, Δθ: from the update to the probe's end
     generation: int
-    micro_batch: int
+    old_pass: int
+    backward: int
+    optimizer_step: int
+    probe_pass: int
     batch_arrays: int
-    chunk: int
+
+    @property
+    def persistent(self) -> int:
+        tensors = self.weights + self.gradients + self.optimizer + self.reference
+        return tensors + self.batch_arrays + TRAINER_OVERHEAD
+
+    def phases(self) -> dict[str, int]:
+        """The estimated peak of each phase of the step."""
+        base, probe = self.persistent, self.theta_old
+        phases = {
+            "rollout": base + self.generation,
+            "old pass": base + self.old_pass,
+            "update": base + probe + max(self.backward, self.optimizer_step),
+        }
+        if self.probe_pass:
+            phases["probe"] = base + probe + self.probe_pass
+        return phases
 
     @property
     def total(self) -> int:
-        transient = max(self.generation, self.micro_batch)  # generation is done before training
-        fixed = self.weights + self.gradients + self.optimizer + self.optimizer_step
-        fixed += self.theta_old + self.reference
-        return fixed + transient + self.batch_arrays + self.chunk
-
-    def phases(self) -> dict[str, int]:
-        return {"total": self.total}
+        return max(self.phases().values())
 
     def describe(self) -> str:
         parts = {
             "weights": self.weights,
             "gradients": self.gradients,
             "optimiser": self.optimizer,
-            "optimiser step": self.optimizer_step,
-            "θ_old (and Δθ)": self.theta_old,
             "reference": self.reference,
+            "θ_old (and Δθ)": self.theta_old,
             "generation": self.generation,
-            "one micro-batch": self.micro_batch,
+            "backward": self.backward,
+            "optimiser step": self.optimizer_step,
+            "probe": self.probe_pass,
         }
         shown = [f"{k} {v / GIB:.2f}" for k, v in parts.items() if v >= 0.005 * GIB]
-        return ", ".join(shown) + " GiB"
+        peak = max(self.phases().items(), key=lambda kv: kv[1])[0]
+        return ", ".join(shown) + f" GiB; the peak is the {peak}"
 
 
 def estimate_step_memory(
@@ -119,38 +154,63 @@ def estimate_step_memory(
     fused_head: bool = True,
     eager_attention: bool = False,
     generate_batch: int | None = None,
+    probe_responses: int | None = None,
 ) -> StepMemory:
     """The peak memory of one step: ``responses`` in the batch (prompts × group size),
     ``micro_batch`` per forward/backward pass, ``generate_batch`` per generate call (None: the
-    whole batch), sequences of prompt + response tokens."""
+    whole batch), sequences of prompt + response tokens; ``probe_responses`` probed (None: all)."""
     b = BYTES.get(shape.dtype, 4)
-    p = shape.parameters
+    wide = max(b, 4)  # the head's logits are fp32 at least
+    p, v, d = shape.parameters, shape.vocab, shape.hidden
     seq = prompt_length + response_length
-    kv = 2 * shape.layers * shape.hidden * shape.kv_heads // shape.heads  # K and V per token
+    kv = 2 * shape.layers * d * shape.kv_heads // shape.heads  # K and V per token
     # generation: one call's KV cache, and a few fp32 copies of one position's logits
     gen_rows = min(responses, generate_batch or responses)
-    generation = gen_rows * seq * kv * b + 4 * gen_rows * shape.vocab * 4
-    per_token_layer = 12 * shape.hidden + 4 * shape.intermediate
-    if eager_attention:
-        per_token_layer += shape.heads * seq
-    activations = micro_batch * seq * shape.layers * per_token_layer * b
-    # the logits path holds a micro-batch of [b, R, V] (the logits, an fp32 copy, its gradient);
-    # the fused head only a chunk of rows at a time
-    logits = 0 if fused_head else 3 * micro_batch * response_length * shape.vocab * 4
-    chunk = CHUNK_BUFFERS * (1 << 23) * 4 if fused_head else 0
+    generation = gen_rows * seq * kv * b + 4 * gen_rows * v * 4
+    per_token_layer = 12 * d + 4 * shape.intermediate
+    layer = micro_batch * seq * per_token_layer * b  # one layer's activations of a micro-batch
+    attention = micro_batch * shape.heads * seq * seq * 4  # one [b, heads, S, S] fp32 tensor
+    activations = shape.layers * layer + (shape.layers * attention if eager_attention else 0)
+    # one chunk of head logits (the product in the weight's dtype, and its fp32 copy if narrower)
+    rows = head_rows(v)
+    chunk = rows * v * (wide + (b if b != wide else 0))
+    stats = 2 * probe_rows_per_chunk(v) * v * 4  # entropy_and_logprobs' two work buffers
+    head_grad = v * d * 4 + 2 * v * d * b  # the head's fp32 gradient; an embedding's, and the sum
+    logits = 3 * micro_batch * response_length * v * 4  # logits path: [b, R, V] ×3
+    if fused_head:
+        old_pass = chunk + stats + layer
+        backward = activations + max(chunk + stats, 2 * chunk + head_grad)
+    else:
+        old_pass = micro_batch * response_length * v * 4 + layer
+        backward = activations + logits
+    # Adam's step makes parameter-sized temporaries; the forecast (the JVP) builds each update
+    # before the step from three temporaries of the largest parameter
+    step = (2 * p * b if adam else 0) + (3 * v * d * b if probe and jvp else 0)
+    probe_pass = 0
+    probed = responses if probe_responses is None else min(probe_responses, responses)
+    if probe:
+        tokens = micro_batch * response_length
+        n_products = 3 if jvp else 2
+        head = (n_products * chunk if fused_head else logits) + probe_work_bytes(
+            probe_rows_per_chunk(v), v
+        )
+        head += 3 * tokens * d * 4  # h_old, h_new and dh of the micro-batch
+        jvp_pass = JVP_ATTENTION_TENSORS * attention + 2 * layer if jvp else layer
+        probe_pass = max(head, jvp_pass)
     return StepMemory(
         weights=p * b,
         gradients=p * b,
         optimizer=2 * p * b if adam else 0,
-        # Adam's step makes parameter-sized temporaries (the denominator and the update)
-        optimizer_step=2 * p * b if adam else 0,
+        reference=p * b if reference else 0,
         # the probe keeps θ_old, and with the JVP the forecast Δθ
         theta_old=(2 if jvp else 1) * p * b if probe else 0,
-        reference=p * b if reference else 0,
         generation=generation,
-        micro_batch=activations + logits,
-        batch_arrays=PER_TOKEN_FLOATS * responses * response_length * 4,
-        chunk=chunk,
+        old_pass=old_pass,
+        backward=backward,
+        optimizer_step=step,
+        probe_pass=probe_pass,
+        batch_arrays=PER_TOKEN_FLOATS * responses * response_length * 4
+        + (PROBE_TOKEN_FLOATS * probed * response_length * 8 if probe else 0),
     )
 
 
@@ -177,7 +237,8 @@ def check_step_fits(need: StepMemory, available: int | None, micro_batch_set: bo
     """Refuse a step whose estimate exceeds the memory there is, naming the flag to change."""
     if available is None or need.total <= HEADROOM * available:
         return
-    if need.generation >= need.micro_batch:
+    phases = need.phases()
+    if max(phases, key=phases.get) == "rollout":
         hint = "set --generate-batch-size (responses per generate call), or lower it"
     elif micro_batch_set:
         hint = "lower --micro-batch-size"

@@ -141,6 +141,7 @@ class ProbedGRPOTrainer:
             adam=cfg.optimizer is OptimizerName.ADAM,
             probe=cfg.probe,
             jvp=cfg.probe_jvp,
+            probe_responses=cfg.probe_responses,
             reference=self.ref_model is not None,
             fused_head=head_spec(self.model) is not None,
             eager_attention=self.model.config._attn_implementation == "eager",
