@@ -93,6 +93,9 @@ bench: $(VENV)/.installed-bench
 		--out $(REAL_VOCAB)
 	$(PY) benchmarks/bench_scale.py --model $(REAL_VOCAB) --out docs/benchmarks.md
 	$(PY) benchmarks/bench_long.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_probe.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_memory.py --out docs/benchmarks.md
+	$(PY) benchmarks/project_card.py --out docs/memory.md
 	$(LB) pretrain-tiny --preset testbed --out $(TESTBED)
 	$(PY) benchmarks/bench_control.py --model $(TESTBED) --out docs/benchmarks.md
 	$(MAKE) $(VLLM_VENV)/.installed

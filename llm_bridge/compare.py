@@ -16,7 +16,7 @@ import numpy as np
 from softmax_theory.attribution import CLIP_PARTS, IS_PARTS, SIGN_PARTS
 from softmax_theory.law import LawReport, law_report, series_from_run
 from softmax_theory.runlog import RunLog, atomic_write_text, distinct_labels, read_run
-from softmax_theory.stats import correlation, relative_errors, smooth
+from softmax_theory.stats import COV_TABLE_QUANTILES, correlation, relative_errors, smooth
 
 # Predictions in the units of ΔH (nats per step): compared by correlation and relative error.
 DIRECT_PREDICTORS = ("pred_lemma1", "pred_jvp")
@@ -70,6 +70,8 @@ class RunReport:
     signal: tuple[int, int] | None = None
     # an entropy controller's tracking (``tracking_stats``); None: the run has no controller
     tracking: TrackingStats | None = None
+    # Table 1 rows of the steps the run wrote one for (``cov_tables.jsonl``); empty: none
+    cov_tables: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -579,6 +581,47 @@ def _attribution_section(reports: list[RunReport]) -> list[str]:
     return lines
 
 
+TABLE1_COLUMNS = tuple("all" if q == 1.0 else f"top {100 * q:g}%" for q in COV_TABLE_QUANTILES)
+# the paper's Table 1 (Qwen2.5-7B, step 1): the mean centred cross-product of each group
+PAPER_TABLE1 = (5.654, 3.112, 1.385, 0.351, 0.152, 0.003)
+
+
+def concentration(table: dict) -> float | None:
+    """The mean of the top 0.02% of tokens ÷ the mean of all (the paper's 5.654 / 0.003, about
+    1,900×); None where the mean of all is not positive, so the ratio says nothing."""
+    top, every = table.get(TABLE1_COLUMNS[0]), table.get("all")
+    return None if top is None or every is None or every <= 0 else top / every
+
+
+def _table1_section(reports: list[RunReport]) -> list[str]:
+    with_tables = [r for r in reports if r.cov_tables]
+    if not with_tables:
+        return []
+    head = " | ".join(TABLE1_COLUMNS)
+    lines = [
+        "## Table 1: is the covariance concentrated in a few tokens?",
+        "",
+        "The mean centred cross-product (log π − mean)·(A − mean) over the top q of a step's "
+        "tokens (Cui et al. 2025, Table 1). A group holds at least one token; where 0.02% of "
+        "the step's tokens is less than one, its row is one token's value.",
+        "",
+        f"| run | step | tokens | {head} | top 0.02% ÷ all |",
+        "|---|---:|---:|" + "---:|" * (len(TABLE1_COLUMNS) + 1),
+        f"| the paper (Qwen2.5-7B) | 1 | — | {' | '.join(f'{v:.3f}' for v in PAPER_TABLE1)} | "
+        f"{PAPER_TABLE1[0] / PAPER_TABLE1[-1]:,.0f}× |",
+    ]
+    for r in with_tables:
+        for t in r.cov_tables:
+            ratio = concentration(t)
+            values = " | ".join(_f(t.get(c), ".4g") for c in TABLE1_COLUMNS)
+            lines.append(
+                f"| {r.name} | {t['step']} | {t.get('n_tokens', '—'):,} | {values} | "
+                + ("— (mean of all ≤ 0)" if ratio is None else f"{ratio:,.0f}×")
+                + " |"
+            )
+    return lines
+
+
 REPORT_SECTIONS = (
     _runs_section,
     _predictors_section,
@@ -586,6 +629,7 @@ REPORT_SECTIONS = (
     _shares_section,
     _law_section,
     _tracking_section,
+    _table1_section,
 )
 
 
@@ -618,7 +662,8 @@ def run_summary(report: RunReport, run: RunLog) -> dict:
     run's entropy change and training-reward change reached at each step fraction;
     ``reward_last_third`` is the share of the training-reward gain the last third added.
     ``law``: the fit of R = −a·e^H + b on the reward key, its 15% forecast and its final-step
-    error (predicted − actual), or ``error`` when no fit could be made. None: not measured.
+    error (predicted − actual), or ``error`` when no fit could be made. ``table1``: the run's
+    Table 1 rows with the top 0.02% ÷ all ratio (``concentration``). None: not measured.
     """
     _, ent = run.series("entropy")
     h_start, h_end = _ends(ent)
@@ -660,6 +705,7 @@ def run_summary(report: RunReport, run: RunLog) -> dict:
         },
         "fig2": {"at": FIG2_POINT, "entropy": h_share, "reward": r_share},
         "reward_last_third": None if late is None else 1 - late,
+        "table1": [{**t, "concentration": concentration(t)} for t in report.cov_tables],
     }
 
 
@@ -669,6 +715,14 @@ def write_summary(reports: list[RunReport], logs: list[RunLog], out: str | os.Pa
     entries = [run_summary(r, log) for r, log in zip(reports, logs, strict=True)]
     atomic_write_text(path, json.dumps({"runs": entries}, indent=2, allow_nan=False) + "\n")
     return path
+
+
+def run_cov_tables(run: str | os.PathLike) -> tuple[dict, ...]:
+    """The Table 1 rows a run directory holds (``cov_tables.jsonl``); () for none."""
+    from llm_bridge.run_dir import read_cov_tables
+
+    path = Path(run)
+    return read_cov_tables(path) if path.is_dir() else ()
 
 
 def compare_runs(
@@ -685,7 +739,10 @@ def compare_runs(
     rng = np.random.default_rng(seed)
     labels = distinct_labels(runs)
     logs = [replace(read_run(r), label=label) for r, label in zip(runs, labels, strict=True)]
-    reports = [compare_run(log, fit_fraction, n_boot, rng, reward_key) for log in logs]
+    reports = [
+        replace(compare_run(log, fit_fraction, n_boot, rng, reward_key), cov_tables=tables)
+        for log, tables in zip(logs, (run_cov_tables(r) for r in runs), strict=True)
+    ]
     if out is not None:
         from llm_bridge.plots import plot_attribution, plot_control, plot_predictions, plot_runs
         from softmax_theory.plots import plot_law

@@ -8,7 +8,8 @@ A step runs in phases, and its peak is the largest of them (``StepMemory.phases`
     old pass   = persistent + one head chunk and one layer's activations (no graph is kept)
     update     = persistent + θ_old and Δθ (the probe) + max(backward, optimiser step)
                  backward: a micro-batch's activations + the head's chunked backward
-                 (two [rows, V] fp32 buffers, its fp32 gradient, a tied embedding's gradient)
+                 (two [rows, V] fp32 buffers and its fp32 gradient, or that gradient and an
+                 embedding's)
                  step: Adam's parameter-sized temporaries (and the forecast's, with the JVP)
     probe      = persistent + θ_old and Δθ + max(JVP, head)
                  JVP: eager attention, primal and tangent, about six [b, heads, S, S] fp32
@@ -175,11 +176,13 @@ def estimate_step_memory(
     rows = head_rows(v)
     chunk = rows * v * (wide + (b if b != wide else 0))
     stats = 2 * probe_rows_per_chunk(v) * v * 4  # entropy_and_logprobs' two work buffers
-    head_grad = v * d * 4 + 2 * v * d * b  # the head's fp32 gradient; an embedding's, and the sum
+    # the head's backward holds its two chunk buffers and its fp32 gradient [V, d]; a tied (or
+    # any) embedding's dense gradient then comes beside that one (autograd sums into it in place)
+    head_backward = max(chunk + stats, 2 * chunk + v * d * 4, v * d * 4 + v * d * b)
     logits = 3 * micro_batch * response_length * v * 4  # logits path: [b, R, V] ×3
     if fused_head:
         old_pass = chunk + stats + layer
-        backward = activations + max(chunk + stats, 2 * chunk + head_grad)
+        backward = activations + head_backward
     else:
         old_pass = micro_batch * response_length * v * 4 + layer
         backward = activations + logits

@@ -16,6 +16,7 @@ from llm_bridge.forward import forward_tangent
 from llm_bridge.models import load_model
 from llm_bridge.probe import optimizer_update
 from llm_bridge.rollout import HFBackend, VLLMBackend, make_backend
+from llm_bridge.run_dir import read_cov_tables
 from llm_bridge.tasks import dataset_task, exact_match, math_verify_reward, synthetic_task
 from llm_bridge.tiny import build_tokenizer
 from llm_bridge.token_stats import token_probe_stats
@@ -292,8 +293,23 @@ def test_compare_reports_every_predictor(tiny_model, tmp_path):
     assert keys == {"pred_lemma1", "pred_jvp", "cov_mean", "cov_group", "cov_state", "cov_score"}
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert "pred_jvp" in text and "R = −a·exp(H) + b" in text
+    # Table 1 of step 0 (the default cov_table_steps), as the run wrote it
+    (table,) = read_cov_tables(tmp_path / "a")
+    assert rep.cov_tables == (table,) and table["step"] == 0
+    assert "## Table 1" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {rep.name} | 0 |"))
+    assert f"{table['top 2%']:.4g}" in row and f"{table['n_tokens']:,}" in row
     for fig in ("curves.png", "predictions.png"):
         assert (tmp_path / "cmp" / fig).stat().st_size > 1000
+
+
+def test_table1_concentration_is_the_top_mean_over_the_mean_of_all():
+    from llm_bridge.compare import PAPER_TABLE1, concentration
+
+    assert concentration({"top 0.02%": 5.654, "all": 0.003}) == pytest.approx(1884.67, rel=1e-4)
+    assert PAPER_TABLE1[0] / PAPER_TABLE1[-1] == pytest.approx(1884.67, rel=1e-4)
+    assert concentration({"top 0.02%": 2.0, "all": 0.0}) is None  # no ratio of a zero mean
+    assert concentration({"top 0.02%": 2.0, "all": -0.1}) is None
 
 
 def test_cli_pretrain_is_cached_and_train_names_errors(tiny_model, tmp_path, cli):
