@@ -58,35 +58,51 @@ def build_model(path: Path, positions: int) -> Path:
     return path
 
 
-def measure(tokens: int) -> dict:
+def build_trainer(
+    model: Path,
+    out: Path,
+    tokens: int,
+    prompts: int,
+    group: int,
+    micro: int,
+    probe: bool = True,
+    steps: int = 1,
+):
+    """Our trainer on ``model`` with a reward that is a deterministic function of the response
+    text (its length's parity), so advantages are not all zero; ``tokens`` the response budget."""
     from llm_bridge import ProbedGRPOTrainer, TrainConfig
     from llm_bridge.tasks import Example, Task
 
-    work = Path(tempfile.mkdtemp(prefix="bench_long_"))
-    model = build_model(work / "model", positions=tokens + 64)
-    prompts = tuple(Example(f"{i}+{i + 1}+{i + 2}=", str(3 * i + 3)) for i in range(40))
+    examples = tuple(Example(f"{i}+{i + 1}+{i + 2}=", str(3 * i + 3)) for i in range(40))
     task = Task(
         name="parity-of-length",
-        train=prompts,
-        test=prompts[:4],
+        train=examples,
+        test=examples[:4],
         reward=lambda response, answer: float(len(response) % 2 == 0),
     )
     cfg = TrainConfig(
         model=str(model),
-        steps=1,
-        prompts_per_step=PROMPTS,
-        group_size=GROUP,
+        steps=steps,
+        prompts_per_step=prompts,
+        group_size=group,
         mini_batches=1,
-        micro_batch_size=MICRO,
+        micro_batch_size=micro,
         max_new_tokens=tokens,
         warmup_steps=0,
         val_every=0,
         checkpoint_every=0,
         cov_table_steps=(),
         lr=1e-4,
+        probe=probe,
     )
+    return ProbedGRPOTrainer(cfg, out, task)
+
+
+def measure(tokens: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="bench_long_"))
+    model = build_model(work / "model", positions=tokens + 64)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    trainer = ProbedGRPOTrainer(cfg, work / "run", task)
+    trainer = build_trainer(model, work / "run", tokens, PROMPTS, GROUP, MICRO)
     estimate = trainer.step_memory()
     t0 = time.perf_counter()
     record = trainer.step()

@@ -91,41 +91,17 @@ def worker(tokens: int, prompts: int, group: int, micro: int, probe: bool) -> di
     import torch
 
     torch.set_num_threads(2)
-    from bench_long import build_model
+    from bench_long import build_model, build_trainer
 
     import llm_bridge.trainer as trainer_module
-    from llm_bridge import ProbedGRPOTrainer, TrainConfig
-    from llm_bridge.tasks import Example, Task
 
     work = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     model = build_model(work / "model", positions=tokens + 64)
-    examples = tuple(Example(f"{i}+{i + 1}+{i + 2}=", str(3 * i + 3)) for i in range(40))
-    task = Task(
-        name="parity-of-length",
-        train=examples,
-        test=examples[:4],
-        reward=lambda response, answer: float(len(response) % 2 == 0),
-    )
-    cfg = TrainConfig(
-        model=str(model),
-        steps=STEPS,
-        prompts_per_step=prompts,
-        group_size=group,
-        mini_batches=1,
-        micro_batch_size=micro,
-        max_new_tokens=tokens,
-        warmup_steps=0,
-        val_every=0,
-        checkpoint_every=0,
-        cov_table_steps=(),
-        lr=1e-4,
-        probe=probe,
-    )
     gc.collect()
     peaks = PhasePeaks()
     base = peaks.rss()
     peaks.phase = "build"
-    trainer = ProbedGRPOTrainer(cfg, work / "run", task)
+    trainer = build_trainer(model, work / "run", tokens, prompts, group, micro, probe, STEPS)
     estimate = trainer.step_memory()
     peaks.labelled(trainer, "generate", "rollout")
     peaks.labelled(trainer_module, "score_rollouts", "old pass")

@@ -34,35 +34,6 @@ GOAL = 1.3
 CONFIGS = [(66, 8, 8, 8), (1024, 2, 4, 4)]
 
 
-def _trainer(model: Path, out: Path, tokens: int, prompts: int, group: int, micro: int, probe):
-    from llm_bridge import ProbedGRPOTrainer, TrainConfig
-    from llm_bridge.tasks import Example, Task
-
-    examples = tuple(Example(f"{i}+{i + 1}+{i + 2}=", str(3 * i + 3)) for i in range(40))
-    task = Task(
-        name="parity-of-length",
-        train=examples,
-        test=examples[:4],
-        reward=lambda response, answer: float(len(response) % 2 == 0),
-    )
-    cfg = TrainConfig(
-        model=str(model),
-        steps=100,
-        prompts_per_step=prompts,
-        group_size=group,
-        mini_batches=1,
-        micro_batch_size=micro,
-        max_new_tokens=tokens,
-        warmup_steps=0,
-        val_every=0,
-        checkpoint_every=0,
-        cov_table_steps=(),
-        lr=1e-4,
-        probe=probe,
-    )
-    return ProbedGRPOTrainer(cfg, out, task)
-
-
 class Timed:
     """Seconds spent in ``obj.name`` since the last ``take``."""
 
@@ -106,15 +77,15 @@ def measure(tokens: int, prompts: int, group: int, micro: int, steps: int) -> di
     import torch
 
     torch.set_num_threads(2)
-    from bench_long import VOCAB, build_model
+    from bench_long import VOCAB, build_model, build_trainer
 
     import llm_bridge.probe as probe_module
     import llm_bridge.trainer as trainer_module
 
     work = Path(tempfile.mkdtemp(prefix="bench_probe_"))
     model = build_model(work / "model", positions=tokens + 64)
-    plain = _trainer(model, work / "plain", tokens, prompts, group, micro, False)
-    probed = _trainer(model, work / "probed", tokens, prompts, group, micro, True)
+    plain = build_trainer(model, work / "plain", tokens, prompts, group, micro, False, 100)
+    probed = build_trainer(model, work / "probed", tokens, prompts, group, micro, True, 100)
     old_pass = Timed(trainer_module, "score_rollouts")
     jvp = Timed(probe_module, "forward_tangent")
     walls: dict[str, list[float]] = {"plain": [], "probed": []}
