@@ -103,7 +103,9 @@ def test_the_guard_refuses_a_budget_just_below_the_need_and_passes_one_just_abov
     check_step_fits(need, just + 1024, micro_batch_set=True)
 
 
-def test_the_trainer_refuses_a_step_its_memory_does_not_hold(tiny_model, tmp_path, cli, monkeypatch):
+def test_the_trainer_refuses_a_step_its_memory_does_not_hold(
+    tiny_model, tmp_path, cli, monkeypatch
+):
     """The guard in the CLI, with the memory there is set just below what the step needs."""
     import llm_bridge.trainer as trainer_module
     from llm_bridge.memory import HEADROOM
