@@ -37,20 +37,6 @@ def head_rows(n_vocab: int, chunk_rows: int | None = None) -> int:
     return max(1, HEAD_CHUNK_ELEMENTS // n_vocab)
 
 
-def head_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
-    """z/T = (h·Wᵀ)/T in fp32 at least: [n, d], [V, d] → [n, V]. The product runs in the model's
-    dtype, as the model's own head does; the division in fp32."""
-    z = torch.nn.functional.linear(hidden, weight)
-    return _scaled(z, temperature)
-
-
-def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """z/T in fp32 at least; z is a fresh product, so an fp32 one is divided in place."""
-    if z.dtype != torch.promote_types(z.dtype, torch.float32):
-        return z.float() / temperature
-    return z if temperature == 1.0 else z.div_(temperature)
-
-
 class HeadWork:
     """Reused [rows, V] buffers for the head's products, one per name, in the product's dtype,
     and fp32 copies where that dtype is narrower: allocating them chunk by chunk leaves the C

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_bridge.head import head_rows
+from llm_bridge.head import head_rows, head_work_bytes
 from llm_bridge.token_stats import probe_rows_per_chunk, probe_work_bytes
 
 GIB = 1024**3
@@ -161,7 +161,6 @@ def estimate_step_memory(
     ``micro_batch`` per forward/backward pass, ``generate_batch`` per generate call (None: the
     whole batch), sequences of prompt + response tokens; ``probe_responses`` probed (None: all)."""
     b = BYTES.get(shape.dtype, 4)
-    wide = max(b, 4)  # the head's logits are fp32 at least
     p, v, d = shape.parameters, shape.vocab, shape.hidden
     seq = prompt_length + response_length
     kv = 2 * shape.layers * d * shape.kv_heads // shape.heads  # K and V per token
@@ -174,7 +173,7 @@ def estimate_step_memory(
     activations = shape.layers * layer + (shape.layers * attention if eager_attention else 0)
     # one chunk of head logits (the product in the weight's dtype, and its fp32 copy if narrower)
     rows = head_rows(v)
-    chunk = rows * v * (wide + (b if b != wide else 0))
+    chunk = head_work_bytes(rows, v, shape.dtype, 1)
     stats = 2 * probe_rows_per_chunk(v) * v * 4  # entropy_and_logprobs' two work buffers
     # the head's backward holds its two chunk buffers and its fp32 gradient [V, d]; a tied (or
     # any) embedding's dense gradient then comes beside that one (autograd sums into it in place)
@@ -194,9 +193,8 @@ def estimate_step_memory(
     if probe:
         tokens = micro_batch * response_length
         n_products = 3 if jvp else 2
-        head = (n_products * chunk if fused_head else logits) + probe_work_bytes(
-            probe_rows_per_chunk(v), v
-        )
+        products = head_work_bytes(rows, v, shape.dtype, n_products)
+        head = (products if fused_head else logits) + probe_work_bytes(probe_rows_per_chunk(v), v)
         head += 3 * tokens * d * 4  # h_old, h_new and dh of the micro-batch
         jvp_pass = JVP_ATTENTION_TENSORS * attention + 2 * layer if jvp else layer
         probe_pass = max(head, jvp_pass)
