@@ -90,15 +90,16 @@ class EntropyController:
         self.aims = step_aims(self.state, step, entropy, self.cfg)
         self.h_est = entropy
         self.coefs: list[float] = []
-        self.reset_terms()
         self.active = self.predictive and self.aims.aim is not None
+        self.reset_terms()
         if self.aims.pi is not None:
             self.coefs.append(self.aims.pi)
             return self.aims.pi
         return 0.0
 
     def reset_terms(self) -> None:
-        self.g_h = [torch.zeros_like(p) for p in self.params]
+        # g_H, parameter-sized: kept only while the forecast needs it (memory.py counts it)
+        self.g_h = [torch.zeros_like(p) for p in self.params] if self.active else []
         self.h_sum = self.agg_sum = self.tokens = 0.0
 
     def entropy_term(self, term: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor) -> None:

@@ -11,6 +11,8 @@ A step runs in phases, and its peak is the largest of them (``StepMemory.phases`
                  (two [rows, V] fp32 buffers and its fp32 gradient, or that gradient and an
                  embedding's)
                  step: Adam's parameter-sized temporaries (and the forecast's, with the JVP)
+                 controller (predictive): g_H through the backward (+ autograd's result);
+                 five parameter-sized buffers while it solves for the coefficient
     probe      = persistent + θ_old and Δθ + max(JVP, head)
                  JVP: eager attention, primal and tangent, about six [b, heads, S, S] fp32
                  tensors live at once (forward-mode AD runs attention eager) + one layer's
@@ -103,6 +105,8 @@ class StepMemory:
     optimizer_step: int
     probe_pass: int
     batch_arrays: int
+    control_held: int = 0  # the predictive controller's entropy gradient and its transient
+    control_solve: int = 0  # its buffers while it solves for the coefficient (the pre-hook)
 
     @property
     def persistent(self) -> int:
@@ -115,7 +119,9 @@ class StepMemory:
         phases = {
             "rollout": base + self.generation,
             "old pass": base + self.old_pass,
-            "update": base + probe + max(self.backward, self.optimizer_step),
+            "update": base
+            + probe
+            + max(self.backward + self.control_held, self.optimizer_step, self.control_solve),
         }
         if self.probe_pass:
             phases["probe"] = base + probe + self.probe_pass
@@ -136,6 +142,7 @@ class StepMemory:
             "backward": self.backward,
             "optimiser step": self.optimizer_step,
             "probe": self.probe_pass,
+            "controller": max(self.control_held, self.control_solve),
         }
         shown = [f"{k} {v / GIB:.2f}" for k, v in parts.items() if v >= 0.005 * GIB]
         peak = max(self.phases().items(), key=lambda kv: kv[1])[0]
@@ -156,10 +163,12 @@ def estimate_step_memory(
     eager_attention: bool = False,
     generate_batch: int | None = None,
     probe_responses: int | None = None,
+    control: bool = False,
 ) -> StepMemory:
     """The peak memory of one step: ``responses`` in the batch (prompts × group size),
     ``micro_batch`` per forward/backward pass, ``generate_batch`` per generate call (None: the
-    whole batch), sequences of prompt + response tokens; ``probe_responses`` probed (None: all)."""
+    whole batch), sequences of prompt + response tokens; ``probe_responses`` probed (None: all);
+    ``control``: the predictive entropy controller (``llm_bridge.control``) runs."""
     b = BYTES.get(shape.dtype, 4)
     p, v, d = shape.parameters, shape.vocab, shape.hidden
     seq = prompt_length + response_length
@@ -198,6 +207,13 @@ def estimate_step_memory(
         head += 3 * tokens * d * 4  # h_old, h_new and dh of the micro-batch
         jvp_pass = JVP_ATTENTION_TENSORS * attention + 2 * layer if jvp else layer
         probe_pass = max(head, jvp_pass)
+    # the predictive controller keeps the entropy term's gradient g_H through the backward
+    # (and autograd's parameter-sized result as it is summed in); before the update it holds
+    # g_H, the policy gradient's copy, ∇H̄, the trial gradient g_pg − c·g_H and its update Δθ(c),
+    # and the optimiser forecast's temporaries of the largest parameter (as the probe's)
+    largest = max(v * d, shape.intermediate * d)
+    control_held = 2 * p * b if control else 0
+    control_solve = (5 * p + 3 * largest) * b if control else 0
     return StepMemory(
         weights=p * b,
         gradients=p * b,
@@ -212,6 +228,8 @@ def estimate_step_memory(
         probe_pass=probe_pass,
         batch_arrays=PER_TOKEN_FLOATS * responses * response_length * 4
         + (PROBE_TOKEN_FLOATS * probed * response_length * 8 if probe else 0),
+        control_held=control_held,
+        control_solve=control_solve,
     )
 
 

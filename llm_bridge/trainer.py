@@ -43,6 +43,7 @@ from llm_bridge.scoring import sample_prompts, score_rollouts, validate
 from llm_bridge.step_record import covariance_tokens, finish_step, step_record, step_times
 from llm_bridge.tasks import Task
 from llm_bridge.update import StepBatch, UpdateResult, update
+from softmax_theory.control import Controller
 from softmax_theory.policy import COV_LOSSES, adaptive_entropy_coef
 from softmax_theory.runlog import read_run
 
@@ -145,6 +146,7 @@ class ProbedGRPOTrainer:
             reference=self.ref_model is not None,
             fused_head=head_spec(self.model) is not None,
             eager_attention=self.model.config._attn_implementation == "eager",
+            control=cfg.control.entropy_control is Controller.PREDICTIVE,
         )
 
     def save_checkpoint(self) -> Path:
