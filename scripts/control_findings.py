@@ -19,6 +19,8 @@ import torch
 torch.set_num_threads(1)
 
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+from trl_adaptive_entropy import trl_adaptive_run  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
 from llm_bridge.testbed import TESTBED  # noqa: E402
@@ -40,6 +42,7 @@ PATHS = {
 FIXED_COEF = 0.005  # the fixed bonus, beside the paths' controllers
 ADAPTIVE_DELTA = 0.005  # the adaptive rule's step (Skywork-OR1's ±δ)
 LEVELS = (0.2, 0.4, 0.6, 0.8)  # the held levels of the law-as-intervention runs
+TRL_DELTAS = (0.001, 0.005, 0.02)  # TRL's entropy_coef_delta, chosen on seed 0 per path
 
 
 def model(out: Path) -> str:
@@ -74,6 +77,39 @@ def rmse(steps: list[dict], targets: list[float | None]) -> float:
 def tail(steps: list[dict], key: str, n: int = 3) -> float:
     vals = [s[key] for s in steps if key in s]
     return float(np.mean(vals[-n:]))
+
+
+def interval(col) -> str:
+    """Mean ± half-width of the 95% t interval over seeds (the value alone for one seed)."""
+    col = np.asarray(col, dtype=float)
+    if col.size == 1:
+        return f"{col[0]:.3f}"
+    half = stats.t.ppf(0.975, col.size - 1) * col.std(ddof=1) / np.sqrt(col.size)
+    return f"{col.mean():.3f} ± {half:.3f}"
+
+
+def trl_run(out: Path, title: str, path: dict, seed: int, delta: float) -> list[dict]:
+    """TRL's own adaptive entropy on the path's end level, the seed's vanilla H₀."""
+    vanilla = run(out, "vanilla", seed)
+    level = [t for t in path_values(vanilla, path, vanilla[0]["entropy"]) if t is not None][-1]
+    name = f"trl_{title.split()[0]}_d{delta}_s{seed}"
+    return trl_adaptive_run(model(out), out / "trl" / name, seed, level, delta)
+
+
+def trl_delta(out: Path, title: str, path: dict) -> tuple[float, dict[float, float]]:
+    """TRL's δ with the lowest tracking RMSE on seed 0, and each δ's RMSE."""
+    vanilla = run(out, "vanilla", 0)
+    targets = path_values(vanilla, path, vanilla[0]["entropy"])
+    err = {d: rmse(trl_run(out, title, path, 0, d), targets) for d in TRL_DELTAS}
+    return min(err, key=err.get), err
+
+
+def trl_runs(out: Path, seeds: list[int]) -> None:
+    """Every TRL run of the tracking table (its δ chosen on seed 0 first)."""
+    for title, path in PATHS.items():
+        delta, _ = trl_delta(out, title, path)
+        for seed in seeds:
+            trl_run(out, title, path, seed, delta)
 
 
 def tabular(seeds: list[int]) -> None:
@@ -143,7 +179,7 @@ def tracking(out: Path, seeds: list[int]) -> None:
         "The testbed's run (`--preset testbed`, 300 steps) with no probe; the bonus in "
         f"[{COEF['control_coef_min']}, {COEF['control_coef_max']}] for every controller. "
         "RMSE of `entropy` − H* over the steps the path holds; val reward and pass@8: the mean "
-        "of the last 3 validations. Mean ± sd over seeds "
+        "of the last 3 validations. Mean ± half-width of the 95% t interval over seeds "
         f"{', '.join(map(str, seeds))}.\n"
     )
     for title, path in PATHS.items():
@@ -151,6 +187,7 @@ def tracking(out: Path, seeds: list[int]) -> None:
         print("| control | RMSE | H end | val reward | val pass@8 |")
         print("|---|---:|---:|---:|---:|")
         rows: dict[str, list[tuple[float, float, float, float]]] = {}
+        delta, by_delta = trl_delta(out, title, path)
         for seed in seeds:
             vanilla = run(out, "vanilla", seed)
             h0 = vanilla[0]["entropy"]
@@ -170,6 +207,7 @@ def tracking(out: Path, seeds: list[int]) -> None:
                         entropy_target=level, entropy_delta=ADAPTIVE_DELTA
                     ),
                 ),
+                f"TRL's adaptive entropy (δ {delta})": trl_run(out, title, path, seed, delta),
                 "PI": run(out, f"pi_{slug}", seed, **controlled("pi", path)),
                 "predictive": run(
                     out, f"predictive_{slug}", seed, **controlled("predictive", path)
@@ -185,12 +223,10 @@ def tracking(out: Path, seeds: list[int]) -> None:
                     )
                 )
         for name, vals in rows.items():
-            cells = [
-                f"{np.mean(col):.3f} ± {np.std(col):.3f}" if len(col) > 1 else f"{col[0]:.3f}"
-                for col in zip(*vals, strict=True)
-            ]
+            cells = [interval(col) for col in zip(*vals, strict=True)]
             print(f"| {name} | " + " | ".join(cells) + " |")
-        print()
+        chosen = ", ".join(f"δ {d}: {e:.3f}" for d, e in by_delta.items())
+        print(f"\nTRL's δ, chosen on seed 0 by its RMSE: {chosen}.\n")
 
 
 def law_intervention(out: Path, seeds: list[int], figure: Path | None = None) -> None:
@@ -266,11 +302,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/control"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", choices=["tabular", "tracking", "law"], default=None)
+    parser.add_argument(
+        "--only",
+        choices=["tabular", "tracking", "trl", "law"],
+        default=None,
+        help="trl: only the TRL runs of the tracking table (to run beside the rest)",
+    )
     parser.add_argument("--figure", type=Path, default=None, help="the law-as-intervention figure")
     args = parser.parse_args()
     if args.only in (None, "tabular"):
         tabular(args.seeds)
+    if args.only == "trl":
+        trl_runs(args.out, args.seeds)
     if args.only in (None, "tracking"):
         tracking(args.out, args.seeds)
     if args.only in (None, "law"):
