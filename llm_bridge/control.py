@@ -8,9 +8,11 @@ step's U optimiser updates, an optimiser pre-hook picks the bonus coefficient c 
 
     Ĥ_after(c) = Ĥ_now + ∇H̄·Δθ(c),   Δθ(c) = the optimiser's update for g_pg − c·g_H
 
-meets Ĥ_now + (aim − Ĥ_now)/(U − j) (``solve_coef``, bisection), then writes g_pg − c·g_H into
-the gradients and lets the update happen. Δθ(c) is the optimiser's own rule, Adam's moments
-and bias corrections included (``probe.optimizer_update``); g_pg and g_H = ∇agg(H) come from
+meets Ĥ_now + (aim − Ĥ_now)/(U − j) (``solve_coef``, Brent's method on the bounds), then
+writes g_pg − c·g_H into the gradients and lets the update happen. Δθ(c) is the optimiser's own
+rule, Adam's moments and bias corrections included (``UpdateForecast``, on flat copies made once
+per update; its slow reference, ``probe.optimizer_update`` parameter by parameter, is
+``reference.naive_update_forecast``); g_pg and g_H = ∇agg(H) come from
 one forward of each micro-batch (two backward passes); ∇H̄, the gradient of the update's
 token-mean entropy, is g_H rescaled (the loss's token-mean aggregation divides Σ H by a fixed
 count). Ĥ_now starts at the step's measured ``entropy`` and moves by each update's forecast.
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from llm_bridge.probe import optimizer_update
+from llm_bridge.reference import naive_update_forecast
 from softmax_theory.control import (
     ControlConfig,
     Controller,
@@ -36,6 +38,117 @@ from softmax_theory.control import (
     step_end,
     target_path,
 )
+
+
+class UpdateForecast:
+    """∇H̄·Δθ(c) for any bonus coefficient c, from flat copies of the gradients and the
+    optimiser's moments made once per update; each c is then one pass over them. The fast twin
+    of ``reference.naive_update_forecast`` (``probe.optimizer_update`` per parameter per c).
+
+    With g(c) = g_pg − c·g_H, Adam's moments m, v before the update and its bias corrections
+    b₁ = 1 − β₁ᵗ, b₂ = 1 − β₂ᵗ of the update's step t (Kingma & Ba 2015, Alg. 1; AdamW's
+    decoupled decay λ, Loshchilov & Hutter 2019):
+
+        Δθ(c) = −lr·(A − c·k₁·g_H) / (sqrt(V + k₂·g(c)²) + ε) − lr·λ·θ
+        A = (β₁·m + (1 − β₁)·g_pg)/b₁,  k₁ = (1 − β₁)/b₁,  V = β₂·v/b₂,  k₂ = (1 − β₂)/b₂
+
+    and SGD's Δθ(c) = −lr·g(c), linear in c. ∇H̄ = ``scale``·g_H. ``params`` in the optimiser's
+    group order, all of one dtype and device; ``g_h``: their g_H, one flat tensor in that order.
+    Holds g_pg, A, V and two work buffers, each the size of the parameters (``nbytes``)."""
+
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        g_h: torch.Tensor,  # [P], the parameters' g_H end to end
+        scale: float,
+    ):
+        self.scale, self.const = scale, 0.0
+        self.segments: list[tuple] = []  # (h, g0, A, V, lr, k1, k2, eps) per run of one rule
+        self.linear: list[tuple[float, float]] = []  # SGD: (∇H̄·Δθ(0), its slope in c)
+        where = {id(p): i for i, p in enumerate(params)}
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+        sgd = isinstance(opt, torch.optim.SGD)
+        if not sgd and not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
+            raise ValueError(f"optimizer: no update forecast for {type(opt).__name__}")
+        for group in opt.param_groups:
+            if group.get("amsgrad") or group.get("maximize"):
+                raise ValueError("optimizer: no update forecast for amsgrad or maximize")
+            if sgd and (group.get("momentum", 0) or group.get("weight_decay", 0)):
+                raise ValueError("optimizer: the forecast supports plain SGD only")
+            if group.get("weight_decay", 0) and not sgd and not isinstance(opt, torch.optim.AdamW):
+                raise ValueError("optimizer: the forecast supports Adam without weight decay")
+            idx = [where[id(p)] for p in group["params"] if id(p) in where]
+            # runs of parameters that are contiguous in g_h and share Adam's step count
+            runs: list[tuple[int, list[int]]] = []
+            for i in idx:
+                step = int(opt.state.get(params[i], {}).get("step", 0))
+                if runs and runs[-1][1][-1] == i - 1 and runs[-1][0] == step:
+                    runs[-1][1].append(i)
+                else:
+                    runs.append((step, [i]))
+            for step, run in runs:
+                self._add(opt, group, params, step + 1, run, g_h, offsets, sgd)
+        size = max((seg[1].numel() for seg in self.segments), default=0)
+        self.t = g_h.new_empty(size)
+        self.u = g_h.new_empty(size)
+
+    def _add(self, opt, group, params, step, idx, g_h, offsets, sgd) -> None:
+        """One run's flat copies; ``step``: Adam's step count of the update about to be made."""
+        h = g_h[offsets[idx[0]] : offsets[idx[-1] + 1]]
+        g0 = torch.cat(
+            [
+                torch.zeros(params[i].numel(), dtype=h.dtype, device=h.device)
+                if params[i].grad is None
+                else params[i].grad.detach().reshape(-1)
+                for i in idx
+            ]
+        )
+        lr = group["lr"]
+        if sgd:
+            self.linear.append((-lr * self.scale * float(h @ g0), lr * self.scale * float(h @ h)))
+            return
+        beta1, beta2 = group["betas"]
+        b1, b2 = 1 - beta1**step, 1 - beta2**step
+
+        def moment(name: str) -> torch.Tensor:
+            return torch.cat(
+                [
+                    opt.state[params[i]][name].reshape(-1)
+                    if name in opt.state.get(params[i], {})
+                    else torch.zeros(params[i].numel(), dtype=h.dtype, device=h.device)
+                    for i in idx
+                ]
+            )
+
+        a = moment("exp_avg").mul_(beta1).add_(g0, alpha=1 - beta1).div_(b1)
+        v = moment("exp_avg_sq").mul_(beta2 / b2)
+        if group.get("weight_decay", 0):
+            theta = torch.cat([params[i].detach().reshape(-1) for i in idx])
+            self.const -= lr * group["weight_decay"] * self.scale * float(h @ theta)
+        self.segments.append((h, g0, a, v, lr, (1 - beta1) / b1, (1 - beta2) / b2, group["eps"]))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes it holds beside g_H: g_pg, A, V and the two work buffers."""
+        held = sum(t.nbytes for seg in self.segments for t in seg[1:4])
+        return held + self.t.nbytes + self.u.nbytes
+
+    def __call__(self, c: float) -> float:
+        total = self.const + sum(f0 + c * slope for f0, slope in self.linear)
+        for h, g0, a, v, lr, k1, k2, eps in self.segments:
+            n = h.numel()
+            t, u = self.t[:n], self.u[:n]
+            torch.add(g0, h, alpha=-c, out=t)  # g(c)
+            t.square_()
+            torch.add(v, t, alpha=k2, out=u)
+            u.sqrt_().add_(eps)  # sqrt(V + k₂·g(c)²) + ε
+            torch.add(a, h, alpha=-c * k1, out=t)  # A − c·k₁·g_H
+            t.div_(u)
+            total -= lr * self.scale * float(h @ t)
+        return total
 
 
 class EntropyController:
@@ -56,7 +169,13 @@ class EntropyController:
         self.cfg, self.steps, self.updates = cfg, steps, updates_per_step
         self.max_entropy = math.log(vocab_size)
         self.opt = opt
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        # in the optimiser's order, so that each group's g_H is one slice of the flat g_H
+        self.params = [
+            p for group in opt.param_groups for p in group["params"] if id(p) in trainable
+        ]
+        kinds = {(p.dtype, p.device) for p in self.params}
+        self.flat = len(kinds) == 1  # else g_H per parameter and the slow forecast
         self.state: ControlState | None = None
         self.active = False
         if cfg.control_path is PathKind.FILE or not cfg.control_relative:
@@ -98,8 +217,19 @@ class EntropyController:
         return 0.0
 
     def reset_terms(self) -> None:
-        # g_H, parameter-sized: kept only while the forecast needs it (memory.py counts it)
-        self.g_h = [torch.zeros_like(p) for p in self.params] if self.active else []
+        # g_H, parameter-sized: kept only while the forecast needs it (memory.py counts it);
+        # one flat tensor, and each parameter's a view of it
+        self.g_h_flat = None
+        if not self.active:
+            self.g_h = []
+        elif self.flat:
+            p0 = self.params[0]
+            n = sum(p.numel() for p in self.params)
+            self.g_h_flat = torch.zeros(n, dtype=p0.dtype, device=p0.device)
+            self.g_h = list(torch.split(self.g_h_flat, [p.numel() for p in self.params]))
+            self.g_h = [g.view_as(p) for g, p in zip(self.g_h, self.params, strict=True)]
+        else:
+            self.g_h = [torch.zeros_like(p) for p in self.params]
         self.h_sum = self.agg_sum = self.tokens = 0.0
 
     def entropy_term(self, term: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor) -> None:
@@ -116,33 +246,26 @@ class EntropyController:
         self.agg_sum += float(term.detach())
         self.tokens += float(m.sum())
 
-    def forecast(self, c: float, g_pg: dict[int, torch.Tensor], g_mean: list) -> float:
-        """∇H̄·Δθ(c): the update's first-order entropy change at coefficient c."""
-        grads = {id(p): g_pg[id(p)] - c * gh for p, gh in zip(self.params, self.g_h, strict=True)}
-        delta = optimizer_update(self.opt, grads)
-        return float(
-            sum((gm * delta[id(p)]).sum() for p, gm in zip(self.params, g_mean, strict=True))
-        )
-
     def before_update(self, opt, args, kwargs) -> None:
         """The optimiser pre-hook: the coefficient of the update about to be taken."""
         if not self.active or self.agg_sum == 0 or self.tokens == 0:
             return
-        g_pg = {
-            id(p): (torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
-            for p in self.params
-        }
         scale = (self.h_sum / self.agg_sum) / self.tokens  # ∇H̄ = scale · ∇agg(H)
-        g_mean = [scale * g for g in self.g_h]
         left = self.updates - len(self.coefs)
         want = self.h_est + (self.aims.aim - self.h_est) / max(left, 1)
         base = self.h_est
+        if self.g_h_flat is not None:
+            forecast = UpdateForecast(self.opt, self.params, self.g_h_flat, scale)
+        else:
+
+            def forecast(c: float) -> float:
+                return naive_update_forecast(self.opt, self.params, self.g_h, scale, c)
 
         def ahead(c: float) -> float:
-            return base + self.forecast(c, g_pg, g_mean)
+            return base + forecast(c)
 
-        # 40 halvings: Adam's early updates are close to −lr·sign(g), so where the gradient is
-        # small the forecast is steep in c, and fewer halvings land off the aim
+        # to 2⁻⁴⁰ of the range: Adam's early updates are close to −lr·sign(g), so where the
+        # gradient is small the forecast is steep in c, and a looser c lands off the aim
         c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max)
         for p, gh in zip(self.params, self.g_h, strict=True):
             if p.grad is None:
@@ -163,4 +286,4 @@ class EntropyController:
         self.hook.remove()
 
 
-__all__ = ["EntropyController"]
+__all__ = ["EntropyController", "UpdateForecast"]

@@ -12,7 +12,7 @@ A step runs in phases, and its peak is the largest of them (``StepMemory.phases`
                  embedding's)
                  step: Adam's parameter-sized temporaries (and the forecast's, with the JVP)
                  controller (predictive): g_H through the backward (+ autograd's result);
-                 five parameter-sized buffers while it solves for the coefficient
+                 g_H and five more parameter-sized buffers while it solves for the coefficient
     probe      = persistent + θ_old and Δθ + max(JVP, head)
                  JVP: eager attention, primal and tangent, about six [b, heads, S, S] fp32
                  tensors live at once (forward-mode AD runs attention eager) + one layer's
@@ -208,12 +208,10 @@ def estimate_step_memory(
         jvp_pass = JVP_ATTENTION_TENSORS * attention + 2 * layer if jvp else layer
         probe_pass = max(head, jvp_pass)
     # the predictive controller keeps the entropy term's gradient g_H through the backward
-    # (and autograd's parameter-sized result as it is summed in); before the update it holds
-    # g_H, the policy gradient's copy, ∇H̄, the trial gradient g_pg − c·g_H and its update Δθ(c),
-    # and the optimiser forecast's temporaries of the largest parameter (as the probe's)
-    largest = max(v * d, shape.intermediate * d)
+    # (and autograd's parameter-sized result as it is summed in); before the update, g_H and
+    # its forecast's flat g_pg, Adam's A and V and two work buffers (control.UpdateForecast)
     control_held = 2 * p * b if control else 0
-    control_solve = (5 * p + 3 * largest) * b if control else 0
+    control_solve = 6 * p * b if control else 0
     return StepMemory(
         weights=p * b,
         gradients=p * b,

@@ -8,8 +8,27 @@ from __future__ import annotations
 import torch
 
 from llm_bridge.forward import Params, jvp_ready, logits_fn, response_logits
+from llm_bridge.probe import optimizer_update
 from llm_bridge.rollout import Rollouts
 from llm_bridge.token_stats import token_entropy_change
+
+
+def naive_update_forecast(
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    g_h: list[torch.Tensor],
+    scale: float,
+    c: float,
+) -> float:
+    """∇H̄·Δθ(c), parameter by parameter: the update ``optimizer_update`` makes for the gradient
+    g_pg − c·g_H (g_pg: the parameters' ``.grad``, zero where there is none), dotted with
+    ∇H̄ = ``scale``·g_H. The slow reference of ``control.UpdateForecast``."""
+    grads = {
+        id(p): (torch.zeros_like(p) if p.grad is None else p.grad.detach()) - c * gh
+        for p, gh in zip(params, g_h, strict=True)
+    }
+    delta = optimizer_update(opt, grads)
+    return float(sum((scale * gh * delta[id(p)]).sum() for p, gh in zip(params, g_h, strict=True)))
 
 
 def naive_token_stats(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:

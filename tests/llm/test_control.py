@@ -160,3 +160,69 @@ def test_a_short_path_file_is_refused_before_the_first_rollout(cli, tiny_model, 
     res = cli(main, args)
     assert res.exit_code == 2 and "path.csv has 2 steps; the run has 3" in res.output
     assert not (tmp_path / "r" / "steps.jsonl").exists()
+
+
+def _optimised(kind: str):
+    """A float64 MLP and its optimiser, two parameter groups at different learning rates, after
+    three real steps in which one parameter had no gradient in the first (so Adam's step counts
+    differ within a group), with fresh gradients for the next step (one parameter without)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).double()
+    w1, b1, w2, b2 = net.parameters()
+    groups = [{"params": [w1, b1], "lr": 1e-2}, {"params": [w2, b2], "lr": 3e-3}]
+    opt = {
+        "adam": lambda: torch.optim.Adam(groups),
+        "adamw": lambda: torch.optim.AdamW(groups, weight_decay=0.1),
+        "sgd": lambda: torch.optim.SGD(groups),
+    }[kind]()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    for k in range(3):
+        opt.zero_grad(set_to_none=True)
+        net(x).pow(2).mean().backward()
+        if k == 0:
+            b1.grad = None  # Adam skips it: its step count lags the group's
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    net(x).sin().mean().backward()
+    b2.grad = None  # g_pg is zero there
+    params = [w1, b1, w2, b2]
+    g_h = [torch.randn_like(p) for p in params]
+    return opt, params, g_h
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_the_flat_forecast_is_the_optimisers_rule_parameter_by_parameter(kind):
+    """UpdateForecast(c) equals ∇H̄·Δθ(c) from ``optimizer_update`` per parameter (the slow
+    reference) at coefficients across the bonus's range, in float64 to 1e-12 relative; Adam's
+    step counts differing within a group, a parameter without a gradient, two learning rates."""
+    import torch
+
+    from llm_bridge.control import UpdateForecast
+    from llm_bridge.reference import naive_update_forecast
+
+    opt, params, g_h = _optimised(kind)
+    flat = torch.cat([g.reshape(-1) for g in g_h])
+    fast = UpdateForecast(opt, params, flat, scale=0.37)
+    assert fast.nbytes <= 5 * flat.nbytes  # g_pg, A, V and two work buffers at most
+    for c in (-0.5, 0.0, 0.3, 2.0, 40.0):
+        slow = naive_update_forecast(opt, params, g_h, 0.37, c)
+        assert fast(c) == pytest.approx(slow, rel=1e-12, abs=1e-300), c
+
+
+def test_the_flat_forecast_refuses_what_the_rule_does_not_cover():
+    import torch
+
+    from llm_bridge.control import UpdateForecast
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    flat = torch.zeros(3)
+    with pytest.raises(ValueError, match="amsgrad"):
+        UpdateForecast(torch.optim.Adam([p], amsgrad=True), [p], flat, 1.0)
+    with pytest.raises(ValueError, match="plain SGD"):
+        UpdateForecast(torch.optim.SGD([p], lr=0.1, momentum=0.9), [p], flat, 1.0)
+    with pytest.raises(ValueError, match="RMSprop"):
+        UpdateForecast(torch.optim.RMSprop([p]), [p], flat, 1.0)
