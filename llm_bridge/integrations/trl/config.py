@@ -68,9 +68,10 @@ def refuse_for_trl(
     and of a ``GRPOConfig`` a library caller built (``args``). TRL's prompts are checked where
     they are made (``data.trl_prompt``)."""
     if cfg is not None:
-        if cfg.control.on:
+        if cfg.control.on and num_processes > 1:
             raise ValueError(
-                "entropy_control: not available in the TRL engine yet (use --engine ours)"
+                "entropy_control: one process only in the TRL engine (the controller's entropy "
+                "gradient is not reduced across processes); use one process, or --engine ours"
             )
         if cfg.val_k is not None:
             raise ValueError(

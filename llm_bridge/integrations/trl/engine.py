@@ -21,6 +21,7 @@ from llm_bridge.rollout import plain_sampling, sampling_config, stop_token_ids
 from llm_bridge.run_dir import FINAL_DIR, TRL_DIR
 from llm_bridge.run_setup import prepare_run
 from llm_bridge.tasks import Task
+from softmax_theory.runlog import read_run
 
 
 def _sync_through_reload(trainer: RegistryLossTrainer) -> None:
@@ -116,6 +117,11 @@ def train_with_trl(
             advantage=cfg.advantage,
             w_reinforce_lambda=cfg.w_reinforce_lambda,
             checked=True,
+            control=cfg.control,
+            control_steps=cfg.steps,
+            control_records=(
+                read_run(out).steps if cfg.control.on and setup.checkpoint is not None else None
+            ),
         )
         _sync_through_reload(trainer)
         probe = None

@@ -141,6 +141,13 @@ class RunLogCallback(TrainerCallback):
                     carried_values(lc, trainer_logp, sampler, mask),
                 )
                 entropy = float(tokens.values["entropy"].mean())  # θ_old, probed tokens
+        extra, coef = {}, t.policy_loss.entropy_coeff
+        if t.control is not None:
+            if not probed and t.control_entropy is not None:
+                entropy = t.control_entropy  # θ_old, the whole generation batch
+            extra = t.control.finish()
+            coef = t.entropy_coef = extra["control/coef"]  # TRL's own coefficient
+            t._metrics["train"]["entropy_coef"].append(coef)
         record = step_record(
             step=k,
             lr=self._lr,
@@ -154,7 +161,8 @@ class RunLogCallback(TrainerCallback):
             times=step_times(
                 gen.finished - gen.seconds, gen.finished, t_update, time.perf_counter()
             ),
-            entropy_coeff=t.policy_loss.entropy_coeff,
+            entropy_coeff=coef,
+            extra=extra,
         )
         self._to_log = {
             f"probe/{key}": float(value)

@@ -7,7 +7,11 @@
   ``agg_loss``, with the normalisers that make every ``loss_agg_mode`` mean what it means in
   our trainer (``update.loss_normalisers``), and TRL's features kept: the tool mask, the
   off-policy sequence mask and the MoE auxiliary loss;
-- the schedule: our warm-up (``config.warmup_factor``).
+- the schedule: our warm-up (``config.warmup_factor``);
+- with ``control``, the entropy bonus: our controller (``llm_bridge.control.EntropyController``)
+  sets it before each update from the step's entropy at θ_old (one forward over the generation
+  batch, ours) and, for the predictive controller, from the forecast of the update; the
+  coefficient it chose is TRL's own ``entropy_coef`` (logged under that name).
 
 It keeps each training generation batch (``generation``: what the run log and the probe read,
 ``run_log.RunLogCallback``) and each update's loss metrics (``step_means``); it calls no
@@ -26,10 +30,15 @@ import torch
 from trl import GRPOTrainer
 
 from llm_bridge.config import warmup_factor
+from llm_bridge.control import EntropyController
+from llm_bridge.forward import stream_entropy_logp
 from llm_bridge.integrations.trl.config import refuse_for_trl
 from llm_bridge.integrations.trl.distributed import StepMeans
 from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss
+from llm_bridge.probe import unwrapped_optimizer
+from llm_bridge.rollout import Rollouts
 from llm_bridge.update import loss_normalisers
+from softmax_theory.control import ControlConfig
 from softmax_theory.group_advantages import (
     AdvantageEstimator,
     check_w_reinforce_lambda,
@@ -84,6 +93,8 @@ class RegistryLossTrainer(GRPOTrainer):
       w_reinforce_lambda: λ of the ``w_reinforce`` estimator.
       checked: the settings were refused already (``engine.train_with_trl`` does so before it
         loads the model); otherwise they are checked here (``config.refuse_for_trl``).
+      control: an entropy controller's settings (one process only), run over ``control_steps``
+        GRPO steps; ``control_records``: a resumed run's logged steps, its state's source.
     """
 
     def __init__(
@@ -93,6 +104,9 @@ class RegistryLossTrainer(GRPOTrainer):
         advantage: str | AdvantageEstimator = AdvantageEstimator.GRPO,
         w_reinforce_lambda: float | None = None,
         checked: bool = False,
+        control: ControlConfig | None = None,
+        control_steps: int = 0,
+        control_records: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         self.policy_loss = policy_loss or PolicyLossConfig()
@@ -111,6 +125,48 @@ class RegistryLossTrainer(GRPOTrainer):
         self._rewards: torch.Tensor | None = None
         self.generation: GenerationBatch | None = None  # the latest training generation batch
         self.step_means = StepMeans()  # the step's loss metrics, over its updates
+        self.control_config = control if control is not None and control.on else None
+        self.control_steps, self.control_records = control_steps, control_records or []
+        self.control: EntropyController | None = None  # built with the optimiser
+        self.control_entropy: float | None = None  # the step's entropy at θ_old
+        self.control_coef = 0.0  # the coefficient the loss applies itself (PI's)
+
+    def create_optimizer(self, model=None):
+        """TRL's optimiser, and the entropy controller on it (its pre-hook then runs before
+        each update, ahead of the probe's)."""
+        opt = super().create_optimizer(model)
+        if self.control_config is not None and self.control is None:
+            policy = self.accelerator.unwrap_model(self.model)
+            self.control = EntropyController(
+                policy,
+                unwrapped_optimizer(opt),
+                self.control_config,
+                self.control_steps,
+                policy.get_output_embeddings().weight.shape[0],
+                self.updates_per_step,
+            )
+            self.control.resume(self.control_records)
+        return opt
+
+    def _begin_control(self, out) -> None:
+        """The GRPO step's entropy at θ_old over its whole generation batch (the run log's
+        ``entropy``), and the controller's start of the step."""
+        mask = out["completion_mask"]
+        if "tool_mask" in out:
+            mask = mask * out["tool_mask"]
+        roll = Rollouts.from_ids(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask)
+        policy = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            entropy = stream_entropy_logp(
+                policy, roll, self.args.per_device_train_batch_size, self.temperature
+            )[0]
+        valid = mask.bool()
+        self.control_entropy = float(entropy[valid].double().mean()) if valid.any() else None
+        if self.control_entropy is None:
+            self.control_coef = 0.0
+            return
+        k = self.state.global_step // self.updates_per_step
+        self.control_coef = self.control.begin(k, self.control_entropy)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Our warm-up (``warmup_factor``: linear from 1/W, as our trainer; TRL's own starts at
@@ -150,6 +206,8 @@ class RegistryLossTrainer(GRPOTrainer):
         out["advantages"] = torch.as_tensor(adv[local], dtype=torch.float32).to(
             out["completion_ids"].device
         )
+        if self.model.training and self.control is not None:
+            self._begin_control(out)
         if self.model.training:
             now = time.perf_counter()
             self.generation = GenerationBatch(out, total, adv, group[local], now - t0, now)
@@ -209,7 +267,9 @@ class RegistryLossTrainer(GRPOTrainer):
             # vLLM's log-probs of its samples; TRL's own generation samples from π_old
             sampler_log_prob=inputs.get("sampling_per_token_logps", old),
         )
-        out = compute_policy_loss(inp, self.policy_loss, generator=self.cov_generator)
+        controlled = self.control is not None and self.model.training
+        coef = {"entropy_coeff": self.control_coef} if controlled else {}
+        out = compute_policy_loss(inp, self.policy_loss, generator=self.cov_generator, **coef)
         per_token = out.per_token_loss
         if self.off_policy_mask_threshold is not None:  # TRL's sequence mask (DeepSeek-V3.2)
             per_token = per_token * self.get_off_policy_mask(
@@ -221,9 +281,11 @@ class RegistryLossTrainer(GRPOTrainer):
             )
         # the sampler–trainer correction is ours (rollout_is, in compute_policy_loss, on the
         # policy term only); TRL's importance_sampling_ratio is left unapplied
-        loss = agg_loss(
-            per_token, mask, self.policy_loss.loss_agg_mode, **self._normalisers(inputs)
-        )
+        norms = self._normalisers(inputs)
+        loss = agg_loss(per_token, mask, self.policy_loss.loss_agg_mode, **norms)
+        if controlled:  # the entropy term's own gradient, before TRL's backward of the loss
+            h_term = agg_loss(entropies, mask, self.policy_loss.loss_agg_mode, **norms)
+            self.control.entropy_term(h_term, entropies, mask)
         mode = "train" if self.model.training else "eval"
         if self.aux_loss_enabled:
             ga = self.current_gradient_accumulation_steps if mode == "train" else 1
