@@ -245,7 +245,7 @@ class TrainConfig:
         check_domains(self)
         check_w_reinforce_lambda(self.advantage, self.w_reinforce_lambda)
         lc = self.policy_loss
-        check_control(self.control, lc.entropy_coeff, lc.entropy_target)
+        check_control(self.control, lc.entropy_coeff, lc.entropy_target, lc.loss_mode.value)
         if self.control.entropy_control is Controller.PREDICTIVE:
             if lc.loss_agg_mode.value != "token-mean":
                 raise SettingError(

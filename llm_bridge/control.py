@@ -29,6 +29,7 @@ import torch
 
 from llm_bridge.reference import naive_update_forecast
 from softmax_theory.control import (
+    Actuator,
     ControlConfig,
     Controller,
     ControlState,
@@ -52,9 +53,11 @@ class UpdateForecast:
         Δθ(c) = −lr·(A − c·k₁·g_H) / (sqrt(V + k₂·g(c)²) + ε) − lr·λ·θ
         A = (β₁·m + (1 − β₁)·g_pg)/b₁,  k₁ = (1 − β₁)/b₁,  V = β₂·v/b₂,  k₂ = (1 − β₂)/b₂
 
-    and SGD's Δθ(c) = −lr·g(c), linear in c. ∇H̄ = ``scale``·g_H. ``params`` in the optimiser's
-    group order, all of one dtype and device; ``g_h``: their g_H, one flat tensor in that order.
-    Holds g_pg, A, V and two work buffers, each the size of the parameters (``nbytes``)."""
+    and SGD's Δθ(c) = −lr·g(c), linear in c. ∇H̄ = ``scale``·g_H. For KL-Cov's coefficient k
+    (``direction`` g_KL, ``sign`` +1) g(k) = g_pg + k·g_KL, and A − c·k₁·g_H becomes
+    A + k·k₁·g_KL. ``params`` in the optimiser's group order, all of one dtype and device;
+    ``g_h`` (and ``direction``): one flat tensor in that order. Holds g_pg, A, V and two work
+    buffers, each the size of the parameters (``nbytes``)."""
 
     def __init__(
         self,
@@ -62,8 +65,13 @@ class UpdateForecast:
         params: list[torch.nn.Parameter],
         g_h: torch.Tensor,  # [P], the parameters' g_H end to end
         scale: float,
+        direction: torch.Tensor | None = None,  # [P], the actuator's gradient g_a
+        sign: float = -1.0,
     ):
-        self.scale, self.const = scale, 0.0
+        # the actuator moves the gradient along sign·direction: the bonus's g_pg − c·g_H
+        # (direction g_H, sign −1), or KL-Cov's g_pg + k·g_KL (direction g_KL, sign +1)
+        self.scale, self.const, self.sign = scale, 0.0, sign
+        self.direction = g_h if direction is None else direction
         self.segments: list[tuple] = []  # (h, g0, A, V, lr, k1, k2, eps) per run of one rule
         self.linear: list[tuple[float, float]] = []  # SGD: (∇H̄·Δθ(0), its slope in c)
         where = {id(p): i for i, p in enumerate(params)}
@@ -98,6 +106,7 @@ class UpdateForecast:
     def _add(self, opt, group, params, step, idx, g_h, offsets, sgd) -> None:
         """One run's flat copies; ``step``: Adam's step count of the update about to be made."""
         h = g_h[offsets[idx[0]] : offsets[idx[-1] + 1]]
+        d = self.direction[offsets[idx[0]] : offsets[idx[-1] + 1]]
         g0 = torch.cat(
             [
                 torch.zeros(params[i].numel(), dtype=h.dtype, device=h.device)
@@ -108,7 +117,8 @@ class UpdateForecast:
         )
         lr = group["lr"]
         if sgd:
-            self.linear.append((-lr * self.scale * float(h @ g0), lr * self.scale * float(h @ h)))
+            slope = -self.sign * lr * self.scale * float(h @ d)
+            self.linear.append((-lr * self.scale * float(h @ g0), slope))
             return
         beta1, beta2 = group["betas"]
         b1, b2 = 1 - beta1**step, 1 - beta2**step
@@ -128,24 +138,25 @@ class UpdateForecast:
         if group.get("weight_decay", 0):
             theta = torch.cat([params[i].detach().reshape(-1) for i in idx])
             self.const -= lr * group["weight_decay"] * self.scale * float(h @ theta)
-        self.segments.append((h, g0, a, v, lr, (1 - beta1) / b1, (1 - beta2) / b2, group["eps"]))
+        k1 = self.sign * (1 - beta1) / b1
+        self.segments.append((h, d, g0, a, v, lr, k1, (1 - beta2) / b2, group["eps"]))
 
     @property
     def nbytes(self) -> int:
         """The bytes it holds beside g_H: g_pg, A, V and the two work buffers."""
-        held = sum(t.nbytes for seg in self.segments for t in seg[1:4])
+        held = sum(t.nbytes for seg in self.segments for t in seg[2:5])
         return held + self.t.nbytes + self.u.nbytes
 
     def __call__(self, c: float) -> float:
         total = self.const + sum(f0 + c * slope for f0, slope in self.linear)
-        for h, g0, a, v, lr, k1, k2, eps in self.segments:
+        for h, d, g0, a, v, lr, k1, k2, eps in self.segments:
             n = h.numel()
             t, u = self.t[:n], self.u[:n]
-            torch.add(g0, h, alpha=-c, out=t)  # g(c)
+            torch.add(g0, d, alpha=self.sign * c, out=t)  # g(c)
             t.square_()
             torch.add(v, t, alpha=k2, out=u)
             u.sqrt_().add_(eps)  # sqrt(V + k₂·g(c)²) + ε
-            torch.add(a, h, alpha=-c * k1, out=t)  # A − c·k₁·g_H
+            torch.add(a, d, alpha=c * k1, out=t)  # A + s·c·(1 − β₁)/b₁·g_a
             t.div_(u)
             total -= lr * self.scale * float(h @ t)
         return total
@@ -176,6 +187,9 @@ class EntropyController:
         ]
         kinds = {(p.dtype, p.device) for p in self.params}
         self.flat = len(kinds) == 1  # else g_H per parameter and the slow forecast
+        # KL-Cov's coefficient: the loss hands its KL part to ``actuator_term``, and the
+        # update's gradient is g_pg + k·g_KL (the bonus's: g_pg − c·g_H)
+        self.kl = cfg.control_actuator is Actuator.PPO_KL_COEF
         self.state: ControlState | None = None
         self.active = False
         if cfg.control_path is PathKind.FILE or not cfg.control_relative:
@@ -216,21 +230,36 @@ class EntropyController:
             return self.aims.pi
         return 0.0
 
+    def loss_settings(self) -> dict[str, Any]:
+        """What the step's loss takes from the controller (after ``begin``): the bonus (PI's;
+        0 while the predictive controller writes it into the gradients) or, on KL-Cov's
+        coefficient, ``kl_coef`` (PI's) or ``actuator_term`` (the predictive controller's);
+        before the path starts, the loss as configured."""
+        if not self.kl:
+            return {"entropy_coeff": self.aims.pi or 0.0}
+        if self.aims.pi is not None:
+            return {"kl_coef": self.aims.pi}
+        return {"actuator_term": self.actuator_term} if self.active else {}
+
     def reset_terms(self) -> None:
         # g_H, parameter-sized: kept only while the forecast needs it (memory.py counts it);
         # one flat tensor, and each parameter's a view of it
-        self.g_h_flat = None
-        if not self.active:
-            self.g_h = []
-        elif self.flat:
-            p0 = self.params[0]
-            n = sum(p.numel() for p in self.params)
-            self.g_h_flat = torch.zeros(n, dtype=p0.dtype, device=p0.device)
-            self.g_h = list(torch.split(self.g_h_flat, [p.numel() for p in self.params]))
-            self.g_h = [g.view_as(p) for g, p in zip(self.g_h, self.params, strict=True)]
-        else:
-            self.g_h = [torch.zeros_like(p) for p in self.params]
+        self.g_h_flat, self.g_h = self._gradient_buffer()
+        self.g_a_flat, self.g_a = self._gradient_buffer() if self.kl else (None, [])
         self.h_sum = self.agg_sum = self.tokens = 0.0
+
+    def _gradient_buffer(self) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """A zero gradient over the parameters while the controller forecasts: one flat tensor
+        and each parameter's view of it (or one tensor per parameter, where they differ in
+        dtype or device); none otherwise."""
+        if not self.active:
+            return None, []
+        if not self.flat:
+            return None, [torch.zeros_like(p) for p in self.params]
+        p0 = self.params[0]
+        flat = torch.zeros(sum(p.numel() for p in self.params), dtype=p0.dtype, device=p0.device)
+        parts = torch.split(flat, [p.numel() for p in self.params])
+        return flat, [g.view_as(p) for g, p in zip(parts, self.params, strict=True)]
 
     def entropy_term(self, term: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor) -> None:
         """A micro-batch's aggregated entropy ``term`` (with its graph; the loss then calls
@@ -246,6 +275,16 @@ class EntropyController:
         self.agg_sum += float(term.detach())
         self.tokens += float(m.sum())
 
+    def actuator_term(self, term: torch.Tensor) -> None:
+        """A micro-batch's aggregated KL-Cov part at coefficient 1, with its graph (the loss's
+        own part then holds none of it): its gradient g_KL."""
+        if not self.active:
+            return
+        grads = torch.autograd.grad(term, self.params, retain_graph=True, allow_unused=True)
+        for acc, g in zip(self.g_a, grads, strict=True):
+            if g is not None:
+                acc.add_(g)
+
     def before_update(self, opt, args, kwargs) -> None:
         """The optimiser pre-hook: the coefficient of the update about to be taken."""
         if not self.active or self.agg_sum == 0 or self.tokens == 0:
@@ -254,12 +293,17 @@ class EntropyController:
         left = self.updates - len(self.coefs)
         want = self.h_est + (self.aims.aim - self.h_est) / max(left, 1)
         base = self.h_est
+        sign = 1.0 if self.kl else -1.0
         if self.g_h_flat is not None:
-            forecast = UpdateForecast(self.opt, self.params, self.g_h_flat, scale)
+            forecast = UpdateForecast(
+                self.opt, self.params, self.g_h_flat, scale, self.g_a_flat, sign
+            )
         else:
 
             def forecast(c: float) -> float:
-                return naive_update_forecast(self.opt, self.params, self.g_h, scale, c)
+                return naive_update_forecast(
+                    self.opt, self.params, self.g_h, scale, c, self.g_a or None, sign
+                )
 
         def ahead(c: float) -> float:
             return base + forecast(c)
@@ -267,10 +311,10 @@ class EntropyController:
         # to 2⁻⁴⁰ of the range: Adam's early updates are close to −lr·sign(g), so where the
         # gradient is small the forecast is steep in c, and a looser c lands off the aim
         c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max)
-        for p, gh in zip(self.params, self.g_h, strict=True):
+        for p, ga in zip(self.params, self.g_a if self.kl else self.g_h, strict=True):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad.add_(gh, alpha=-c)
+            p.grad.add_(ga, alpha=sign * c)
         self.coefs.append(c)
         self.h_est = ahead(c)
         self.reset_terms()

@@ -618,6 +618,28 @@ def compute_policy_loss(
     return PolicyLossOutput(loss, metrics, clipped, is_capped)
 
 
+def kl_cov_split(
+    inp: LossInputs,
+    cfg: PolicyLossConfig,
+    entropy_coeff: float | None = None,
+    generator: torch.Generator | None = None,
+    selected: torch.Tensor | None = None,
+) -> tuple[PolicyLossOutput, torch.Tensor]:
+    """KL-Cov's loss split in its coefficient k: ℓ(k) = ℓ(0) + k·ℓ_KL, where ℓ_KL is the
+    selected tokens' |log π − log π_old| after every weight and mask ``compute_policy_loss``
+    applies to the policy loss (Cui et al. 2025, §4). Returns (``compute_policy_loss`` at k = 0,
+    ℓ_KL [B, T]), both on one selection of tokens; an entropy controller on KL-Cov's
+    coefficient forecasts with ℓ_KL's gradient apart."""
+    if cfg.loss_mode is not PolicyLoss.KL_COV:
+        raise ValueError(f"loss_mode: kl_cov_split needs kl_cov, got {cfg.loss_mode.value}")
+    if selected is None:
+        selected = select_cov_tokens(inp, cfg, generator)
+    at = {k: replace(cfg, ppo_kl_coef=k) for k in (0.0, 1.0)}
+    zero = compute_policy_loss(inp, at[0.0], entropy_coeff, generator, selected)
+    one = compute_policy_loss(inp, at[1.0], entropy_coeff, generator, selected)
+    return zero, one.per_token_loss - zero.per_token_loss
+
+
 def agg_loss(
     per_token_loss: torch.Tensor,
     mask: torch.Tensor,
@@ -692,6 +714,7 @@ __all__ = [
     "gspo_loss",
     "high_entropy_tokens",
     "kl_cov_loss",
+    "kl_cov_split",
     "kl_penalty",
     "log_ratio",
     "ppo_clip",

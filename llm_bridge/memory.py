@@ -163,12 +163,13 @@ def estimate_step_memory(
     eager_attention: bool = False,
     generate_batch: int | None = None,
     probe_responses: int | None = None,
-    control: bool = False,
+    control: int = 0,
 ) -> StepMemory:
     """The peak memory of one step: ``responses`` in the batch (prompts × group size),
     ``micro_batch`` per forward/backward pass, ``generate_batch`` per generate call (None: the
     whole batch), sequences of prompt + response tokens; ``probe_responses`` probed (None: all);
-    ``control``: the predictive entropy controller (``llm_bridge.control``) runs."""
+    ``control``: the gradients the predictive entropy controller (``llm_bridge.control``) keeps
+    (1: g_H, for the bonus; 2: g_H and g_KL, for KL-Cov's coefficient; 0: none runs)."""
     b = BYTES.get(shape.dtype, 4)
     p, v, d = shape.parameters, shape.vocab, shape.hidden
     seq = prompt_length + response_length
@@ -207,11 +208,12 @@ def estimate_step_memory(
         head += 3 * tokens * d * 4  # h_old, h_new and dh of the micro-batch
         jvp_pass = JVP_ATTENTION_TENSORS * attention + 2 * layer if jvp else layer
         probe_pass = max(head, jvp_pass)
-    # the predictive controller keeps the entropy term's gradient g_H through the backward
-    # (and autograd's parameter-sized result as it is summed in); before the update, g_H and
-    # its forecast's flat g_pg, Adam's A and V and two work buffers (control.UpdateForecast)
-    control_held = 2 * p * b if control else 0
-    control_solve = 6 * p * b if control else 0
+    # the predictive controller keeps the entropy term's gradient g_H (and on KL-Cov's
+    # coefficient g_KL) through the backward, with autograd's parameter-sized result as each is
+    # summed in; before the update, those and its forecast's flat g_pg, Adam's A and V and two
+    # work buffers (control.UpdateForecast)
+    control_held = (control + 1) * p * b if control else 0
+    control_solve = (control + 5) * p * b if control else 0
     return StepMemory(
         weights=p * b,
         gradients=p * b,

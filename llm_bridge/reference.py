@@ -19,13 +19,17 @@ def naive_update_forecast(
     g_h: list[torch.Tensor],
     scale: float,
     c: float,
+    direction: list[torch.Tensor] | None = None,
+    sign: float = -1.0,
 ) -> float:
     """∇H̄·Δθ(c), parameter by parameter: the update ``optimizer_update`` makes for the gradient
-    g_pg − c·g_H (g_pg: the parameters' ``.grad``, zero where there is none), dotted with
-    ∇H̄ = ``scale``·g_H. The slow reference of ``control.UpdateForecast``."""
+    g_pg + sign·c·g_a (g_pg: the parameters' ``.grad``, zero where there is none; g_a:
+    ``direction``, default g_H, so the bonus's g_pg − c·g_H), dotted with ∇H̄ = ``scale``·g_H.
+    The slow reference of ``control.UpdateForecast``."""
+    direction = g_h if direction is None else direction
     grads = {
-        id(p): (torch.zeros_like(p) if p.grad is None else p.grad.detach()) - c * gh
-        for p, gh in zip(params, g_h, strict=True)
+        id(p): (torch.zeros_like(p) if p.grad is None else p.grad.detach()) + sign * c * ga
+        for p, ga in zip(params, direction, strict=True)
     }
     delta = optimizer_update(opt, grads)
     return float(sum((scale * gh * delta[id(p)]).sum() for p, gh in zip(params, g_h, strict=True)))

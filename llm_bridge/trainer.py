@@ -43,12 +43,19 @@ from llm_bridge.scoring import sample_prompts, score_rollouts, validate
 from llm_bridge.step_record import covariance_tokens, finish_step, step_record, step_times
 from llm_bridge.tasks import Task
 from llm_bridge.update import StepBatch, UpdateResult, update
-from softmax_theory.control import Controller
+from softmax_theory.control import Actuator, ControlConfig, Controller
 from softmax_theory.policy import COV_LOSSES, adaptive_entropy_coef
 from softmax_theory.runlog import read_run
 
 # Called after each step with its record; True ends the run after that step, with a checkpoint.
 StopHook = Callable[[dict[str, Any]], bool]
+
+
+def control_gradients(cfg: ControlConfig) -> int:
+    """The parameter-sized gradients a controller keeps (``memory.estimate_step_memory``)."""
+    if cfg.entropy_control is not Controller.PREDICTIVE:
+        return 0
+    return 2 if cfg.control_actuator is Actuator.PPO_KL_COEF else 1
 
 
 class ProbedGRPOTrainer:
@@ -146,7 +153,7 @@ class ProbedGRPOTrainer:
             reference=self.ref_model is not None,
             fused_head=head_spec(self.model) is not None,
             eager_attention=self.model.config._attn_implementation == "eager",
-            control=cfg.control.entropy_control is Controller.PREDICTIVE,
+            control=control_gradients(cfg.control),
         )
 
     def save_checkpoint(self) -> Path:
@@ -205,8 +212,11 @@ class ProbedGRPOTrainer:
         self.state.entropy_coeff, coeff_now = adaptive_entropy_coef(
             self.state.entropy_coeff, h_batch, cfg.policy_loss
         )
+        steering: dict[str, Any] = {"entropy_coeff": coeff_now}
         if self.control is not None:
-            coeff_now = self.control.begin(k, h_batch)
+            self.control.begin(k, h_batch)
+            steering = {"entropy_coeff": coeff_now, **self.control.loss_settings()}
+            coeff_now = steering["entropy_coeff"]
         probing = cfg.probe and k % cfg.probe_every == 0
         lc = cfg.policy_loss
         if lc.loss_mode in COV_LOSSES and (lc.needs_score or probing):
@@ -216,7 +226,7 @@ class ProbedGRPOTrainer:
             batch = replace(batch, score=score_t)
         if probing:
             self.probe.begin(self.opt)
-        result = self.update(batch, coeff_now)
+        result = self.update(batch, **steering)
         t_update = time.perf_counter()
         probed = tokens = None
         if probing:
@@ -227,7 +237,8 @@ class ProbedGRPOTrainer:
         extra = {}
         if self.control is not None:
             extra.update(self.control.finish())
-            coeff_now = extra["control/coef"]
+            if not self.control.kl:
+                coeff_now = extra["control/coef"]
         if self.device.type == "cuda":  # the step's own peak (reset at its start)
             extra["memory/gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         record = step_record(
@@ -273,7 +284,13 @@ class ProbedGRPOTrainer:
             self.schedule.step()
         return self._end_step(record)
 
-    def update(self, batch: StepBatch, entropy_coeff: float) -> UpdateResult:
+    def update(
+        self,
+        batch: StepBatch,
+        entropy_coeff: float,
+        kl_coef: float | None = None,
+        actuator_term: Callable[[torch.Tensor], None] | None = None,
+    ) -> UpdateResult:
         """The step's optimiser updates (``llm_bridge.update.update``)."""
         return update(
             self.model,
@@ -285,6 +302,8 @@ class ProbedGRPOTrainer:
             self.gen,
             self.max_new_tokens,
             None if self.control is None else self.control.entropy_term,
+            kl_coef,
+            actuator_term,
         )
 
     def train(

@@ -12,14 +12,20 @@ same in each of its updates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from llm_bridge.config import TrainConfig
 from llm_bridge.forward import micro_slices, response_entropy_logp
-from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, select_by_scope
+from llm_bridge.losses import (
+    LossInputs,
+    agg_loss,
+    compute_policy_loss,
+    kl_cov_split,
+    select_by_scope,
+)
 from llm_bridge.rollout import Rollouts
 from softmax_theory.policy import CovScope
 from softmax_theory.stats import token_weighted_means
@@ -151,6 +157,8 @@ def mini_batch_loss(
     clipped: torch.Tensor | None = None,
     selected_step: torch.Tensor | None = None,
     entropy_term: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    kl_coef: float | None = None,
+    actuator_term: Callable[[torch.Tensor], None] | None = None,
 ) -> float:
     """Accumulate (``backward``) the gradient of one mini-batch's loss over its micro-batches;
     returns the loss. ``parts`` gathers each micro-batch's loss metrics with its valid tokens
@@ -158,9 +166,14 @@ def mini_batch_loss(
     with the clipped tokens; ``selected_step`` is the step's global selection;
     ``entropy_term`` (an entropy controller's) receives each micro-batch's aggregated entropy
     agg(H), with its graph, its per-token entropy and mask, before the loss's backward.
+    ``kl_coef`` replaces KL-Cov's ``ppo_kl_coef`` (a controller's, for the step);
+    ``actuator_term`` (a controller's on KL-Cov's coefficient) receives agg(ℓ_KL) with its graph
+    (``losses.kl_cov_split``), and the loss then holds KL-Cov's part at coefficient 0.
     ``response_budget`` is the token budget of a response (the ``seq-mean-token-sum-norm``
     scale when the loss config gives none)."""
     lc = cfg.policy_loss
+    if kl_coef is not None:
+        lc = replace(lc, ppo_kl_coef=kl_coef)
     selected = select_mini_batch_tokens(model, batch, rows, cfg, generator)
     if selected_step is not None:
         selected = selected_step[rows]
@@ -175,13 +188,14 @@ def mini_batch_loss(
     for sl in micro_slices(rows.stop - rows.start, cfg.micro_batch_size):
         sub = slice(rows.start + sl.start, rows.start + sl.stop)
         inp = loss_inputs(model, batch, sub, cfg.temperature, True)
-        out = compute_policy_loss(
-            inp,
-            lc,
-            entropy_coeff=entropy_coeff,
-            generator=generator,
-            selected=None if selected is None else selected[sl],
-        )
+        chosen = None if selected is None else selected[sl]
+        if actuator_term is not None:
+            out, kl_part = kl_cov_split(inp, lc, entropy_coeff, generator, chosen)
+            actuator_term(agg_loss(kl_part, batch.mask[sub], lc.loss_agg_mode, **norms))
+        else:
+            out = compute_policy_loss(
+                inp, lc, entropy_coeff=entropy_coeff, generator=generator, selected=chosen
+            )
         loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
         if entropy_term is not None:
             h_term = agg_loss(inp.entropy, batch.mask[sub], lc.loss_agg_mode, **norms)
@@ -209,6 +223,8 @@ def update(
     generator: torch.Generator,
     response_budget: int,
     entropy_term: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    kl_coef: float | None = None,
+    actuator_term: Callable[[torch.Tensor], None] | None = None,
 ) -> UpdateResult:
     """The step's ``epochs × mini_batches`` optimiser updates (the probe's forecast and an
     entropy controller watch the optimiser's steps through its pre-hooks)."""
@@ -235,6 +251,8 @@ def update(
                     clipped,
                     selected_step,
                     entropy_term,
+                    kl_coef,
+                    actuator_term,
                 )
             )
             opt.step()

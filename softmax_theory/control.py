@@ -40,6 +40,14 @@ class Controller(str, enum.Enum):
     PI = "pi"
 
 
+class Actuator(str, enum.Enum):
+    """What a controller sets: the entropy bonus's coefficient (the loss −c·H), or KL-Cov's
+    coefficient on its selected tokens (``ppo_kl_coef``: the loss + k·|log π − log π_old|)."""
+
+    ENTROPY_COEFF = "entropy_coeff"
+    PPO_KL_COEF = "ppo_kl_coef"
+
+
 class PathKind(str, enum.Enum):
     CONSTANT = "constant"
     LINEAR = "linear"
@@ -59,6 +67,13 @@ class ControlConfig:
     entropy_control: Controller = field(
         default=Controller.NONE,
         metadata=_help("steer H along a path: none, predictive (the forecast) or pi"),
+    )
+    control_actuator: Actuator = field(
+        default=Actuator.ENTROPY_COEFF,
+        metadata=_help(
+            "what the controller sets: entropy_coeff (the bonus) or ppo_kl_coef (KL-Cov's "
+            "coefficient; loss_mode kl_cov)"
+        ),
     )
     control_path: PathKind = field(
         default=PathKind.CONSTANT,
@@ -109,9 +124,18 @@ class ControlConfig:
         object.__setattr__(
             self, "control_path", parse_choice(PathKind, self.control_path, "control_path")
         )
+        object.__setattr__(
+            self,
+            "control_actuator",
+            parse_choice(Actuator, self.control_actuator, "control_actuator"),
+        )
         check_domains(self)
         if self.control_coef_min >= self.control_coef_max:
             raise SettingError("control_coef_min", "must be below control_coef_max")
+        if self.control_actuator is Actuator.PPO_KL_COEF and self.control_coef_min < 0:
+            raise SettingError(
+                "control_coef_min", "KL-Cov's coefficient cannot be negative (ppo_kl_coef ≥ 0)"
+            )
         if (self.control_path is PathKind.FILE) != (self.control_path_file is not None):
             raise SettingError("control_path_file", "is given exactly when control_path is file")
 
@@ -120,10 +144,29 @@ class ControlConfig:
         return self.entropy_control is not Controller.NONE
 
 
-def check_control(cfg: ControlConfig, entropy_coeff: float, entropy_target: float | None) -> None:
-    """A controller sets the bonus coefficient itself: a fixed coefficient or the adaptive rule
-    beside it is refused, naming the setting."""
+def check_control(
+    cfg: ControlConfig,
+    entropy_coeff: float,
+    entropy_target: float | None,
+    loss_mode: str | None = None,
+) -> None:
+    """A controller sets its actuator's coefficient itself: a fixed bonus coefficient or the
+    adaptive rule beside a bonus controller is refused, naming the setting; an actuator the loss
+    does not have (``ppo_kl_coef`` without ``loss_mode`` kl_cov; ``loss_mode`` None: the tabular
+    world, which steers the bonus only) is refused naming ``control_actuator``."""
     if not cfg.on:
+        return
+    if cfg.control_actuator is Actuator.PPO_KL_COEF:
+        if loss_mode is None:
+            raise SettingError(
+                "control_actuator", "the tabular world steers the entropy bonus only"
+            )
+        if loss_mode != "kl_cov":
+            raise SettingError(
+                "control_actuator",
+                f"ppo_kl_coef is KL-Cov's coefficient; the loss is {loss_mode} (use loss_mode "
+                "kl_cov, or the actuator entropy_coeff)",
+            )
         return
     if entropy_coeff > 0:
         raise SettingError(
@@ -229,18 +272,17 @@ def solve_coef(
     iters: int = 40,
 ) -> float:
     """The coefficient c ∈ [``coef_min``, ``coef_max``] whose forecast equals ``want``, by
-    Brent's method on the bracket (``scipy.optimize.brentq``: the forecast rises with the bonus,
-    more bonus, more entropy, so the bounds bracket the root). At the bounds it saturates:
-    ``coef_min`` when even the least bonus forecasts at least ``want``, ``coef_max`` when the
-    most falls short. The root is found to (coef_max − coef_min)·2⁻ⁱᵗᵉʳˢ, as ``iters`` halvings
-    of ``bisect_coef`` (the slow reference) would place it, in far fewer forecasts: each is one
-    pass of the optimiser's rule over the parameters. A forecast that is not finite is refused."""
-    lo_val = _finite(forecast(coef_min), coef_min) - want
-    if lo_val >= 0:
-        return coef_min
-    hi_val = _finite(forecast(coef_max), coef_max) - want
-    if hi_val <= 0:
-        return coef_max
+    Brent's method on the bracket (``scipy.optimize.brentq``). The forecast is taken monotone
+    in c, rising or falling as its values at the bounds say: the bonus raises entropy; KL-Cov's
+    coefficient restrains the update, which raises entropy where the update lowers it and lowers
+    it where the update raises it. Where ``want`` lies beyond the forecasts at both bounds, the
+    controller saturates at the bound nearer to it. The root is found to
+    (coef_max − coef_min)·2⁻ⁱᵗᵉʳˢ, as ``iters`` halvings of ``bisect_coef`` (the slow reference)
+    would place it, in fewer forecasts: each is one pass of the optimiser's rule over the
+    parameters. A forecast that is not finite is refused."""
+    bound = _saturated(forecast, want, coef_min, coef_max)
+    if bound is not None:
+        return bound
     from scipy.optimize import brentq
 
     return float(
@@ -253,6 +295,17 @@ def solve_coef(
             maxiter=4 * iters,
         )
     )
+
+
+def _saturated(
+    forecast: Callable[[float], float], want: float, coef_min: float, coef_max: float
+) -> float | None:
+    """The bound the controller saturates at (None: the bounds bracket ``want``)."""
+    lo = _finite(forecast(coef_min), coef_min) - want
+    hi = _finite(forecast(coef_max), coef_max) - want
+    if hi >= lo:  # rising (or flat)
+        return coef_min if lo >= 0 else coef_max if hi <= 0 else None
+    return coef_min if lo <= 0 else coef_max if hi >= 0 else None
 
 
 def _finite(value: float, c: float) -> float:
@@ -270,14 +323,14 @@ def bisect_coef(
 ) -> float:
     """``solve_coef`` by plain bisection: the slow reference (``iters`` + 2 forecasts). The
     root lies within (coef_max − coef_min)·2⁻ⁱᵗᵉʳˢ of the value returned."""
-    if forecast(coef_min) >= want:
-        return coef_min
-    if forecast(coef_max) <= want:
-        return coef_max
+    bound = _saturated(forecast, want, coef_min, coef_max)
+    if bound is not None:
+        return bound
+    rising = forecast(coef_max) > forecast(coef_min)
     lo, hi = coef_min, coef_max
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if forecast(mid) < want:
+        if (forecast(mid) < want) == rising:
             lo = mid
         else:
             hi = mid
@@ -371,6 +424,7 @@ def control_keys(
 
 
 __all__ = [
+    "Actuator",
     "ControlConfig",
     "ControlState",
     "Controller",

@@ -153,6 +153,19 @@ def test_solve_coef_is_the_bisection_in_fewer_forecasts():
     assert np.median(counts) <= 0.6
 
 
+def test_solve_coef_follows_a_falling_forecast():
+    """KL-Cov's coefficient lowers the forecast where the update raises entropy: the root of
+    a falling forecast, and saturation at the bound nearer the aim on either side."""
+
+    def f(c):
+        return -math.tanh(c)
+
+    assert solve_coef(f, -0.5, 0.0, 5.0) == pytest.approx(math.atanh(0.5), abs=1e-9)
+    assert bisect_coef(f, -0.5, 0.0, 5.0) == pytest.approx(math.atanh(0.5), abs=1e-9)
+    assert solve_coef(f, 0.1, 0.0, 5.0) == 0.0  # even no restraint forecasts less
+    assert solve_coef(f, -2.0, 0.0, 5.0) == 5.0  # the most restraint still forecasts more
+
+
 def test_solve_coef_refuses_a_forecast_that_is_not_finite():
     with pytest.raises(FloatingPointError, match="coefficient"):
         solve_coef(lambda c: math.nan if c > 0.3 else c, 0.5, 0.0, 1.0)

@@ -233,6 +233,13 @@ def test_the_flat_forecast_is_the_optimisers_rule_parameter_by_parameter(kind):
     for c in (-0.5, 0.0, 0.3, 2.0, 40.0):
         slow = naive_update_forecast(opt, params, g_h, 0.37, c)
         assert fast(c) == pytest.approx(slow, rel=1e-12, abs=1e-300), c
+    # KL-Cov's coefficient: the gradient moves along +g_KL, the forecast still dots ∇H̄
+    g_kl = [torch.randn_like(p) for p in params]
+    flat_kl = torch.cat([g.reshape(-1) for g in g_kl])
+    fast = UpdateForecast(opt, params, flat, 0.37, direction=flat_kl, sign=1.0)
+    for c in (0.0, 0.3, 2.0, 40.0):
+        slow = naive_update_forecast(opt, params, g_h, 0.37, c, g_kl, 1.0)
+        assert fast(c) == pytest.approx(slow, rel=1e-12, abs=1e-300), c
 
 
 def test_the_flat_forecast_refuses_what_the_rule_does_not_cover():
@@ -267,3 +274,74 @@ def test_a_stopped_trl_engine_run_resumes_with_the_controllers_state(tiny_model,
             # TRL's reloaded checkpoint moves the last digits (2e-6 relative seen); a lost
             # state would move the path and the error by the step's whole change
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+
+
+def kl_hold(**settings) -> dict:
+    control = ControlConfig(
+        entropy_control="predictive",
+        control_actuator="ppo_kl_coef",
+        control_level=1.0,
+        control_coef_min=0.0,
+        control_coef_max=50.0,
+        **settings,
+    )
+    # a fixed bonus moves θ at the step's first update even where the tiny model's rewards are
+    # all 0, so that KL-Cov's part has a gradient at the second
+    loss = PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.2, entropy_coeff=0.05)
+    return dict(control=control, policy_loss=loss)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_controller_steers_kl_covs_coefficient_in_both_engines(
+    tiny_model, tmp_path, engine, monkeypatch
+):
+    """On KL-Cov's coefficient every update's coefficient stays in its bounds and, where it is
+    inside them, its forecast meets the update's aim; the step logs the mean as
+    ``control/coef`` and the bonus stays the loss's own. KL-Cov's part acts from the step's
+    second update (at θ_old its gradient vanishes)."""
+    from llm_bridge import control as control_module
+
+    solves = []
+    real = control_module.solve_coef
+
+    def recording(forecast, want, lo, hi, *args):
+        c = real(forecast, want, lo, hi, *args)
+        solves.append((c, forecast(c) - want))
+        return c
+
+    monkeypatch.setattr(control_module, "solve_coef", recording)
+    out = train(small(tiny_model, engine=engine, mini_batches=2, **kl_hold()), tmp_path / "k")
+    steps = read_run(out).steps
+    for s in steps:
+        assert 0.0 <= s["control/coef"] <= 50.0 and "control/pred_after" in s
+        assert s["actor/entropy_coeff"] == 0.05  # the bonus stays the loss's own
+    inside = [miss for c, miss in solves if 0.0 < c < 50.0]
+    assert inside and max(abs(m) for m in inside) < 1e-7
+    assert len(solves) == 2 * len(steps)
+
+
+def test_an_actuator_the_loss_does_not_have_is_refused(cli, tiny_model, tmp_path):
+    from llm_bridge.cli import main
+
+    with pytest.raises(SettingError, match="control_actuator.*kl_cov"):
+        small(tiny_model, control=kl_hold()["control"])
+    with pytest.raises(SettingError, match="control_coef_min.*negative"):
+        ControlConfig(control_actuator="ppo_kl_coef", control_coef_min=-0.1)
+    res = cli(
+        main,
+        [
+            "train",
+            "--model",
+            tiny_model,
+            "--out",
+            tmp_path / "r",
+            "--steps",
+            "1",
+            "--entropy-control",
+            "predictive",
+            "--control-actuator",
+            "ppo_kl_coef",
+        ],
+    )
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "control_actuator" in res.output and "Traceback" not in res.output

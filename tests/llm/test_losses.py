@@ -429,3 +429,32 @@ def test_select_by_scope_twins_agree(scope):
         np_losses.select_by_scope(np_losses.LossInputs(lp, old, adv, mask), PolicyLossConfig(), rng)
         is None
     )
+
+
+@pytest.mark.parametrize("controls", [{}, {"top_entropy_ratio": 0.5}, {"rollout_is": "token"}])
+def test_kl_cov_split_is_the_loss_linear_in_its_coefficient(controls):
+    """ℓ(k) = ℓ(0) + k·ℓ_KL token by token, with every weight and mask the loss applies (the
+    high-entropy mask, importance weights): what an entropy controller on KL-Cov's coefficient
+    forecasts with; the loss at k = 0 is the loss with ppo_kl_coef 0."""
+    from dataclasses import replace
+
+    from llm_bridge.losses import kl_cov_split
+
+    lp, old, adv, mask = _random_batch(seed=3)
+    g = torch.Generator().manual_seed(4)
+    inp = LossInputs(
+        lp,
+        old,
+        adv,
+        mask,
+        entropy=torch.rand(lp.shape, generator=g, dtype=lp.dtype),
+        sampler_log_prob=old - 0.1 * torch.rand(lp.shape, generator=g, dtype=lp.dtype),
+    )
+    cfg = PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.2, **controls)
+    zero, part = kl_cov_split(inp, cfg)
+    for k in (0.0, 0.5, 3.0):
+        full = compute_policy_loss(inp, replace(cfg, ppo_kl_coef=k)).per_token_loss
+        torch.testing.assert_close(zero.per_token_loss + k * part, full, rtol=1e-12, atol=1e-14)
+    assert (part != 0).any()
+    with pytest.raises(ValueError, match="kl_cov"):
+        kl_cov_split(inp, PolicyLossConfig())

@@ -95,11 +95,13 @@ def test_with_generation_and_micro_batches_fixed_only_the_per_token_arrays_grow(
 
 def test_the_predictive_controller_adds_its_gradients_to_the_update():
     """By hand: g_H (and autograd's result) through the backward, six parameter-sized buffers
-    while it solves; nothing without it."""
+    while it solves (one more of each on KL-Cov's coefficient); nothing without it."""
     pb = 19_776_128 * 4
-    plain, ctrl = _estimate(probe=False), _estimate(probe=False, control=True)
+    plain, ctrl = _estimate(probe=False), _estimate(probe=False, control=1)
     assert (plain.control_held, plain.control_solve) == (0, 0)
     assert (ctrl.control_held, ctrl.control_solve) == (2 * pb, 6 * pb)
+    kl = _estimate(probe=False, control=2)  # on KL-Cov's coefficient: g_KL beside g_H
+    assert (kl.control_held, kl.control_solve) == (3 * pb, 7 * pb)
     assert ctrl.phases()["update"] == ctrl.persistent + max(
         ctrl.backward + 2 * pb, ctrl.optimizer_step, ctrl.control_solve
     )
@@ -119,8 +121,8 @@ def test_the_controller_term_is_what_the_controller_holds(tiny_model, tmp_path, 
     held: list[int] = []
 
     class Counting(control_module.UpdateForecast):
-        def __init__(self, opt, params, g_h, scale):
-            super().__init__(opt, params, g_h, scale)
+        def __init__(self, opt, params, g_h, scale, *actuator):
+            super().__init__(opt, params, g_h, scale, *actuator)
             self.g_h_bytes = g_h.nbytes
 
         def __call__(self, c):

@@ -146,8 +146,9 @@ class RunLogCallback(TrainerCallback):
             if not probed and t.control_entropy is not None:
                 entropy = t.control_entropy  # θ_old, the whole generation batch
             extra = t.control.finish()
-            coef = t.entropy_coef = extra["control/coef"]  # TRL's own coefficient
-            t._metrics["train"]["entropy_coef"].append(coef)
+            if not t.control.kl:
+                coef = t.entropy_coef = extra["control/coef"]  # TRL's own coefficient
+                t._metrics["train"]["entropy_coef"].append(coef)
         record = step_record(
             step=k,
             lr=self._lr,

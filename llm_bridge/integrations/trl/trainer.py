@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from llm_bridge.control import EntropyController
 from llm_bridge.forward import stream_entropy_logp
 from llm_bridge.integrations.trl.config import refuse_for_trl
 from llm_bridge.integrations.trl.distributed import StepMeans
-from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss
+from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, kl_cov_split
 from llm_bridge.probe import unwrapped_optimizer
 from llm_bridge.rollout import Rollouts
 from llm_bridge.update import loss_normalisers
@@ -129,7 +129,6 @@ class RegistryLossTrainer(GRPOTrainer):
         self.control_steps, self.control_records = control_steps, control_records or []
         self.control: EntropyController | None = None  # built with the optimiser
         self.control_entropy: float | None = None  # the step's entropy at θ_old
-        self.control_coef = 0.0  # the coefficient the loss applies itself (PI's)
 
     def create_optimizer(self, model=None):
         """TRL's optimiser, and the entropy controller on it (its pre-hook then runs before
@@ -163,10 +162,9 @@ class RegistryLossTrainer(GRPOTrainer):
         valid = mask.bool()
         self.control_entropy = float(entropy[valid].double().mean()) if valid.any() else None
         if self.control_entropy is None:
-            self.control_coef = 0.0
             return
         k = self.state.global_step // self.updates_per_step
-        self.control_coef = self.control.begin(k, self.control_entropy)
+        self.control.begin(k, self.control_entropy)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Our warm-up (``warmup_factor``: linear from 1/W, as our trainer; TRL's own starts at
@@ -267,9 +265,16 @@ class RegistryLossTrainer(GRPOTrainer):
             # vLLM's log-probs of its samples; TRL's own generation samples from π_old
             sampler_log_prob=inputs.get("sampling_per_token_logps", old),
         )
-        controlled = self.control is not None and self.model.training
-        coef = {"entropy_coeff": self.control_coef} if controlled else {}
-        out = compute_policy_loss(inp, self.policy_loss, generator=self.cov_generator, **coef)
+        steer = self.control.loss_settings() if self.control and self.model.training else {}
+        lc = self.policy_loss
+        if "kl_coef" in steer:  # PI on KL-Cov's coefficient
+            lc = replace(lc, ppo_kl_coef=steer["kl_coef"])
+        bonus = {"entropy_coeff": steer["entropy_coeff"]} if "entropy_coeff" in steer else {}
+        kl_part = None
+        if "actuator_term" in steer:  # the forecast on KL-Cov's coefficient: its part apart
+            out, kl_part = kl_cov_split(inp, lc, None, self.cov_generator)
+        else:
+            out = compute_policy_loss(inp, lc, generator=self.cov_generator, **bonus)
         per_token = out.per_token_loss
         if self.off_policy_mask_threshold is not None:  # TRL's sequence mask (DeepSeek-V3.2)
             per_token = per_token * self.get_off_policy_mask(
@@ -283,9 +288,11 @@ class RegistryLossTrainer(GRPOTrainer):
         # policy term only); TRL's importance_sampling_ratio is left unapplied
         norms = self._normalisers(inputs)
         loss = agg_loss(per_token, mask, self.policy_loss.loss_agg_mode, **norms)
-        if controlled:  # the entropy term's own gradient, before TRL's backward of the loss
+        if steer:  # the controller's gradients, before TRL's backward of the loss
             h_term = agg_loss(entropies, mask, self.policy_loss.loss_agg_mode, **norms)
             self.control.entropy_term(h_term, entropies, mask)
+        if kl_part is not None:
+            steer["actuator_term"](agg_loss(kl_part, mask, lc.loss_agg_mode, **norms))
         mode = "train" if self.model.training else "eval"
         if self.aux_loss_enabled:
             ga = self.current_gradient_accumulation_steps if mode == "train" else 1
