@@ -40,6 +40,11 @@ PATHS = {
     "linear H₀ → 0.2·H₀": dict(control_path="linear", control_level=0.2),
 }
 FIXED_COEF = 0.005  # the fixed bonus, beside the paths' controllers
+# the second actuator: KL-Cov at the paper's ratio, its coefficient in [0, 10] (the paper's 1)
+KL_COV = dict(
+    policy_loss=PolicyLossConfig(loss_mode="kl_cov", kl_cov_ratio=0.002),
+    coef=dict(control_actuator="ppo_kl_coef", control_coef_min=0.0, control_coef_max=10.0),
+)
 ADAPTIVE_DELTA = 0.005  # the adaptive rule's step (Skywork-OR1's ±δ)
 LEVELS = (0.2, 0.4, 0.6, 0.8)  # the held levels of the law-as-intervention runs
 TRL_DELTAS = (0.001, 0.005, 0.02)  # TRL's entropy_coef_delta, chosen on seed 0 per path
@@ -211,6 +216,13 @@ def tracking(out: Path, seeds: list[int]) -> None:
                 "PI": run(out, f"pi_{slug}", seed, **controlled("pi", path)),
                 "predictive": run(
                     out, f"predictive_{slug}", seed, **controlled("predictive", path)
+                ),
+                "predictive on KL-Cov's coefficient (ratio 0.002)": run(
+                    out,
+                    f"predictive_klcov_{slug}",
+                    seed,
+                    policy_loss=KL_COV["policy_loss"],
+                    control=ControlConfig(entropy_control="predictive", **path, **KL_COV["coef"]),
                 ),
             }
             for name, steps in runs.items():
