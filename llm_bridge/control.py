@@ -266,10 +266,7 @@ class EntropyController:
         ``backward`` on its own part), its per-token ``entropy`` and ``mask`` [b, R]."""
         if not self.active:
             return
-        grads = torch.autograd.grad(term, self.params, retain_graph=True, allow_unused=True)
-        for acc, g in zip(self.g_h, grads, strict=True):
-            if g is not None:
-                acc.add_(g)
+        self._accumulate(term, self.g_h)
         m = mask.to(entropy.dtype)
         self.h_sum += float((entropy.detach() * m).sum())
         self.agg_sum += float(term.detach())
@@ -278,10 +275,13 @@ class EntropyController:
     def actuator_term(self, term: torch.Tensor) -> None:
         """A micro-batch's aggregated KL-Cov part at coefficient 1, with its graph (the loss's
         own part then holds none of it): its gradient g_KL."""
-        if not self.active:
-            return
+        if self.active:
+            self._accumulate(term, self.g_a)
+
+    def _accumulate(self, term: torch.Tensor, into: list[torch.Tensor]) -> None:
+        """∇term added into ``into`` (the graph kept for the loss's own backward)."""
         grads = torch.autograd.grad(term, self.params, retain_graph=True, allow_unused=True)
-        for acc, g in zip(self.g_a, grads, strict=True):
+        for acc, g in zip(into, grads, strict=True):
             if g is not None:
                 acc.add_(g)
 
