@@ -125,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/size_law"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--figure", type=Path, default=None, help="a and b against size")
     args = parser.parse_args()
     out, seeds = args.out, args.seeds
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +195,43 @@ def main() -> None:
         )
     print()
     (out / "rows.json").write_text(json.dumps({str(w): rows[w] for w in WIDTHS}, indent=1))
+    if args.figure is not None:
+        plot_sizes(rows, sizes, pred).savefig(args.figure, dpi=110)
+
+
+def plot_sizes(rows: dict, sizes: dict, pred: dict):
+    """a and b of each run against the non-embedding count (log axis), the log-linear fit on
+    the smaller sizes, and the largest size's prediction with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    widths = sorted(rows)
+    small = widths[:-1]
+    grid = np.geomspace(min(sizes.values()) * 0.8, max(sizes.values()) * 1.25, 50)
+    for ax, key in zip(axes, ("a", "b"), strict=True):
+        for w in widths:
+            ys = [r[key] for r in rows[w]]
+            ax.scatter([sizes[w]] * len(ys), ys, s=14, color="C0" if w in small else "C3")
+        n_small = np.array([sizes[w] for w in small], dtype=float)
+        k, c = loglinear(n_small, np.array([np.mean([r[key] for r in rows[w]]) for w in small]))
+        ax.plot(grid, k * np.log(grid) + c, color="C0", label="log-linear, 3 smaller sizes")
+        lo, hi = pred[f"{key}_ci"]
+        ax.errorbar(
+            [pred["params"]],
+            [pred[key]],
+            yerr=[[pred[key] - lo], [hi - pred[key]]],
+            fmt="D",
+            color="C1",
+            label="predicted (95%)",
+        )
+        ax.set(xscale="log", xlabel="non-embedding parameters", ylabel=key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _params_of(cfg) -> int:
