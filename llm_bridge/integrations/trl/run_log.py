@@ -142,11 +142,11 @@ class RunLogCallback(TrainerCallback):
                 )
                 entropy = float(tokens.values["entropy"].mean())  # θ_old, probed tokens
         extra, coef = {}, t.policy_loss.entropy_coeff
-        if t.control is not None:
-            if not probed and t.control_entropy is not None:
-                entropy = t.control_entropy  # θ_old, the whole generation batch
-            extra = t.control.finish()
-            if not t.control.kl:
+        if t.entropy_controller is not None:
+            if not probed and t.entropy_controller_entropy is not None:
+                entropy = t.entropy_controller_entropy  # θ_old, the whole generation batch
+            extra = t.entropy_controller.finish()
+            if not t.entropy_controller.kl:
                 coef = t.entropy_coef = extra["control/coef"]  # TRL's own coefficient
                 t._metrics["train"]["entropy_coef"].append(coef)
         record = step_record(

@@ -125,26 +125,29 @@ class RegistryLossTrainer(GRPOTrainer):
         self._rewards: torch.Tensor | None = None
         self.generation: GenerationBatch | None = None  # the latest training generation batch
         self.step_means = StepMeans()  # the step's loss metrics, over its updates
-        self.control_config = control if control is not None and control.on else None
-        self.control_steps, self.control_records = control_steps, control_records or []
-        self.control: EntropyController | None = None  # built with the optimiser
-        self.control_entropy: float | None = None  # the step's entropy at θ_old
+        self.entropy_controller_config = control if control is not None and control.on else None
+        self.entropy_controller_steps, self.entropy_controller_records = (
+            control_steps,
+            control_records or [],
+        )
+        self.entropy_controller: EntropyController | None = None  # built with the optimiser
+        self.entropy_controller_entropy: float | None = None  # the step's entropy at θ_old
 
     def create_optimizer(self, model=None):
         """TRL's optimiser, and the entropy controller on it (its pre-hook then runs before
         each update, ahead of the probe's)."""
         opt = super().create_optimizer(model)
-        if self.control_config is not None and self.control is None:
+        if self.entropy_controller_config is not None and self.entropy_controller is None:
             policy = self.accelerator.unwrap_model(self.model)
-            self.control = EntropyController(
+            self.entropy_controller = EntropyController(
                 policy,
                 unwrapped_optimizer(opt),
-                self.control_config,
-                self.control_steps,
+                self.entropy_controller_config,
+                self.entropy_controller_steps,
                 policy.get_output_embeddings().weight.shape[0],
                 self.updates_per_step,
             )
-            self.control.resume(self.control_records)
+            self.entropy_controller.resume(self.entropy_controller_records)
         return opt
 
     def _begin_control(self, out) -> None:
@@ -160,11 +163,13 @@ class RegistryLossTrainer(GRPOTrainer):
                 policy, roll, self.args.per_device_train_batch_size, self.temperature
             )[0]
         valid = mask.bool()
-        self.control_entropy = float(entropy[valid].double().mean()) if valid.any() else None
-        if self.control_entropy is None:
+        self.entropy_controller_entropy = (
+            float(entropy[valid].double().mean()) if valid.any() else None
+        )
+        if self.entropy_controller_entropy is None:
             return
         k = self.state.global_step // self.updates_per_step
-        self.control.begin(k, self.control_entropy)
+        self.entropy_controller.begin(k, self.entropy_controller_entropy)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Our warm-up (``warmup_factor``: linear from 1/W, as our trainer; TRL's own starts at
@@ -204,7 +209,7 @@ class RegistryLossTrainer(GRPOTrainer):
         out["advantages"] = torch.as_tensor(adv[local], dtype=torch.float32).to(
             out["completion_ids"].device
         )
-        if self.model.training and self.control is not None:
+        if self.model.training and self.entropy_controller is not None:
             self._begin_control(out)
         if self.model.training:
             now = time.perf_counter()
@@ -265,7 +270,11 @@ class RegistryLossTrainer(GRPOTrainer):
             # vLLM's log-probs of its samples; TRL's own generation samples from π_old
             sampler_log_prob=inputs.get("sampling_per_token_logps", old),
         )
-        steer = self.control.loss_settings() if self.control and self.model.training else {}
+        steer = (
+            self.entropy_controller.loss_settings()
+            if self.entropy_controller and self.model.training
+            else {}
+        )
         lc = self.policy_loss
         if "kl_coef" in steer:  # PI on KL-Cov's coefficient
             lc = replace(lc, ppo_kl_coef=steer["kl_coef"])
@@ -290,7 +299,7 @@ class RegistryLossTrainer(GRPOTrainer):
         loss = agg_loss(per_token, mask, self.policy_loss.loss_agg_mode, **norms)
         if steer:  # the controller's gradients, before TRL's backward of the loss
             h_term = agg_loss(entropies, mask, self.policy_loss.loss_agg_mode, **norms)
-            self.control.entropy_term(h_term, entropies, mask)
+            self.entropy_controller.entropy_term(h_term, entropies, mask)
         if kl_part is not None:
             steer["actuator_term"](agg_loss(kl_part, mask, lc.loss_agg_mode, **norms))
         mode = "train" if self.model.training else "eval"
