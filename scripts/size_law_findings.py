@@ -214,7 +214,12 @@ def plot_sizes(rows: dict, sizes: dict, pred: dict):
     for ax, key in zip(axes, ("a", "b"), strict=True):
         for w in widths:
             ys = [r[key] for r in rows[w]]
-            ax.scatter([sizes[w]] * len(ys), ys, s=14, color="C0" if w in small else "C3")
+            label = (
+                "runs (seeds)" if w == small[0] else "largest, measured" if w not in small else None
+            )
+            ax.scatter(
+                [sizes[w]] * len(ys), ys, s=14, color="C0" if w in small else "C3", label=label
+            )
         n_small = np.array([sizes[w] for w in small], dtype=float)
         k, c = loglinear(n_small, np.array([np.mean([r[key] for r in rows[w]]) for w in small]))
         ax.plot(grid, k * np.log(grid) + c, color="C0", label="log-linear, 3 smaller sizes")
