@@ -19,7 +19,6 @@ import torch
 torch.set_num_threads(1)
 
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 from trl_adaptive_entropy import trl_adaptive_run  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
@@ -28,6 +27,7 @@ from softmax_theory import read_run  # noqa: E402
 from softmax_theory.control import ControlConfig, target_path  # noqa: E402
 from softmax_theory.law import fit_entropy_law  # noqa: E402
 from softmax_theory.policy import PolicyLossConfig  # noqa: E402
+from softmax_theory.stats import mean_interval  # noqa: E402
 
 # the runs' shared settings beside the preset: no probe (the controller needs none), validation
 # every 10 steps on 128 held-out prompts × 8 samples (val_reward and the unbiased pass@8)
@@ -88,11 +88,8 @@ def tail(steps: list[dict], key: str, n: int = 3) -> float:
 
 def interval(col) -> str:
     """Mean ± half-width of the 95% t interval over seeds (the value alone for one seed)."""
-    col = np.asarray(col, dtype=float)
-    if col.size == 1:
-        return f"{col[0]:.3f}"
-    half = stats.t.ppf(0.975, col.size - 1) * col.std(ddof=1) / np.sqrt(col.size)
-    return f"{col.mean():.3f} ± {half:.3f}"
+    mean, half = mean_interval(col)
+    return f"{mean:.3f}" if len(col) == 1 else f"{mean:.3f} ± {half:.3f}"
 
 
 def trl_run(out: Path, title: str, path: dict, seed: int, delta: float) -> list[dict]:

@@ -24,12 +24,12 @@ import torch
 torch.set_num_threads(1)
 
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
 from llm_bridge.testbed import TESTBED  # noqa: E402
 from softmax_theory import read_run  # noqa: E402
 from softmax_theory.law import fit_entropy_law, series_from_run  # noqa: E402
+from softmax_theory.stats import mean_interval  # noqa: E402
 
 # the testbed's model at four widths, the MLP at twice the width (the testbed's 128 → 256), so
 # the non-embedding count grows as the width squared: 48 → 144 is 9×
@@ -49,9 +49,9 @@ def model(out: Path, width: int) -> Path:
 
 def non_embedding_params(path: Path) -> int:
     """Parameters outside the (tied) token embedding, as the paper counts them."""
-    from transformers import AutoModelForCausalLM
+    from llm_bridge.models import load_weights
 
-    m = AutoModelForCausalLM.from_pretrained(path)
+    m = load_weights(path)
     return sum(p.numel() for n, p in m.named_parameters() if "embed_tokens" not in n)
 
 
@@ -114,13 +114,6 @@ def predict(n_small: np.ndarray, per_seed: np.ndarray, n_large: float, rng) -> d
     )
 
 
-def interval(x: list[float]) -> tuple[float, float]:
-    """The mean and the half-width of its 95% t interval over seeds."""
-    x = np.asarray(x, dtype=float)
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean()), float(half)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/size_law"))
@@ -162,15 +155,15 @@ def main() -> None:
         r = rows[w]
         cells = []
         for key in ("a", "b"):
-            m, h = interval([x[key] for x in r])
+            m, h = mean_interval([x[key] for x in r])
             cells.append(f"{m:.3f} ± {h:.3f}")
-        m, h = interval([x["b"] - x["a"] for x in r])
+        m, h = mean_interval([x["b"] - x["a"] for x in r])
         cells.append(f"{m:.3f} ± {h:.3f}")
         cells.append(f"{min(x['r2'] for x in r):.3f}–{max(x['r2'] for x in r):.3f}")
         cells.append(
             f"{np.mean([x['h0'] for x in r]):.3f} → {np.mean([x['h_end'] for x in r]):.3f}"
         )
-        m, h = interval([x["val_end"] for x in r])
+        m, h = mean_interval([x["val_end"] for x in r])
         cells.append(f"{m:.3f} ± {h:.3f}")
         print(f"| {w} | {sizes[w]:,} | " + " | ".join(cells) + " |")
     print()
@@ -187,7 +180,7 @@ def main() -> None:
         ("b", [x["b"] for x in rows[large]]),
         ("ceiling", [x["b"] - x["a"] for x in rows[large]]),
     ):
-        m, h = interval(vals)
+        m, h = mean_interval(vals)
         lo, hi = pred[f"{key}_ci"]
         print(
             f"| {key} | {pred[key]:.3f} [{lo:.3f}, {hi:.3f}] | {m:.3f} ± {h:.3f} | "

@@ -17,12 +17,11 @@ import torch
 
 torch.set_num_threads(1)
 
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
 from llm_bridge.compare import PAPER_TABLE1, TABLE1_COLUMNS, concentration, run_cov_tables  # noqa: E402
 from llm_bridge.testbed import TESTBED  # noqa: E402
+from softmax_theory.stats import mean_interval  # noqa: E402
 
 STEPS = (0, 50, 100, 200)
 EXTRA = dict(probe=False, checkpoint_every=0, save_final=False, val_prompts=128, val_k=8)
@@ -30,11 +29,8 @@ EXTRA = dict(probe=False, checkpoint_every=0, save_final=False, val_prompts=128,
 
 def cell(values: list[float]) -> str:
     """Mean ± half-width of the 95% t interval over seeds."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 1:
-        return f"{x[0]:.3g}"
-    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
-    return f"{x.mean():.3g} ± {half:.2g}"
+    mean, half = mean_interval(values)
+    return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ± {half:.2g}"
 
 
 def main() -> None:

@@ -91,3 +91,19 @@ def token_weighted_means(
             sums[key] = sums.get(key, 0.0) + float(value) * n
             tokens[key] = tokens.get(key, 0.0) + n
     return {key: sums[key] / tokens[key] for key in sums if tokens[key] > 0}
+
+
+def mean_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+    """The mean of ``values`` (runs over seeds) and the half-width of its Student-t interval at
+    ``level``: t_{(1+level)/2, n−1}·s/√n with s the sample standard deviation; 0 for one value
+    (no spread to estimate, said by the caller)."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("values: the interval of no values")
+    if x.size == 1:
+        return float(x[0]), 0.0
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
