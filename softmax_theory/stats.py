@@ -106,4 +106,3 @@ def mean_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, 
         return float(x[0]), 0.0
     half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
     return float(x.mean()), float(half)
-
