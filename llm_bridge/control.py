@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from llm_bridge.probe import forecast_rule
 from llm_bridge.reference import naive_update_forecast
 from softmax_theory.control import (
     Actuator,
@@ -72,22 +73,14 @@ class UpdateForecast:
         # (direction g_H, sign −1), or KL-Cov's g_pg + k·g_KL (direction g_KL, sign +1)
         self.scale, self.const, self.sign = scale, 0.0, sign
         self.direction = g_h if direction is None else direction
-        self.segments: list[tuple] = []  # (h, g0, A, V, lr, k1, k2, eps) per run of one rule
+        self.segments: list[tuple] = []  # (h, g_a, g0, A, V, lr, k1, k2, eps) per run
         self.linear: list[tuple[float, float]] = []  # SGD: (∇H̄·Δθ(0), its slope in c)
         where = {id(p): i for i, p in enumerate(params)}
         offsets = [0]
         for p in params:
             offsets.append(offsets[-1] + p.numel())
-        sgd = isinstance(opt, torch.optim.SGD)
-        if not sgd and not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
-            raise ValueError(f"optimizer: no update forecast for {type(opt).__name__}")
         for group in opt.param_groups:
-            if group.get("amsgrad") or group.get("maximize"):
-                raise ValueError("optimizer: no update forecast for amsgrad or maximize")
-            if sgd and (group.get("momentum", 0) or group.get("weight_decay", 0)):
-                raise ValueError("optimizer: the forecast supports plain SGD only")
-            if group.get("weight_decay", 0) and not sgd and not isinstance(opt, torch.optim.AdamW):
-                raise ValueError("optimizer: the forecast supports Adam without weight decay")
+            sgd = forecast_rule(opt, group)
             idx = [where[id(p)] for p in group["params"] if id(p) in where]
             # runs of parameters that are contiguous in g_h and share Adam's step count
             runs: list[tuple[int, list[int]]] = []

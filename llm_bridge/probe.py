@@ -52,31 +52,48 @@ from softmax_theory.policy import PolicyLossConfig
 from softmax_theory.stats import correlation
 
 
+def forecast_rule(opt: torch.optim.Optimizer, group: dict) -> bool:
+    """Whether the update forecast of ``opt``'s parameter ``group`` is plain SGD's (True) or
+    Adam's/AdamW's (False); every other rule is refused in one line naming the optimizer: SGD
+    with momentum or weight decay, Adam with (coupled) weight decay, amsgrad, maximize, and any
+    other optimiser. The one home of what ``optimizer_update`` and ``control.UpdateForecast``
+    can forecast."""
+    if group.get("amsgrad") or group.get("maximize"):
+        raise ValueError("optimizer: no update forecast for amsgrad or maximize")
+    if isinstance(opt, torch.optim.SGD):
+        if group.get("momentum", 0) or group.get("weight_decay", 0):
+            raise ValueError("optimizer: the forecast supports plain SGD only")
+        return True
+    if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
+        raise ValueError(f"optimizer: no update forecast for {type(opt).__name__}")
+    if group.get("weight_decay", 0) and not isinstance(opt, torch.optim.AdamW):
+        raise ValueError("optimizer: the forecast supports Adam without weight decay")
+    return False
+
+
 def optimizer_update(
     opt: torch.optim.Optimizer, grads: dict[int, torch.Tensor] | None = None
 ) -> dict[int, torch.Tensor]:
     """The parameter change Δθ that ``opt.step()`` is about to make, from the gradients and the
     optimiser's state (SGD without momentum; Adam/AdamW: its moments, bias corrections and
-    decoupled weight decay), computed before the step; keyed by ``id(parameter)``. ``grads``
-    (by ``id``) stands in for the parameters' ``.grad``: the update a gradient would make. A
-    test checks it against the change the step then makes."""
+    decoupled weight decay; ``forecast_rule``), computed before the step; keyed by
+    ``id(parameter)``. ``grads`` (by ``id``) stands in for the parameters' ``.grad``: the update
+    a gradient would make. A test checks it against the change the step then makes."""
     out = {}
     for group in opt.param_groups:
         lr = group["lr"]
-        if group.get("amsgrad") or group.get("maximize"):
-            raise ValueError("optimizer: no update forecast for amsgrad or maximize")
-        for p in group["params"]:
-            g = p.grad if grads is None else grads.get(id(p))
-            if g is None:
-                continue
-            g = g.detach()
-            if isinstance(opt, torch.optim.SGD):
-                if group.get("momentum", 0) or group.get("weight_decay", 0):
-                    raise ValueError("optimizer: the forecast supports plain SGD only")
+        live = [
+            (p, g.detach())
+            for p in group["params"]
+            if (g := p.grad if grads is None else grads.get(id(p))) is not None
+        ]
+        if not live:
+            continue
+        sgd = forecast_rule(opt, group)
+        for p, g in live:
+            if sgd:
                 out[id(p)] = -lr * g
                 continue
-            if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
-                raise ValueError(f"optimizer: no update forecast for {type(opt).__name__}")
             beta1, beta2 = group["betas"]
             state = opt.state.get(p, {})
             step = int(state.get("step", 0)) + 1
@@ -85,8 +102,6 @@ def optimizer_update(
             denom = (v / (1 - beta2**step)).sqrt() + group["eps"]
             delta = -lr * (m / (1 - beta1**step)) / denom
             if group.get("weight_decay", 0):
-                if not isinstance(opt, torch.optim.AdamW):
-                    raise ValueError("optimizer: the forecast supports Adam without weight decay")
                 delta = delta - lr * group["weight_decay"] * p.detach()
             out[id(p)] = delta
     return out
