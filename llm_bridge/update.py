@@ -21,13 +21,14 @@ from llm_bridge.config import TrainConfig
 from llm_bridge.forward import micro_slices, response_entropy_logp
 from llm_bridge.losses import (
     LossInputs,
+    PolicyLossOutput,
     agg_loss,
     compute_policy_loss,
     kl_cov_split,
     select_by_scope,
 )
 from llm_bridge.rollout import Rollouts
-from softmax_theory.policy import CovScope
+from softmax_theory.policy import CovScope, PolicyLossConfig
 from softmax_theory.stats import token_weighted_means
 
 
@@ -145,6 +146,29 @@ def select_mini_batch_tokens(
     return select_by_scope(inp, cfg.policy_loss, generator)
 
 
+def steered_loss(
+    inp: LossInputs,
+    cfg: PolicyLossConfig,
+    generator: torch.Generator | None = None,
+    selected: torch.Tensor | None = None,
+    *,
+    entropy_coeff: float | None = None,
+    kl_coef: float | None = None,
+    actuator_term: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[PolicyLossOutput, torch.Tensor | None]:
+    """The policy loss under an entropy controller's settings (``EntropyController.
+    loss_settings``), for both engines: ``entropy_coeff`` the bonus in force, ``kl_coef`` KL-Cov's
+    coefficient for the step; with ``actuator_term`` (the forecast on KL-Cov's coefficient) the
+    loss at coefficient 0 and KL-Cov's part ℓ_KL apart (``losses.kl_cov_split``), else
+    ``compute_policy_loss`` and None. The caller aggregates ℓ_KL as it aggregates the loss and
+    hands it to ``actuator_term``."""
+    if kl_coef is not None:
+        cfg = replace(cfg, ppo_kl_coef=kl_coef)
+    if actuator_term is not None:
+        return kl_cov_split(inp, cfg, entropy_coeff, generator, selected)
+    return compute_policy_loss(inp, cfg, entropy_coeff, generator, selected), None
+
+
 def mini_batch_loss(
     model,
     batch: StepBatch,
@@ -172,8 +196,6 @@ def mini_batch_loss(
     ``response_budget`` is the token budget of a response (the ``seq-mean-token-sum-norm``
     scale when the loss config gives none)."""
     lc = cfg.policy_loss
-    if kl_coef is not None:
-        lc = replace(lc, ppo_kl_coef=kl_coef)
     selected = select_mini_batch_tokens(model, batch, rows, cfg, generator)
     if selected_step is not None:
         selected = selected_step[rows]
@@ -188,14 +210,17 @@ def mini_batch_loss(
     for sl in micro_slices(rows.stop - rows.start, cfg.micro_batch_size):
         sub = slice(rows.start + sl.start, rows.start + sl.stop)
         inp = loss_inputs(model, batch, sub, cfg.temperature, True)
-        chosen = None if selected is None else selected[sl]
-        if actuator_term is not None:
-            out, kl_part = kl_cov_split(inp, lc, entropy_coeff, generator, chosen)
+        out, kl_part = steered_loss(
+            inp,
+            lc,
+            generator,
+            None if selected is None else selected[sl],
+            entropy_coeff=entropy_coeff,
+            kl_coef=kl_coef,
+            actuator_term=actuator_term,
+        )
+        if kl_part is not None:
             actuator_term(agg_loss(kl_part, batch.mask[sub], lc.loss_agg_mode, **norms))
-        else:
-            out = compute_policy_loss(
-                inp, lc, entropy_coeff=entropy_coeff, generator=generator, selected=chosen
-            )
         loss = agg_loss(out.per_token_loss, batch.mask[sub], lc.loss_agg_mode, **norms)
         if entropy_term is not None:
             h_term = agg_loss(inp.entropy, batch.mask[sub], lc.loss_agg_mode, **norms)
@@ -272,5 +297,6 @@ __all__ = [
     "mini_batch_loss",
     "select_mini_batch_tokens",
     "select_step_tokens",
+    "steered_loss",
     "update",
 ]

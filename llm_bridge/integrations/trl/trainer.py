@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,10 +34,10 @@ from llm_bridge.control import EntropyController
 from llm_bridge.forward import stream_entropy_logp
 from llm_bridge.integrations.trl.config import refuse_for_trl
 from llm_bridge.integrations.trl.distributed import StepMeans
-from llm_bridge.losses import LossInputs, agg_loss, compute_policy_loss, kl_cov_split
+from llm_bridge.losses import LossInputs, agg_loss
 from llm_bridge.probe import unwrapped_optimizer
 from llm_bridge.rollout import Rollouts
-from llm_bridge.update import loss_normalisers
+from llm_bridge.update import loss_normalisers, steered_loss
 from softmax_theory.control import ControlConfig
 from softmax_theory.group_advantages import (
     AdvantageEstimator,
@@ -275,24 +275,18 @@ class RegistryLossTrainer(GRPOTrainer):
             if self.entropy_controller and self.model.training
             else {}
         )
-        lc = self.policy_loss
-        if "kl_coef" in steer:  # PI on KL-Cov's coefficient
-            lc = replace(lc, ppo_kl_coef=steer["kl_coef"])
-        bonus = {"entropy_coeff": steer["entropy_coeff"]} if "entropy_coeff" in steer else {}
-        kl_part = None
-        if "actuator_term" in steer:  # the forecast on KL-Cov's coefficient: its part apart
-            out, kl_part = kl_cov_split(inp, lc, None, self.cov_generator)
-        else:
-            out = compute_policy_loss(inp, lc, generator=self.cov_generator, **bonus)
+        out, kl_part = steered_loss(inp, self.policy_loss, self.cov_generator, **steer)
         per_token = out.per_token_loss
         if self.off_policy_mask_threshold is not None:  # TRL's sequence mask (DeepSeek-V3.2)
-            per_token = per_token * self.get_off_policy_mask(
+            keep = self.get_off_policy_mask(
                 advantages=advantages,
                 per_token_logps=logps,
                 sampling_per_token_logps=inputs.get("sampling_per_token_logps", old),
                 mask=mask,
                 off_policy_threshold=self.off_policy_mask_threshold,
             )
+            per_token = per_token * keep
+            kl_part = None if kl_part is None else kl_part * keep  # the loss's own part
         # the sampler–trainer correction is ours (rollout_is, in compute_policy_loss, on the
         # policy term only); TRL's importance_sampling_ratio is left unapplied
         norms = self._normalisers(inputs)
@@ -301,7 +295,7 @@ class RegistryLossTrainer(GRPOTrainer):
             h_term = agg_loss(entropies, mask, self.policy_loss.loss_agg_mode, **norms)
             self.entropy_controller.entropy_term(h_term, entropies, mask)
         if kl_part is not None:
-            steer["actuator_term"](agg_loss(kl_part, mask, lc.loss_agg_mode, **norms))
+            steer["actuator_term"](agg_loss(kl_part, mask, self.policy_loss.loss_agg_mode, **norms))
         mode = "train" if self.model.training else "eval"
         if self.aux_loss_enabled:
             ga = self.current_gradient_accumulation_steps if mode == "train" else 1
