@@ -9,7 +9,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +78,10 @@ def finished_run(cfg: TrainConfig, out: Path) -> bool:
     return same and len(run.steps) == cfg.steps
 
 
-def train_or_reuse(
-    cfg: TrainConfig, out: str | os.PathLike, task: Task | None = None, poll_s: float = 5.0
-) -> float | None:
-    """Train ``cfg`` into ``out`` unless it holds a finished run of ``cfg`` (then reuse it);
-    the run's wall seconds, from ``out/wall.json`` when reused (None if it has none). Processes
-    sharing runs take turns on one through ``out.lock`` (a dead process's lock is taken over).
-    A folder holding anything else (a torn run among them) is emptied first: this is for scripts
-    that own ``out``."""
-    out = Path(out)
+@contextmanager
+def taking_turns(out: Path, poll_s: float = 5.0) -> Iterator[None]:
+    """Hold ``out``'s lock (``out.lock`` beside it, the holder's pid inside) for the block:
+    processes sharing a run directory take turns on it; a dead holder's lock is taken over."""
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f"{out.name}.lock"
     while True:
@@ -101,6 +97,21 @@ def train_or_reuse(
             except (ProcessLookupError, ValueError, FileNotFoundError):
                 lock.unlink(missing_ok=True)
     try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def train_or_reuse(
+    cfg: TrainConfig, out: str | os.PathLike, task: Task | None = None, poll_s: float = 5.0
+) -> float | None:
+    """Train ``cfg`` into ``out`` unless it holds a finished run of ``cfg`` (then reuse it);
+    the run's wall seconds, from ``out/wall.json`` when reused (None if it has none). Processes
+    sharing runs take turns on one through ``out.lock`` (a dead process's lock is taken over).
+    A folder holding anything else (a torn run among them) is emptied first: this is for scripts
+    that own ``out``."""
+    out = Path(out)
+    with taking_turns(out, poll_s):
         stamp = out / WALL_FILE
         if finished_run(cfg, out):
             return read_json(stamp)["seconds"] if stamp.exists() else None
@@ -110,8 +121,6 @@ def train_or_reuse(
         seconds = time.perf_counter() - t0
         atomic_write_text(stamp, json.dumps({"seconds": seconds}))
         return seconds
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 __all__ = [
@@ -120,6 +129,7 @@ __all__ = [
     "finished_run",
     "load_task",
     "resolve_device",
+    "taking_turns",
     "train",
     "train_or_reuse",
 ]

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llm_bridge.engines import load_task
+from llm_bridge.engines import load_task, taking_turns
 from llm_bridge.integrations.trl import grpo_args, trl_dataset, trl_reward
 from llm_bridge.models import load_model
 from llm_bridge.rollout import plain_sampling, sampling_config, stop_token_ids
@@ -50,25 +48,10 @@ def trl_adaptive_run(
 ) -> list[dict]:
     """The run's rows, one per GRPO step (trained here unless ``out`` holds a finished one)."""
     done = out / "done.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.parent / f"{out.name}.lock"
-    while True:  # processes sharing runs take turns on one (a dead one's lock is taken over)
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            lock.write_text(str(os.getpid()))
-            break
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text() or 0), 0)
-                time.sleep(5)
-            except (ProcessLookupError, ValueError):
-                lock.unlink(missing_ok=True)
-    try:
+    with taking_turns(out):  # processes sharing runs take turns on one
         if done.exists():
             return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
         return _train(model, out, seed, target, delta, steps)
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _train(model: str, out: Path, seed: int, target: float, delta: float, steps) -> list[dict]:

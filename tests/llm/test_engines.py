@@ -257,3 +257,24 @@ def test_our_engine_says_its_checkpoint_size_once(tiny_model, tmp_path):
     train(_cfg(tiny_model, "ours", checkpoint_every=1), tmp_path / "run", log=said.append)
     lines = [m for m in said if m.startswith("checkpoint after step")]
     assert len(lines) == 1 and lines[0].startswith("checkpoint after step 0:") and "MiB" in lines[0]
+
+
+def test_taking_turns_takes_over_a_dead_holders_lock_and_releases_its_own(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from llm_bridge.engines import taking_turns
+
+    out = tmp_path / "run"
+    lock = tmp_path / "run.lock"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    lock.write_text(dead)
+    with taking_turns(out, poll_s=0.01):
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
