@@ -207,9 +207,9 @@ class EntropyController:
             integral=sum(r["control/now"] - r["entropy"] for r in steps if "control/now" in r),
         )
 
-    def begin(self, step: int, entropy: float) -> float:
-        """Start step ``step`` at its measured entropy; returns the coefficient the loss applies
-        itself (PI's; 0 for the predictive controller, whose c goes in through the gradients)."""
+    def begin(self, step: int, entropy: float) -> None:
+        """Start step ``step`` at its measured entropy; what the loss then takes from the
+        controller is ``loss_settings``."""
         if self.state is None:
             path = target_path(self.cfg, entropy, self.steps, self.max_entropy)
             self.state = ControlState(path, step=step)
@@ -220,8 +220,6 @@ class EntropyController:
         self.reset_terms()
         if self.aims.pi is not None:
             self.coefs.append(self.aims.pi)
-            return self.aims.pi
-        return 0.0
 
     def loss_settings(self) -> dict[str, Any]:
         """What the step's loss takes from the controller (after ``begin``): the bonus (PI's;
@@ -301,7 +299,7 @@ class EntropyController:
         def ahead(c: float) -> float:
             return base + forecast(c)
 
-        # to 2⁻⁴⁰ of the range: Adam's early updates are close to −lr·sign(g), so where the
+        # to 1e-9 nats of the aim: Adam's early updates are close to −lr·sign(g), so where the
         # gradient is small the forecast is steep in c, and a looser c lands off the aim
         c = solve_coef(ahead, want, self.cfg.control_coef_min, self.cfg.control_coef_max)
         for p, ga in zip(self.params, self.g_a if self.kl else self.g_h, strict=True):
