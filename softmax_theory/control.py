@@ -282,15 +282,17 @@ def solve_coef(
     search stops at the first forecast within ``ftol`` of ``want``, or with the root bracketed
     to (coef_max − coef_min)·2⁻ⁱᵗᵉʳˢ, as ``iters`` halvings of ``bisect_coef`` (the slow
     reference) would place it. Each forecast is one pass of the optimiser's rule over the
-    parameters; on the testbed a solve takes about 11 of them, against the bisection's 42. A
+    parameters; on the testbed a solve takes about 9 of them, against the bisection's 42. A
     forecast that is not finite is refused."""
-    bound = _saturated(forecast, want, coef_min, coef_max)
+    bound, lo, hi = _saturated(forecast, want, coef_min, coef_max)
     if bound is not None:
         return bound
     from scipy.optimize import brentq
 
+    known = {coef_min: lo, coef_max: hi}  # brentq asks for the bounds again: no new forecast
+
     def miss(c: float) -> float:
-        value = _finite(forecast(c), c) - want
+        value = known[c] if c in known else _finite(forecast(c), c) - want
         if abs(value) <= ftol:
             raise _Landed(c)
         return value
@@ -320,13 +322,16 @@ class _Landed(Exception):
 
 def _saturated(
     forecast: Callable[[float], float], want: float, coef_min: float, coef_max: float
-) -> float | None:
-    """The bound the controller saturates at (None: the bounds bracket ``want``)."""
+) -> tuple[float | None, float, float]:
+    """The bound the controller saturates at (None: the bounds bracket ``want``), and the
+    forecast's misses at the two bounds."""
     lo = _finite(forecast(coef_min), coef_min) - want
     hi = _finite(forecast(coef_max), coef_max) - want
     if hi >= lo:  # rising (or flat)
-        return coef_min if lo >= 0 else coef_max if hi <= 0 else None
-    return coef_min if lo <= 0 else coef_max if hi >= 0 else None
+        bound = coef_min if lo >= 0 else coef_max if hi <= 0 else None
+    else:
+        bound = coef_min if lo <= 0 else coef_max if hi >= 0 else None
+    return bound, lo, hi
 
 
 def _finite(value: float, c: float) -> float:
@@ -344,10 +349,10 @@ def bisect_coef(
 ) -> float:
     """``solve_coef`` by plain bisection: the slow reference (``iters`` + 2 forecasts). The
     root lies within (coef_max − coef_min)·2⁻ⁱᵗᵉʳˢ of the value returned."""
-    bound = _saturated(forecast, want, coef_min, coef_max)
+    bound, lo, hi = _saturated(forecast, want, coef_min, coef_max)
     if bound is not None:
         return bound
-    rising = forecast(coef_max) > forecast(coef_min)
+    rising = hi > lo
     lo, hi = coef_min, coef_max
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
