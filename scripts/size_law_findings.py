@@ -26,7 +26,9 @@ torch.set_num_threads(1)
 import numpy as np  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
+from llm_bridge.models import load_weights  # noqa: E402
 from llm_bridge.testbed import TESTBED  # noqa: E402
+from llm_bridge.tiny import build_model, build_tokenizer  # noqa: E402
 from softmax_theory import read_run  # noqa: E402
 from softmax_theory.law import fit_entropy_law, series_from_run  # noqa: E402
 from softmax_theory.stats import mean_interval  # noqa: E402
@@ -47,12 +49,9 @@ def model(out: Path, width: int) -> Path:
     return path
 
 
-def non_embedding_params(path: Path) -> int:
+def non_embedding_params(model) -> int:
     """Parameters outside the (tied) token embedding, as the paper counts them."""
-    from llm_bridge.models import load_weights
-
-    m = load_weights(path)
-    return sum(p.numel() for n, p in m.named_parameters() if "embed_tokens" not in n)
+    return sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
 
 
 def vanilla(out: Path, width: int, seed: int) -> dict:
@@ -124,18 +123,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     small, large = WIDTHS[:-1], WIDTHS[-1]
     rows = {w: [vanilla(out, w, s) for s in seeds] for w in small}
-    sizes = {w: non_embedding_params(model(out, w)) for w in small}
+    sizes = {w: non_embedding_params(load_weights(model(out, w))) for w in small}
     pred_file = out / "prediction.json"
     if not pred_file.exists():  # before the largest is pre-trained: it cannot inform this
         cfg = replace(TESTBED.pretrain, hidden_size=large, intermediate_size=2 * large)
-        tmp_params = _params_of(cfg)
+        tmp_params = non_embedding_params(build_model(cfg, build_tokenizer()))  # untrained
         per_seed = np.array([[(r["a"], r["b"]) for r in rows[w]] for w in small])
         n_small = np.array([sizes[w] for w in small], dtype=float)
         p = predict(n_small, per_seed, tmp_params, np.random.default_rng(0))
         pred_file.write_text(json.dumps({"width": large, "params": tmp_params, **p}, indent=1))
     pred = json.loads(pred_file.read_text())
     rows[large] = [vanilla(out, large, s) for s in seeds]
-    sizes[large] = non_embedding_params(model(out, large))
+    sizes[large] = non_embedding_params(load_weights(model(out, large)))
     assert sizes[large] == pred["params"], "the prediction's size is the model's"
 
     print("## The law's coefficients across model size (Fig. 7 in miniature)\n")
@@ -230,14 +229,6 @@ def plot_sizes(rows: dict, sizes: dict, pred: dict):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def _params_of(cfg) -> int:
-    """The non-embedding count of a model of ``cfg``, built with random weights (no training)."""
-    from llm_bridge.tiny import build_model, build_tokenizer
-
-    m = build_model(cfg, build_tokenizer())
-    return sum(p.numel() for n, p in m.named_parameters() if "embed_tokens" not in n)
 
 
 if __name__ == "__main__":
