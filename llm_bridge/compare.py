@@ -622,6 +622,34 @@ def _table1_section(reports: list[RunReport]) -> list[str]:
     return lines
 
 
+def table1_over_seeds(tables: dict[int, list[dict]]) -> list[str]:
+    """Table 1 as markdown over seeds: for each step, each column's mean ± half-width of the
+    95% t interval over the runs' rows of that step (``tables``: step → one row per run), with
+    the paper's row first and the top 0.02% ÷ all ratio (over the runs whose ratio is defined).
+    """
+    from softmax_theory.stats import mean_interval
+
+    def cell(values: list[float]) -> str:
+        mean, half = mean_interval(values)
+        return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ± {half:.2g}"
+
+    paper = " | ".join(f"{v:g}" for v in PAPER_TABLE1)
+    lines = [
+        "| step | tokens | " + " | ".join(TABLE1_COLUMNS) + " | top 0.02% ÷ all |",
+        "|---:|---:|" + "---:|" * (len(TABLE1_COLUMNS) + 1),
+        f"| the paper, 1 | — | {paper} | {PAPER_TABLE1[0] / PAPER_TABLE1[-1]:,.0f}× |",
+    ]
+    for step, rows in sorted(tables.items()):
+        if not rows:
+            continue
+        cols = [cell([r[c] for r in rows]) for c in TABLE1_COLUMNS]
+        ratios = [x for x in (concentration(r) for r in rows) if x is not None]
+        ratio = cell(ratios) + "×" if ratios else "— (mean of all ≤ 0)"
+        tokens = cell([r["n_tokens"] for r in rows])
+        lines.append(f"| {step} | {tokens} | " + " | ".join(cols) + f" | {ratio} |")
+    return lines
+
+
 REPORT_SECTIONS = (
     _runs_section,
     _predictors_section,

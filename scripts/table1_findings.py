@@ -19,18 +19,11 @@ torch.set_num_threads(1)
 
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
-from llm_bridge.compare import PAPER_TABLE1, TABLE1_COLUMNS, concentration, run_cov_tables  # noqa: E402
+from llm_bridge.compare import run_cov_tables, table1_over_seeds  # noqa: E402
 from llm_bridge.testbed import TESTBED  # noqa: E402
-from softmax_theory.stats import mean_interval  # noqa: E402
 
 STEPS = (0, 50, 100, 200)
 EXTRA = dict(probe=False, checkpoint_every=0, save_final=False, val_prompts=128, val_k=8)
-
-
-def cell(values: list[float]) -> str:
-    """Mean ± half-width of the 95% t interval over seeds."""
-    mean, half = mean_interval(values)
-    return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ± {half:.2g}"
 
 
 def main() -> None:
@@ -54,16 +47,7 @@ def main() -> None:
         f"Vanilla GRPO on the testbed (`--preset testbed`), seeds {', '.join(map(str, args.seeds))}"
         "; mean ± half-width of the 95% t interval over seeds.\n"
     )
-    print("| step | tokens | " + " | ".join(TABLE1_COLUMNS) + " | top 0.02% ÷ all |")
-    print("|---:|---:|" + "---:|" * (len(TABLE1_COLUMNS) + 1))
-    paper = " | ".join(f"{v:g}" for v in PAPER_TABLE1)
-    print(f"| the paper, 1 | — | {paper} | {PAPER_TABLE1[0] / PAPER_TABLE1[-1]:,.0f}× |")
-    for step, rows in tables.items():
-        cols = [cell([r[c] for r in rows]) for c in TABLE1_COLUMNS]
-        ratios = [concentration(r) for r in rows]
-        ratio = cell([x for x in ratios if x is not None]) + "×" if any(ratios) else "—"
-        tokens = cell([r["n_tokens"] for r in rows])
-        print(f"| {step} | {tokens} | " + " | ".join(cols) + f" | {ratio} |")
+    print("\n".join(table1_over_seeds(tables)))
 
 
 if __name__ == "__main__":

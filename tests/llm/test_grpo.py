@@ -341,3 +341,21 @@ def test_validation_frequency_does_not_change_training(tiny_model, tmp_path):
     a, b = read_run(tmp_path / "a").steps, read_run(tmp_path / "b").steps
     assert [s["reward"] for s in a] == [s["reward"] for s in b]
     assert [s["entropy"] for s in a] == pytest.approx([s["entropy"] for s in b])
+
+
+def test_table1_over_seeds_is_each_columns_mean_and_interval():
+    from llm_bridge.compare import TABLE1_COLUMNS, table1_over_seeds
+    from softmax_theory.stats import mean_interval
+
+    def row(step, top, every, n):
+        return {"step": step, "n_tokens": n, **dict.fromkeys(TABLE1_COLUMNS, top), "all": every}
+
+    lines = table1_over_seeds(
+        {5: [row(5, 2.0, -0.1, 10)], 0: [row(0, 4.0, 0.5, 100), row(0, 6.0, 0.5, 120)]}
+    )
+    assert lines[2].startswith("| the paper, 1 |") and "1,885×" in lines[2]
+    first, second = lines[3], lines[4]
+    assert first.startswith("| 0 | 110 ± ")  # steps in order, tokens averaged
+    mean, half = mean_interval([8.0, 12.0])  # ratios 4/0.5 and 6/0.5
+    assert f"{mean:.3g} ± {half:.2g}×" in first
+    assert second.startswith("| 5 | 10 | 2 |") and "mean of all ≤ 0" in second
