@@ -180,3 +180,20 @@ def test_the_testbed_reaches_the_regime(tmp_path):
     summary = run_summary(compare_run(run, n_boot=200, rng=np.random.default_rng(0)), run)
     checks = TESTBED.targets.checks(summary, seconds)
     assert all(checks.values()), checks
+
+
+def test_every_preset_builds_its_run_and_running_sum_carries_its_terms():
+    """Each preset's pre-training and run are valid configs; the running-sum preset's run reads
+    the terms its model was pre-trained on (its responses are 5·terms tokens with EOS)."""
+    from llm_bridge.cli import preset_settings
+    from llm_bridge.testbed import PRESETS, RUNNING_SUM
+
+    for name, preset in PRESETS.items():
+        cfg = build_config(TrainConfig, {"model": "m"}, base=preset_settings(name, "train"))
+        assert cfg == preset.train_config("m")
+        assert (cfg.task, cfg.terms) == (preset.pretrain.task, preset.pretrain.terms)
+    run = RUNNING_SUM.train_config("m")
+    assert run.task == "running-sum" and 5 * run.terms >= 64  # responses of ≥ 64 tokens
+    # the update holds every response: the paper's ratios select several tokens and more
+    tokens = run.responses_per_step * 5 * run.terms // run.mini_batches
+    assert tokens > 10_000

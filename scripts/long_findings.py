@@ -1,0 +1,133 @@
+"""The long-response testbed (docs/llm_findings.md §8): vanilla, Clip-Cov and KL-Cov at the
+paper's settings where an update holds tens of thousands of tokens (the paper's Fig. 11 and
+Table 2), and Table 1 there, over three seeds.
+
+    .venv/bin/python scripts/long_findings.py --out runs/long
+
+The model is pre-trained as ``--preset running-sum`` says (``llm_bridge.testbed.RUNNING_SUM``),
+into ``--out/model`` unless one is there; every number is from a seeded run written under
+--out, and a finished run is reused (``train_or_reuse``), so an interrupted invocation resumes.
+Runs use one thread; two invocations with different ``--controls`` or ``--seeds`` may run at
+once (they take turns on a shared run). Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+import numpy as np  # noqa: E402
+
+from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
+from llm_bridge.compare import run_cov_tables, table1_over_seeds  # noqa: E402
+from llm_bridge.testbed import RUNNING_SUM  # noqa: E402
+from softmax_theory import PolicyLossConfig, read_run  # noqa: E402
+from softmax_theory.stats import mean_interval  # noqa: E402
+
+# Clip-Cov and KL-Cov at their defaults (verl's and the paper's: ratios 2e-4 and 2e-3, KL-Cov's
+# coefficient 1); nothing is tuned here
+CONTROLS = {
+    "vanilla": {},
+    "clip_cov": {"loss_mode": "clip_cov"},
+    "kl_cov": {"loss_mode": "kl_cov"},
+}
+EXTRA = dict(probe=False, checkpoint_every=0, save_final=False)
+TAIL = 0.1  # "late in the run": the last tenth of the steps
+
+
+def cell(values: list[float], fmt: str = ".3f") -> str:
+    """Mean ± half-width of the 95% t interval over seeds."""
+    mean, half = mean_interval(values)
+    return f"{mean:{fmt}}" if len(values) == 1 else f"{mean:{fmt}} ± {half:{fmt}}"
+
+
+def tail(values: list[float]) -> float:
+    return float(np.mean(values[-max(1, round(TAIL * len(values))) :]))
+
+
+def summary(path: Path, seconds: float | None) -> dict:
+    run = read_run(path)
+    steps = run.steps
+    val = [s for s in steps if s.get("val_reward") is not None]
+    return dict(
+        h0=steps[0]["entropy"],
+        h_late=tail([s["entropy"] for s in steps]),
+        reward_late=tail([s["reward"] for s in steps]),
+        val0=val[0]["val_reward"],
+        val=val[-1]["val_reward"],
+        pass_k=val[-1].get(f"val_pass@{run.config.get('val_k')}"),
+        length=tail([s["response_length"] for s in steps]),
+        minutes=None if seconds is None else seconds / 60,
+        tables=run_cov_tables(path),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/long"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--controls", nargs="+", choices=list(CONTROLS), default=list(CONTROLS))
+    args = parser.parse_args()
+    model = args.out / "model"
+    if not (model / "pretrain.json").exists():
+        pretrain_tiny(RUNNING_SUM.pretrain, model, log=lambda _: None)
+    cfg0 = RUNNING_SUM.train_config(str(model), **EXTRA)
+    mid = cfg0.steps // 2
+    runs: dict[str, list[dict]] = {}
+    for label in args.controls:
+        for seed in args.seeds:
+            cfg = RUNNING_SUM.train_config(
+                str(model),
+                seed=seed,
+                policy_loss=PolicyLossConfig(**CONTROLS[label]),
+                cov_table_steps=(0, mid) if label == "vanilla" else (),
+                **EXTRA,
+            )
+            path = args.out / f"{label}_s{seed}"
+            runs.setdefault(label, []).append(summary(path, train_or_reuse(cfg, path)))
+    k = cfg0.val_k
+    tokens = cfg0.responses_per_step * RUNNING_SUM.pretrain.terms * 5 // cfg0.mini_batches
+    print("## The controls where many tokens compete (Fig. 11, Table 2)\n")
+    print(
+        f"`--preset running-sum`: {cfg0.steps} steps of {cfg0.prompts_per_step} prompts × "
+        f"{cfg0.group_size}, {cfg0.mini_batches} update(s) a step of about {tokens:,} tokens; "
+        f"seeds {', '.join(map(str, args.seeds))}; mean ± half-width of the 95% t interval. "
+        f"Late: the mean over the last {TAIL:.0%} of the steps.\n"
+    )
+    print(
+        "| control | H₀ | H late | H late ÷ vanilla's | reward late | val reward | "
+        f"val pass@{k} | length late | minutes |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = runs.get("vanilla")
+    for label, rs in runs.items():
+        ratio = (
+            cell([r["h_late"] / b["h_late"] for r, b in zip(rs, base, strict=True)], ".2f") + "×"
+            if base is not None and len(base) == len(rs)
+            else "—"
+        )
+        passes = [r["pass_k"] for r in rs if r["pass_k"] is not None]
+        minutes = [r["minutes"] for r in rs if r["minutes"] is not None]
+        print(
+            f"| {label} | {cell([r['h0'] for r in rs])} | {cell([r['h_late'] for r in rs])} | "
+            f"{ratio} | {cell([r['reward_late'] for r in rs])} | "
+            f"{cell([r['val'] for r in rs])} | {cell(passes) if passes else '—'} | "
+            f"{cell([r['length'] for r in rs], '.1f')} | "
+            + (f"{max(minutes):.1f} |" if minutes else "— |")
+        )
+    if base is not None:
+        tables: dict[int, list[dict]] = {}
+        for r in base:
+            for row in r["tables"]:
+                tables.setdefault(row["step"], []).append(row)
+        print("\n## Table 1 on the long-response testbed\n")
+        print(f"Vanilla runs, seeds {', '.join(map(str, args.seeds))}.\n")
+        print("\n".join(table1_over_seeds(tables)))
+
+
+if __name__ == "__main__":
+    main()
