@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_bridge.config import TrainConfig
-from llm_bridge.tasks import TaskName
 from llm_bridge.tiny import TinyConfig
 from softmax_theory.inputs import SettingError
 
@@ -66,12 +65,9 @@ class Preset:
     targets: RegimeTargets = field(default_factory=RegimeTargets)
 
     def train_settings(self) -> dict[str, Any]:
-        """The ``TrainConfig`` fields the preset sets: its run's, and the task of its model (with
-        its terms, for running-sum)."""
-        task = {"task": self.pretrain.task}
-        if self.pretrain.task == TaskName.RUNNING_SUM.value:
-            task["terms"] = self.pretrain.terms
-        return {**task, **self.train}
+        """The ``TrainConfig`` fields the preset sets: its run's, and the task of its model with
+        its terms (running-sum's; the default, which every task accepts, for the others)."""
+        return {"task": self.pretrain.task, "terms": self.pretrain.terms, **self.train}
 
     def train_config(self, model: str, **settings: Any) -> TrainConfig:
         """The preset's run on ``model``; ``settings`` replace its own or add to them."""
