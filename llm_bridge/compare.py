@@ -627,11 +627,10 @@ def table1_over_seeds(tables: dict[int, list[dict]]) -> list[str]:
     95% t interval over the runs' rows of that step (``tables``: step → one row per run), with
     the paper's row first and the top 0.02% ÷ all ratio (over the runs whose ratio is defined).
     """
-    from softmax_theory.stats import mean_interval
+    from softmax_theory.stats import interval_text
 
     def cell(values: list[float]) -> str:
-        mean, half = mean_interval(values)
-        return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ± {half:.2g}"
+        return interval_text(values, ".3g", ".2g")
 
     paper = " | ".join(f"{v:g}" for v in PAPER_TABLE1)
     lines = [

@@ -24,9 +24,10 @@ import numpy as np  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
 from llm_bridge.compare import run_cov_tables, table1_over_seeds  # noqa: E402
+from llm_bridge.tasks import TaskName, answer_chars  # noqa: E402
 from llm_bridge.testbed import RUNNING_SUM  # noqa: E402
 from softmax_theory import PolicyLossConfig, read_run  # noqa: E402
-from softmax_theory.stats import mean_interval  # noqa: E402
+from softmax_theory.stats import interval_text  # noqa: E402
 
 # Clip-Cov and KL-Cov at their defaults (verl's and the paper's: ratios 2e-4 and 2e-3, KL-Cov's
 # coefficient 1); nothing is tuned here
@@ -37,12 +38,6 @@ CONTROLS = {
 }
 EXTRA = dict(probe=False, checkpoint_every=0, save_final=False)
 TAIL = 0.1  # "late in the run": the last tenth of the steps
-
-
-def cell(values: list[float], fmt: str = ".3f") -> str:
-    """Mean ± half-width of the 95% t interval over seeds."""
-    mean, half = mean_interval(values)
-    return f"{mean:{fmt}}" if len(values) == 1 else f"{mean:{fmt}} ± {half:{fmt}}"
 
 
 def tail(values: list[float]) -> float:
@@ -90,11 +85,13 @@ def main() -> None:
             path = args.out / f"{label}_s{seed}"
             runs.setdefault(label, []).append(summary(path, train_or_reuse(cfg, path)))
     k = cfg0.val_k
-    tokens = cfg0.responses_per_step * RUNNING_SUM.pretrain.terms * 5 // cfg0.mini_batches
+    # a response: every partial sum and EOS (the task's own budget); an update: a mini-batch
+    tokens = cfg0.mini_batch_responses * (answer_chars(TaskName.RUNNING_SUM, cfg0.terms) + 1)
     print("## The controls where many tokens compete (Fig. 11, Table 2)\n")
     print(
         f"`--preset running-sum`: {cfg0.steps} steps of {cfg0.prompts_per_step} prompts × "
-        f"{cfg0.group_size}, {cfg0.mini_batches} update(s) a step of about {tokens:,} tokens; "
+        f"{cfg0.group_size}, {cfg0.updates_per_step} updates a step ({cfg0.epochs} epochs of "
+        f"{cfg0.mini_batches}) of at most {tokens:,} tokens each; "
         f"seeds {', '.join(map(str, args.seeds))}; mean ± half-width of the 95% t interval. "
         f"Late: the mean over the last {TAIL:.0%} of the steps.\n"
     )
@@ -106,19 +103,24 @@ def main() -> None:
     base = runs.get("vanilla")
     for label, rs in runs.items():
         ratio = (
-            cell([r["h_late"] / b["h_late"] for r, b in zip(rs, base, strict=True)], ".2f") + "×"
+            interval_text([r["h_late"] / b["h_late"] for r, b in zip(rs, base, strict=True)], ".2f")
+            + "×"
             if base is not None and len(base) == len(rs)
             else "—"
         )
         passes = [r["pass_k"] for r in rs if r["pass_k"] is not None]
         minutes = [r["minutes"] for r in rs if r["minutes"] is not None]
-        print(
-            f"| {label} | {cell([r['h0'] for r in rs])} | {cell([r['h_late'] for r in rs])} | "
-            f"{ratio} | {cell([r['reward_late'] for r in rs])} | "
-            f"{cell([r['val'] for r in rs])} | {cell(passes) if passes else '—'} | "
-            f"{cell([r['length'] for r in rs], '.1f')} | "
-            + (f"{max(minutes):.1f} |" if minutes else "— |")
-        )
+        cells = [
+            interval_text([r["h0"] for r in rs]),
+            interval_text([r["h_late"] for r in rs]),
+            ratio,
+            interval_text([r["reward_late"] for r in rs]),
+            interval_text([r["val"] for r in rs]),
+            interval_text(passes) if passes else "—",
+            interval_text([r["length"] for r in rs], ".1f"),
+            f"{max(minutes):.1f}" if minutes else "—",
+        ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     if base is not None:
         tables: dict[int, list[dict]] = {}
         for r in base:

@@ -106,3 +106,12 @@ def mean_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, 
         return float(x[0]), 0.0
     half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
     return float(x.mean()), float(half)
+
+
+def interval_text(values: Iterable[float], fmt: str = ".3f", half_fmt: str | None = None) -> str:
+    """``mean_interval`` as the findings' tables print it: "mean ± half-width" (``fmt`` for the
+    mean, ``half_fmt`` for the half-width, ``fmt`` by default), or the mean alone for one value
+    (no spread to give)."""
+    x = list(values)
+    mean, half = mean_interval(x)
+    return f"{mean:{fmt}}" if len(x) == 1 else f"{mean:{fmt}} ± {half:{half_fmt or fmt}}"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from softmax_theory.stats import mean_interval
+from softmax_theory.stats import interval_text, mean_interval
 
 
 @pytest.mark.parametrize("n", [2, 3, 7])
@@ -20,3 +20,10 @@ def test_one_value_has_no_spread_and_none_is_refused():
     assert mean_interval([0.4]) == (0.4, 0.0)
     with pytest.raises(ValueError, match="no values"):
         mean_interval([])
+
+
+def test_interval_text_is_the_mean_and_half_width_or_the_one_value():
+    mean, half = mean_interval([1.0, 2.0, 4.0])
+    assert interval_text([1.0, 2.0, 4.0]) == f"{mean:.3f} ± {half:.3f}"
+    assert interval_text(iter([1.0, 2.0, 4.0]), ".3g", ".2g") == f"{mean:.3g} ± {half:.2g}"
+    assert interval_text([0.25]) == "0.250"
