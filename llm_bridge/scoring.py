@@ -13,9 +13,9 @@ import torch
 
 from llm_bridge.config import TrainConfig
 from llm_bridge.forward import stream_entropy_logp
-from llm_bridge.rollout import Rollouts
+from llm_bridge.rollout import HFBackend, Rollouts
 from llm_bridge.step_record import rollout_keys
-from llm_bridge.tasks import Example, Task, epoch_order, score
+from llm_bridge.tasks import Example, Task, epoch_order, response_budget, score
 from llm_bridge.update import StepBatch
 from softmax_theory.group_advantages import compute_advantages
 from softmax_theory.stats import pass_at_k
@@ -37,6 +37,25 @@ def sample_prompts(
         return [train[i] for i in idx]
     first = step * n
     return [train[i] for i in epoch_order(len(train), seed, range(first, first + n))]
+
+
+@torch.no_grad()
+def held_out_reward(
+    model, tokenizer, task: Task, temperatures: tuple[float, ...], n: int, seed: int = 0
+) -> dict[float, float]:
+    """The mean reward of one sample per held-out prompt (the first ``n``) at each of
+    ``temperatures``, to the task's response budget; 0 is greedy (the limit T → 0 of
+    softmax(z/T), sampled at T = 1e-4). What a model knows, beside what it writes at T = 1."""
+    examples = task.test[:n]
+    backend = HFBackend(model.eval(), tokenizer)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in temperatures:
+        roll = backend.generate(
+            [e.prompt for e in examples], 1, response_budget(task), t or 1e-4, gen
+        )
+        out[t] = float(np.mean(score(task, roll.texts, [e.answer for e in examples])))
+    return out
 
 
 @torch.no_grad()

@@ -90,10 +90,18 @@ TESTBED = Preset(
 RUNNING_SUM = Preset(
     name="running-sum",
     # 13 two-digit terms: every partial sum written, 65 response tokens with EOS. Without label
-    # noise the model ends sharp (entropy 0.03, 75% of sums right at T = 1: no headroom); at
-    # 0.1 it writes 17% of the sums right greedy and 10% at T = 1 (docs/llm_findings.md §8)
+    # noise the model ends sharp (entropy 0.03, 70% of sums right at T = 1: no headroom); with
+    # noise 0.1 on each digit whose written sums follow from the noisy ones (``noise_carries``)
+    # it knows the task (87% of the sums right greedy) and writes 13% right at T = 1, where an
+    # error carries into every later sum (docs/llm_findings.md §8)
     pretrain=TinyConfig(
-        task="running-sum", terms=13, steps=4000, lr=1e-3, warmup=100, label_noise=0.1
+        task="running-sum",
+        terms=13,
+        steps=4000,
+        lr=1e-3,
+        warmup=100,
+        label_noise=0.1,
+        noise_carries=True,
     ),
     train={
         "temperature": 1.0,

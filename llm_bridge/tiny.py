@@ -23,6 +23,7 @@ from llm_bridge.head import head_entropy_and_logprobs
 from llm_bridge.tasks import (
     DEFAULT_TERMS,
     MAX_TERMS,
+    SUM_WIDTH,
     TASK_ALPHABET,
     Task,
     TaskName,
@@ -94,6 +95,15 @@ class TinyConfig:
             Domain(ge=0, le=1),
         ),
     )
+    noise_carries: bool = field(
+        default=False,
+        metadata={
+            "help": "running-sum: each partial sum is the sum written before it (noisy or not) "
+            "plus the next term, so a corrupted sum carries into the later ones and the written "
+            "history always follows the task's rule (the model learns the rule; the noise only "
+            "spreads its probability)"
+        },
+    )
     vocab_size: int | None = field(
         default=None,
         metadata=_tiny(
@@ -120,6 +130,12 @@ class TinyConfig:
             raise SettingError(
                 "terms", f"has no effect with task {self.task} (running-sum reads it)"
             )
+        if self.noise_carries and self.task != TaskName.RUNNING_SUM.value:
+            raise SettingError(
+                "noise_carries", f"has no effect with task {self.task} (running-sum reads it)"
+            )
+        if self.noise_carries and self.label_noise == 0:
+            raise SettingError("noise_carries", "has no effect without label_noise")
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -162,16 +178,40 @@ def noisy_answer(answer: str, noise: float, gen: torch.Generator) -> str:
     )
 
 
+def noisy_running_sums(prompt: str, noise: float, gen: torch.Generator) -> str:
+    """The partial sums of a running-sum ``prompt`` (``a+b+…=``), each one the sum written
+    before it plus the next term, and each written through ``noisy_answer``: a corrupted sum
+    carries into every later one, so that each written sum follows from the written history.
+    A sum past ``SUM_WIDTH`` digits (only a corrupted one can get there) wraps around."""
+    written, out = 0, []
+    for term in prompt.rstrip("=").split("+"):
+        text = noisy_answer(f"{(written + int(term)) % 10**SUM_WIDTH:0{SUM_WIDTH}d}", noise, gen)
+        out.append(text)
+        written = int(text)
+    return ",".join(out)
+
+
 def _sft_batch(
-    tokenizer, task: Task, idx: list[int], noise: float = 0.0, gen: torch.Generator | None = None
+    tokenizer,
+    task: Task,
+    idx: list[int],
+    noise: float = 0.0,
+    gen: torch.Generator | None = None,
+    carries: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Input ids and labels (−100 on the prompt: the loss is on the answer and EOS only);
-    with ``noise``, the answers' digits are corrupted by ``noisy_answer``."""
+    with ``noise``, the answers' digits are corrupted by ``noisy_answer`` (with ``carries``,
+    running-sum's by ``noisy_running_sums``)."""
     ids, labels = [], []
     for i in idx:
         ex = task.train[i]
         prompt = [tokenizer.bos_token_id] + _encode(tokenizer, ex.prompt)
-        text = ex.answer if gen is None else noisy_answer(ex.answer, noise, gen)
+        if gen is None:
+            text = ex.answer
+        elif carries:
+            text = noisy_running_sums(ex.prompt, noise, gen)
+        else:
+            text = noisy_answer(ex.answer, noise, gen)
         answer = _encode(tokenizer, text) + [tokenizer.eos_token_id]
         ids.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
@@ -200,7 +240,9 @@ def _train(
     model.train()
     for step in range(steps):
         idx = torch.randint(0, len(task.train), (batch,), generator=gen).tolist()
-        ids, labels = _sft_batch(tokenizer, task, idx, cfg.label_noise, noise_gen)
+        ids, labels = _sft_batch(
+            tokenizer, task, idx, cfg.label_noise, noise_gen, cfg.noise_carries
+        )
         loss = loss_fn(model, ids.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

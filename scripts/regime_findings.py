@@ -231,24 +231,14 @@ def model_accuracy(name: str, out: Path, n: int = 256) -> dict[float, float]:
     if cache.exists():
         return {float(k): v for k, v in json.loads(cache.read_text()).items()}
     from llm_bridge.models import load_model
-    from llm_bridge.rollout import HFBackend
-    from llm_bridge.tasks import response_budget, synthetic_task
+    from llm_bridge.scoring import held_out_reward
+    from llm_bridge.tasks import synthetic_task
 
     # after model_dir, which pre-trains a missing model (with gradients)
     with torch.no_grad():
         model, tokenizer = load_model(path)
         task = synthetic_task(MODELS[name].task, seed=MODELS[name].seed)
-        examples = task.test[:n]
-        backend = HFBackend(model.eval(), tokenizer)
-        gen = torch.Generator().manual_seed(0)
-        acc = {}
-        for t in TEMPERATURES:
-            # greedy: the limit T → 0 of softmax(z/T)
-            roll = backend.generate(
-                [e.prompt for e in examples], 1, response_budget(task), t or 1e-4, gen
-            )
-            pairs = zip(roll.texts, examples, strict=True)
-            acc[t] = float(np.mean([task.reward(r, e.answer) for r, e in pairs]))
+        acc = held_out_reward(model, tokenizer, task, TEMPERATURES, n)
     cache.write_text(json.dumps(acc))
     return acc
 

@@ -10,8 +10,9 @@ import torch
 
 from llm_bridge import TrainConfig
 from llm_bridge.compare import FIG2_POINT, compare_runs, progress_shares
+from llm_bridge.tasks import synthetic_task
 from llm_bridge.testbed import TESTBED
-from llm_bridge.tiny import TinyConfig, noisy_answer
+from llm_bridge.tiny import TinyConfig, noisy_answer, noisy_running_sums
 from softmax_theory.cli_options import build_config
 from softmax_theory.inputs import SettingError
 from softmax_theory.law import fit_entropy_law, forecast_entropy_law
@@ -27,6 +28,34 @@ def test_noisy_answer_keeps_format_and_flips_the_asked_share():
     # a flipped digit is redrawn uniformly, so it stays itself one time in ten: 0.5 · 0.9
     assert abs(changed - 0.45) < 0.02
     assert all(noisy_answer("9", 1.0, gen) in "0123456789" for _ in range(10))
+
+
+def test_carried_noise_keeps_every_written_sum_the_last_one_plus_its_term():
+    task = synthetic_task("running-sum", terms=13)
+    gen = torch.Generator().manual_seed(0)
+    off, first = [], []
+    for ex in task.train[:400]:
+        assert noisy_running_sums(ex.prompt, 0.0, gen) == ex.answer
+        written = noisy_running_sums(ex.prompt, 0.1, gen).split(",")
+        assert all(len(x) == 4 and x.isdigit() for x in written)
+        terms = [int(x) for x in ex.prompt.rstrip("=").split("+")]
+        before = [0] + [int(x) for x in written[:-1]]
+        # each written sum differs from (the one written before it + its term) only by its own
+        # digits' noise: 0.1 · 0.9 of them (a redrawn digit stays itself one time in ten)
+        for b, t, w in zip(before, terms, written, strict=True):
+            off += [a != c for a, c in zip(f"{(b + t) % 10_000:04d}", w, strict=True)]
+        first.append(written[0] != ex.answer.split(",")[0])
+    assert abs(np.mean(off) - 0.09) < 0.01
+    # the first sum is corrupted with probability 1 − (1 − 0.09)⁴ ≈ 0.31
+    assert abs(np.mean(first) - 0.314) < 0.07
+
+
+def test_carried_noise_is_refused_where_it_does_nothing():
+    TinyConfig(task="running-sum", label_noise=0.1, noise_carries=True)
+    with pytest.raises(SettingError, match="noise_carries"):
+        TinyConfig(noise_carries=True)  # addition has no history to carry
+    with pytest.raises(SettingError, match="noise_carries"):
+        TinyConfig(task="running-sum", label_noise=0.0, noise_carries=True)
 
 
 def test_label_noise_domain():
