@@ -6,10 +6,14 @@ A step runs in phases, and its peak is the largest of them (``StepMemory.phases`
     persistent = weights + gradients + optimiser state (+ a reference model)
     rollout    = persistent + one generate call (KV cache, sampling logits)
     old pass   = persistent + one head chunk and one layer's activations (no graph is kept)
-    update     = persistent + θ_old and Δθ (the probe) + max(backward, optimiser step)
+    update     = persistent − gradients + θ_old and Δθ (the probe)
+                 + max(backward, gradients + optimiser step)
                  backward: a micro-batch's activations + the head's chunked backward
                  (two [rows, V] fp32 buffers and its fp32 gradient, or that gradient and an
-                 embedding's)
+                 embedding's), with the gradients it forms: an update starts with none
+                 (zero_grad sets them to None), so with one micro-batch an update the head's
+                 backward runs before any is kept, and the gradients then form as the
+                 activations are freed; with more, the earlier micro-batches' are there
                  step: Adam's parameter-sized temporaries (and the forecast's, with the JVP)
                  controller (predictive): g_H through the backward (+ autograd's result);
                  g_H and five more parameter-sized buffers while it solves for the coefficient
@@ -101,7 +105,7 @@ class StepMemory:
     theta_old: int  # θ_old and, with the JVP, Δθ: from the update to the probe's end
     generation: int
     old_pass: int
-    backward: int
+    backward: int  # with the gradients it forms (each update starts without them)
     optimizer_step: int
     probe_pass: int
     batch_arrays: int
@@ -114,14 +118,21 @@ class StepMemory:
         return tensors + self.batch_arrays + TRAINER_OVERHEAD
 
     def phases(self) -> dict[str, int]:
-        """The estimated peak of each phase of the step."""
+        """The estimated peak of each phase of the step (the update's: ``backward`` holds the
+        gradients it forms; the step and the solve come with all of them)."""
         base, probe = self.persistent, self.theta_old
+        grads = self.gradients
         phases = {
             "rollout": base + self.generation,
             "old pass": base + self.old_pass,
             "update": base
+            - grads
             + probe
-            + max(self.backward + self.control_held, self.optimizer_step, self.control_solve),
+            + max(
+                self.backward + self.control_held,
+                grads + self.optimizer_step,
+                grads + self.control_solve,
+            ),
         }
         if self.probe_pass:
             phases["probe"] = base + probe + self.probe_pass
@@ -164,10 +175,12 @@ def estimate_step_memory(
     generate_batch: int | None = None,
     probe_responses: int | None = None,
     control: int = 0,
+    mini_batch: int | None = None,
 ) -> StepMemory:
     """The peak memory of one step: ``responses`` in the batch (prompts × group size),
-    ``micro_batch`` per forward/backward pass, ``generate_batch`` per generate call (None: the
-    whole batch), sequences of prompt + response tokens; ``probe_responses`` probed (None: all);
+    ``mini_batch`` per optimiser update (None: the whole batch), ``micro_batch`` per
+    forward/backward pass, ``generate_batch`` per generate call (None: the whole batch),
+    sequences of prompt + response tokens; ``probe_responses`` probed (None: all);
     ``control``: the gradients the predictive entropy controller (``llm_bridge.control``) keeps
     (1: g_H, for the bonus; 2: g_H and g_KL, for KL-Cov's coefficient; 0: none runs)."""
     b = BYTES.get(shape.dtype, 4)
@@ -187,14 +200,21 @@ def estimate_step_memory(
     stats = 2 * probe_rows_per_chunk(v) * v * 4  # entropy_and_logprobs' two work buffers
     # the head's backward holds its two chunk buffers and its fp32 gradient [V, d]; a tied (or
     # any) embedding's dense gradient then comes beside that one (autograd sums into it in place)
-    head_backward = max(chunk + stats, 2 * chunk + v * d * 4, v * d * 4 + v * d * b)
+    head_first = max(chunk + stats, 2 * chunk + v * d * 4)
     logits = 3 * micro_batch * response_length * v * 4  # logits path: [b, R, V] ×3
     if fused_head:
         old_pass = chunk + stats + layer
-        backward = activations + head_backward
     else:
         old_pass = micro_batch * response_length * v * 4 + layer
-        backward = activations + logits
+        head_first = logits
+    # each update starts with no gradient (zero_grad sets them to None): with one micro-batch
+    # an update, its backward runs the head before any gradient is kept, and the gradients form
+    # as the backbone's activations are freed; with more, the earlier micro-batches' gradients
+    # are there throughout the later ones' backward
+    if micro_batch < min(responses, mini_batch or responses):
+        backward = p * b + activations + max(head_first, v * d * 4 + v * d * b)
+    else:
+        backward = max(activations + head_first, p * b + v * d * b)
     # Adam's step makes parameter-sized temporaries; the forecast (the JVP) builds each update
     # before the step from three temporaries of the largest parameter
     step = (2 * p * b if adam else 0) + (3 * v * d * b if probe and jvp else 0)

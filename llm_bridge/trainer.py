@@ -143,6 +143,7 @@ class ProbedGRPOTrainer:
             ModelShape.of(self.model),
             responses=cfg.responses_per_step,
             micro_batch=cfg.micro_batch_size or cfg.mini_batch_responses,
+            mini_batch=cfg.mini_batch_responses,
             generate_batch=cfg.generate_batch_size,
             prompt_length=self.prompt_length,
             response_length=self.max_new_tokens,

@@ -34,18 +34,38 @@ def test_the_documented_parts_for_the_real_vocabulary_model():
     # generation: 32 responses × 106 positions × K and V (2 layers × 128) × 4 bytes, and four fp32
     # copies of a position's logits per response
     assert m.generation == 32 * 106 * 2 * 2 * 128 * 4 + 4 * 32 * 151_936 * 4
-    # backward: activations, 8 responses × 106 positions × 2 layers × (12·128 + 4·256) × 4 bytes,
-    # and the head's: two [55, V] fp32 buffers and its fp32 gradient, or that gradient and the
-    # embedding's (2·V·d·4), the larger at this shape
+    # backward, 4 micro-batches an update (the earlier ones' gradients are there): the
+    # gradients, activations, 8 responses × 106 positions × 2 layers × (12·128 + 4·256) × 4
+    # bytes, and the head's: two [55, V] fp32 buffers and its fp32 gradient, or that gradient
+    # and the embedding's (2·V·d·4), the larger at this shape
     chunk = 55 * 151_936 * 4
     head = 2 * 151_936 * 128 * 4
+    activations = 8 * 106 * 2 * (12 * 128 + 4 * 256) * 4
     assert head > 2 * chunk + 151_936 * 128 * 4
-    assert m.backward == 8 * 106 * 2 * (12 * 128 + 4 * 256) * 4 + head
+    assert m.backward == pb + activations + head
     # Adam's two temporaries and the forecast's three of the largest parameter
     assert m.optimizer_step == 2 * pb + 3 * 151_936 * 128 * 4
     phases = m.phases()
     assert m.total == max(phases.values())
-    assert phases["update"] == m.persistent + m.theta_old + max(m.backward, m.optimizer_step)
+    assert phases["update"] == m.persistent - pb + m.theta_old + max(
+        m.backward, pb + m.optimizer_step
+    )
+
+
+def test_one_micro_batch_an_update_runs_the_head_backward_before_any_gradient():
+    """zero_grad sets the gradients to None before each update: with one micro-batch an update
+    the head's backward (its two chunk buffers and fp32 gradient) comes before any gradient is
+    kept, and the gradients (with the tied embedding's dense one being summed in) form after."""
+    pb, vd = 19_776_128 * 4, 151_936 * 128 * 4
+    chunk = 55 * 151_936 * 4
+    one = _estimate(probe=False, micro_batch=32)  # the whole batch: one update, one pass
+    activations = 32 * 106 * 2 * (12 * 128 + 4 * 256) * 4
+    assert one.backward == max(activations + 2 * chunk + vd, pb + vd)
+    # the same micro-batch, split into updates of one micro-batch each: no gradient carried
+    assert _estimate(probe=False, mini_batch=8).backward == max(
+        8 * 106 * 2 * (12 * 128 + 4 * 256) * 4 + 2 * chunk + vd, pb + vd
+    )
+    assert _estimate(probe=False, mini_batch=8).backward < _estimate(probe=False).backward
 
 
 def test_the_probe_term_is_what_the_probe_allocates():
@@ -102,8 +122,8 @@ def test_the_predictive_controller_adds_its_gradients_to_the_update():
     assert (ctrl.control_held, ctrl.control_solve) == (2 * pb, 6 * pb)
     kl = _estimate(probe=False, control=2)  # on KL-Cov's coefficient: g_KL beside g_H
     assert (kl.control_held, kl.control_solve) == (3 * pb, 7 * pb)
-    assert ctrl.phases()["update"] == ctrl.persistent + max(
-        ctrl.backward + 2 * pb, ctrl.optimizer_step, ctrl.control_solve
+    assert ctrl.phases()["update"] == ctrl.persistent - pb + max(
+        ctrl.backward + 2 * pb, pb + ctrl.optimizer_step, pb + ctrl.control_solve
     )
     assert ctrl.total > plain.total
 
