@@ -24,7 +24,12 @@ torch.set_num_threads(1)
 import numpy as np  # noqa: E402
 
 from llm_bridge import pretrain_tiny, train_or_reuse  # noqa: E402
-from llm_bridge.compare import run_cov_tables, table1_over_seeds  # noqa: E402
+from llm_bridge.compare import (  # noqa: E402
+    compare_run,
+    run_cov_tables,
+    run_summary,
+    table1_over_seeds,
+)
 from llm_bridge.tasks import TaskName, answer_chars  # noqa: E402
 from llm_bridge.testbed import RUNNING_SUM  # noqa: E402
 from softmax_theory import PolicyLossConfig, read_run  # noqa: E402
@@ -59,6 +64,26 @@ def summary(path: Path, seconds: float | None) -> dict:
         length=tail([s["response_length"] for s in steps]),
         minutes=None if seconds is None else seconds / 60,
         tables=run_cov_tables(path),
+        regime=regime(run, seconds),
+    )
+
+
+def regime(run, seconds: float | None) -> dict:
+    """The run against the preset's regime targets (``RegimeTargets.checks``; the time check
+    only where the run's wall time is known)."""
+    report = compare_run(run, n_boot=200, rng=np.random.default_rng(0))
+    entry = run_summary(report, run)
+    checks = RUNNING_SUM.targets.checks(entry, seconds if seconds is not None else 0.0)
+    if seconds is None:
+        del checks["minutes"]
+    return dict(
+        drop=entry["entropy_drop"],
+        early=entry["fig2"]["entropy"],
+        late=entry["reward_last_third"],
+        r2=entry["law"].get("r2"),
+        points=entry["law"].get("n"),
+        met=[k for k, v in checks.items() if v],
+        missed=[k for k, v in checks.items() if not v],
     )
 
 
@@ -149,6 +174,29 @@ def main() -> None:
         ]
         print(f"| {label} | " + " | ".join(cells) + " |")
     if base is not None:
+        t = RUNNING_SUM.targets
+        print(
+            f"\nVanilla against the regime's targets (`RegimeTargets`: entropy drop ≥ "
+            f"{t.min_drop:.0%}, ≥ {t.min_early:.0%} of the drop and of the reward gain by a third "
+            f"of the steps, the last third adding at most {t.max_late:.0%} of the gain, the law at "
+            f"R² ≥ {t.law_r2} on ≥ {t.law_points} points, ≤ {t.max_minutes:g} minutes):\n"
+        )
+        print(
+            "| seed | entropy drop | drop by a third | last third's share of the gain | "
+            "law R² (points) | met | missed |"
+        )
+        print("|---:|---:|---:|---:|---:|---|---|")
+        for seed, r in zip(args.seeds, base, strict=True):
+            g = r["regime"]
+
+            def num(x, fmt=".2f"):
+                return "—" if x is None else format(x, fmt)
+
+            print(
+                f"| {seed} | {num(g['drop'], '.0%')} | {num(g['early'], '.0%')} | "
+                f"{num(g['late'], '.0%')} | {num(g['r2'], '.3f')} ({g['points']}) | "
+                f"{', '.join(g['met']) or '—'} | {', '.join(g['missed']) or '—'} |"
+            )
         tables: dict[int, list[dict]] = {}
         for r in base:
             for row in r["tables"]:
