@@ -287,15 +287,26 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, default=None, help="keep each worker's result here; resume"
     )
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="the memory table alone (about 15 minutes here), without the timing against TRL",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(args)
         return
+    if args.memory_only and args.out is not None:
+        parser.error("--memory-only with --out would write the section without its timing table")
     sizes = [int(x) for x in args.sizes.split(",")]
     results = Results(args.results)
     memory, _ = memory_table(args.model, sizes, results)
-    timing = time_table(args.model, args.prompts, args.blocks, args.steps, results)
+    timing = (
+        []
+        if args.memory_only
+        else time_table(args.model, args.prompts, args.blocks, args.steps, results)
+    )
     table = "\n".join(
         [
             MARKER,
